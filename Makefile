@@ -1,0 +1,32 @@
+# Everything runs inside a virtual environment the Makefile makes itself.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# JAX compiles each synth for tens of seconds; keep compiled kernels between runs.
+export DOPPELGANGERS_CACHE ?= $(CURDIR)/.cache
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/doppelgen render demo-shards --synth voice --shards 4 --pairs-per-shard 64 --batch-size 64
+	$(BIN)/doppelgen verify demo-shards
+	$(BIN)/doppeltrain fit demo-shards --run demo --model small --epochs 2 --batch-size 32 --val-shards 1
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/render.py
+	$(BIN)/python benchmarks/train.py
+
+clean:
+	rm -rf demo-shards runs/demo .pytest_cache

@@ -1,0 +1,1 @@
+"""Render doppelgänger pair datasets."""

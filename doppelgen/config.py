@@ -1,0 +1,145 @@
+"""The recipe: everything that determines the bytes of every pair (FORMAT.md ``recipe``).
+
+The paper's defaults (``shared/REFERENCE.md``) live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .format import CODECS, FORMAT_VERSION
+
+SYNTHS = ("voice", "voicefm", "parametric")
+PARAMETRIC_DEFAULTS = {"sine": 2, "square_saw": 2, "fm_sine": 1, "fm_square_saw": 1}
+
+# How a pair's keys are derived; recorded in every manifest so a reader knows.
+RNG_DERIVATION = (
+    "root = key(seed); k = fold_in(fold_in(root, index), attempt); "
+    "per layer l: kl = fold_in(k, l); base = synth.init(fold_in(kl, 0)); "
+    "view a noise = normal(fold_in(kl, 1)); view b noise = normal(fold_in(kl, 2)); "
+    "attempt starts at 0 and grows only while a render is non-finite"
+)
+PRNG_IMPL = "threefry2x32"
+PRNG_FLAGS = {"jax_threefry_partitionable": True}
+
+
+class RecipeError(ValueError):
+    """A recipe value is invalid; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    name: str = "voice"
+    args: dict[str, int] = field(default_factory=dict)  # constructor arguments, e.g. oscillator counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "args": dict(sorted(self.args.items()))}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    synth: SynthSpec = field(default_factory=SynthSpec)
+    sample_rate: int = 16000
+    duration: float = 1.0
+    control_rate: int = 480
+    eps: float = 1e-6
+    delta: float = 0.25
+    seed: int = 0
+    n_layers: int = 1
+    pairs_per_shard: int = 1000
+    n_shards: int = 512
+    codec: str = "flac"
+
+    @property
+    def n_pairs(self) -> int:
+        return self.pairs_per_shard * self.n_shards
+
+    @property
+    def n_samples(self) -> int:
+        return int(round(self.duration * self.sample_rate))
+
+    def shard_pairs(self, shard: int) -> range:
+        """The global pair indices shard ``shard`` holds."""
+        start = shard * self.pairs_per_shard
+        return range(start, min(start + self.pairs_per_shard, self.n_pairs))
+
+    def validate(self) -> "Recipe":
+        if self.synth.name not in SYNTHS:
+            raise RecipeError(f"unknown synth {self.synth.name!r}: expected one of {', '.join(SYNTHS)}")
+        if self.synth.name == "parametric":
+            unknown = set(self.synth.args) - set(PARAMETRIC_DEFAULTS)
+            if unknown:
+                raise RecipeError(f"unknown parametric synth arguments: {', '.join(sorted(unknown))}")
+            if any((not isinstance(v, int)) or v < 0 for v in self.synth.args.values()):
+                raise RecipeError("parametric oscillator counts must be integers >= 0")
+            if sum(self.synth.args.values()) == 0:
+                raise RecipeError("a parametric synth needs at least one oscillator")
+        elif self.synth.args:
+            raise RecipeError(f"synth {self.synth.name!r} takes no arguments")
+        checks = [
+            (self.delta >= 0, f"delta must be >= 0, got {self.delta}"),
+            (self.sample_rate > 0, f"sample rate must be positive, got {self.sample_rate}"),
+            (self.duration > 0, f"duration must be positive, got {self.duration}"),
+            (self.control_rate > 0, f"control rate must be positive, got {self.control_rate}"),
+            (0 < self.eps < 1, f"eps must lie in (0, 1), got {self.eps}"),
+            (self.n_layers >= 1, f"n_layers must be >= 1, got {self.n_layers}"),
+            (self.pairs_per_shard >= 1, f"pairs per shard must be >= 1, got {self.pairs_per_shard}"),
+            (self.n_shards >= 1, f"the number of shards must be >= 1, got {self.n_shards}"),
+            (self.codec in CODECS, f"unknown codec {self.codec!r}: expected one of {', '.join(CODECS)}"),
+            (0 <= self.seed < 2**32, f"seed must lie in [0, 2**32), got {self.seed}"),
+            (self.n_pairs <= 2**32, "more than 2**32 pairs cannot be addressed"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise RecipeError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``recipe`` object."""
+        return {
+            "format": FORMAT_VERSION,
+            "synth": self.synth.to_dict(),
+            "sample_rate": self.sample_rate,
+            "duration": self.duration,
+            "control_rate": self.control_rate,
+            "eps": self.eps,
+            "delta": self.delta,
+            "seed": self.seed,
+            "n_layers": self.n_layers,
+            "pairs_per_shard": self.pairs_per_shard,
+            "n_shards": self.n_shards,
+            "codec": self.codec,
+            "rng": {"derivation": RNG_DERIVATION, "impl": PRNG_IMPL, "flags": dict(PRNG_FLAGS)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        """Read a manifest's ``recipe`` (or a recipe file); refuses unknown versions and fields."""
+        if not isinstance(data, dict):
+            raise RecipeError("a recipe must be a JSON object")
+        data = dict(data)
+        version = data.pop("format", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise RecipeError(f"unknown recipe format version {version!r} (this doppelgen writes {FORMAT_VERSION})")
+        rng = data.pop("rng", None)
+        if rng is not None and (rng.get("impl") != PRNG_IMPL or rng.get("flags") != PRNG_FLAGS):
+            raise RecipeError(f"recipe asks for PRNG {rng.get('impl')} {rng.get('flags')}; this doppelgen uses {PRNG_IMPL} {PRNG_FLAGS}")
+        synth = data.pop("synth", {"name": "voice"})
+        if isinstance(synth, str):
+            synth = {"name": synth}
+        known = {f.name for f in dataclasses.fields(cls)} - {"synth"}
+        unknown = set(data) - known
+        if unknown:
+            raise RecipeError(f"unknown recipe fields: {', '.join(sorted(unknown))}")
+        return make_recipe(synth=synth.get("name", "voice"), synth_args=synth.get("args") or {}, **data)
+
+
+def make_recipe(synth: str = "voice", synth_args: dict[str, int] | None = None, **fields: Any) -> Recipe:
+    """A validated recipe; ``parametric`` gets the paper's oscillator counts unless overridden."""
+    args = dict(synth_args or {})
+    if synth == "parametric":
+        args = {**PARAMETRIC_DEFAULTS, **args}
+    recipe = Recipe(synth=SynthSpec(name=synth, args=args), **fields)
+    return recipe.validate()

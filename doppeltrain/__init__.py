@@ -1,0 +1,1 @@
+"""Train audio embeddings from doppelgänger pair shards."""
