@@ -32,10 +32,15 @@ class RecipeError(ValueError):
 @dataclass(frozen=True)
 class SynthSpec:
     name: str = "voice"
-    args: dict[str, int] = field(default_factory=dict)  # constructor arguments, e.g. oscillator counts
+    # Constructor arguments (e.g. oscillator counts) as sorted pairs, so a recipe is hashable.
+    arg_items: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def args(self) -> dict[str, int]:
+        return dict(self.arg_items)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "args": dict(sorted(self.args.items()))}
+        return {"name": self.name, "args": self.args}
 
 
 @dataclass(frozen=True)
@@ -141,5 +146,5 @@ def make_recipe(synth: str = "voice", synth_args: dict[str, int] | None = None, 
     args = dict(synth_args or {})
     if synth == "parametric":
         args = {**PARAMETRIC_DEFAULTS, **args}
-    recipe = Recipe(synth=SynthSpec(name=synth, args=args), **fields)
+    recipe = Recipe(synth=SynthSpec(name=synth, arg_items=tuple(sorted(args.items()))), **fields)
     return recipe.validate()

@@ -103,6 +103,17 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "fp32", "bf16"
     steps_per_epoch: Optional[int] = None  # None: pairs in the training shards // global batch
     log_every: int = 10
+    # Continue runs_dir/run from its latest checkpoint; the options must match the run's
+    # (only the fields in train.RESUME_MAY_CHANGE may differ).
+    resume: bool = False
+    # End this invocation after this many completed epochs, the schedule still spanning
+    # `epochs` (time-limited jobs; continue with resume). None: run to `epochs`.
+    until_epoch: Optional[int] = None
+    val_audio_pairs: int = 10  # pairs whose audio and log-mel images go to TensorBoard
+    progress: bool = True  # tqdm bar on rank 0
+    # Each rank writes audit-rank{r}.jsonl (the pair keys it trained on, its final weight
+    # digest): evidence that ranks saw disjoint data and ended equal.
+    audit: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

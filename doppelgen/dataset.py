@@ -1,0 +1,240 @@
+"""render_dataset: which shards to render, the batch loop, and the encoding workers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import Recipe
+from .format import MANIFEST_NAME, complete_shards, shard_index
+from .manifest import build_manifest, existing_recipe_hashes, recipe_sha256, write_manifest
+from .shard_writer import ShardPairs, SlotLayout, remove_temporaries, write_shard, write_shard_from_slot
+
+DEFAULT_BATCH_SIZE = 256
+
+
+class DatasetError(RuntimeError):
+    """The output folder cannot take this render; the message is one line."""
+
+
+@dataclass
+class RenderSummary:
+    out: Path
+    rendered: list[int] = field(default_factory=list)  # shards written by this call
+    skipped: list[int] = field(default_factory=list)  # shards in range that were already complete
+    pairs: int = 0
+    seconds: float = 0.0
+    manifest_written: bool = False
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def parse_shard_range(text: str | None, n_shards: int) -> range:
+    """``A:B`` (B exclusive, either side may be empty) -> range of shard indices."""
+    if text is None or text == "":
+        return range(n_shards)
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start = int(parts[0]) if parts[0] else 0
+        stop = int(parts[1]) if parts[1] else n_shards
+    except ValueError:
+        raise DatasetError(f"bad shard range {text!r}: expected A:B, e.g. 0:64") from None
+    if not 0 <= start < stop <= n_shards:
+        raise DatasetError(f"bad shard range {text!r}: needs 0 <= A < B <= {n_shards}")
+    return range(start, stop)
+
+
+def prepare_output(recipe: Recipe, out: Path, overwrite: bool) -> None:
+    """Make the folder, clear a killed run's temporaries, refuse a different recipe."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise DatasetError(f"cannot write to {out}: {error.strerror or error}") from None
+    remove_temporaries(out)
+    held = existing_recipe_hashes(out)
+    if held and held != {recipe_sha256(recipe.to_dict())}:
+        if not overwrite:
+            raise DatasetError(f"{out} holds a different dataset recipe; choose another folder or pass --overwrite")
+        clear_dataset(out)
+
+
+def clear_dataset(out: Path) -> None:
+    """Remove only what a render writes: shards, their stats and the manifest."""
+    for entry in out.iterdir():
+        name = entry.name
+        if name == MANIFEST_NAME or shard_index(name) is not None or (name.startswith("pairs-") and name.endswith(".stats.json")):
+            entry.unlink()
+
+
+class _EncoderPool:
+    """Encoding workers fed through shared-memory slots, one shard per slot."""
+
+    def __init__(self, workers: int, layout: SlotLayout, out: Path, options: dict):
+        self.layout, self.out, self.options = layout, out, options
+        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        # One slot filling in the main process while every worker encodes one.
+        self.free = [shared_memory.SharedMemory(create=True, size=max(1, layout.nbytes)) for _ in range(workers + 1)]
+        self.all_slots = list(self.free)
+        self.running: dict[Future, tuple[shared_memory.SharedMemory, int]] = {}
+        self.entries: dict[int, dict] = {}
+
+    def acquire(self) -> tuple[shared_memory.SharedMemory, ShardPairs]:
+        while not self.free:
+            self._collect(block=True)
+        slot = self.free.pop()
+        return slot, self.layout.arrays(slot.buf)
+
+    def submit(self, slot, shard: int, n_rows: int) -> None:
+        future = self.executor.submit(write_shard_from_slot, slot.name, self.layout, shard, n_rows, str(self.out), self.options)
+        self.running[future] = (slot, shard)
+
+    def _collect(self, block: bool) -> list[int]:
+        if not self.running:
+            return []
+        done, _ = wait(list(self.running), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        finished = []
+        for future in done:
+            slot, shard = self.running.pop(future)
+            self.free.append(slot)
+            self.entries[shard] = future.result()  # re-raises a worker's error here
+            finished.append(shard)
+        return finished
+
+    def drain(self) -> None:
+        while self.running:
+            self._collect(block=True)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        for slot in self.all_slots:
+            slot.close()
+            slot.unlink()
+
+
+class _InlineWriter:
+    """workers=0: encode in the main process (simplest path; used by tests and debugging)."""
+
+    def __init__(self, layout: SlotLayout, out: Path, options: dict):
+        self.layout, self.out, self.options = layout, out, options
+        self.entries: dict[int, dict] = {}
+
+    def acquire(self):
+        buffer = bytearray(max(1, self.layout.nbytes))
+        return buffer, self.layout.arrays(buffer)
+
+    def submit(self, slot, shard: int, n_rows: int) -> None:
+        view = self.layout.arrays(slot)
+        pairs = ShardPairs(shard, view.indices[:n_rows], view.a[:n_rows], view.b[:n_rows], view.params[:n_rows], view.redraws[:n_rows])
+        self.entries[shard] = write_shard(self.out, pairs, **self.options)
+
+    def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def render_dataset(
+    recipe: Recipe,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    shard_range: str | range | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RenderSummary:
+    """Render the shards of ``recipe`` that ``out`` lacks, then, once every shard of the
+    recipe is complete, write ``manifest.json``. Safe to re-run after any interruption."""
+    recipe.validate()
+    if batch_size < 1:
+        raise DatasetError(f"batch size must be >= 1, got {batch_size}")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise DatasetError(f"workers must be >= 0, got {workers}")
+    shards = shard_range if isinstance(shard_range, range) else parse_shard_range(shard_range, recipe.n_shards)
+    out = Path(out)
+    prepare_output(recipe, out, overwrite)
+
+    started = time.perf_counter()
+    done = set(complete_shards(out))
+    summary = RenderSummary(out=out, skipped=[s for s in shards if s in done])
+    todo = [s for s in shards if s not in done]
+    if todo:
+        _render_shards(recipe, out, todo, batch_size, workers, progress, summary)
+    summary.seconds = time.perf_counter() - started
+
+    if len(complete_shards(out)) >= recipe.n_shards and (summary.rendered or not (out / MANIFEST_NAME).exists()):
+        _finish_manifest(recipe, out, summary.seconds)
+        summary.manifest_written = True
+    return summary
+
+
+def _render_shards(recipe: Recipe, out: Path, todo: list[int], batch_size: int, workers: int, progress: bool, summary: RenderSummary) -> None:
+    from .kernel import render_batch
+    from .synths import param_layout
+
+    batch_size = min(batch_size, sum(len(recipe.shard_pairs(s)) for s in todo))
+    layout = SlotLayout(rows=recipe.pairs_per_shard, samples=recipe.n_samples, param_shape=(recipe.n_layers, 3, len(param_layout(recipe))))
+    options = {"seed": recipe.seed, "sample_rate": recipe.sample_rate, "codec": recipe.codec, "recipe_sha256": recipe_sha256(recipe.to_dict())}
+    writer = _EncoderPool(workers, layout, out, options) if workers > 0 else _InlineWriter(layout, out, options)
+    # Batches run across shard boundaries; shard s is handed to a writer once full.
+    queue = [(s, recipe.shard_pairs(s)) for s in todo]
+    indices = np.concatenate([np.arange(r.start, r.stop) for _, r in queue])
+    bar = tqdm(total=len(indices), unit="pair", desc=f"render {recipe.synth.name}", disable=not progress, smoothing=0.1)
+    current = None  # (shard, slot, arrays, filled)
+    try:
+        for start in range(0, len(indices), batch_size):
+            batch = render_batch(recipe, indices[start : start + batch_size], batch_size)
+            row = 0
+            while row < len(batch.indices):
+                if current is None:
+                    shard, _ = queue.pop(0)
+                    slot, arrays = writer.acquire()
+                    current = [shard, slot, arrays, 0]
+                shard, slot, arrays, filled = current
+                need = len(recipe.shard_pairs(shard)) - filled
+                take = min(need, len(batch.indices) - row)
+                rows = slice(row, row + take)
+                target = slice(filled, filled + take)
+                arrays.indices[target] = batch.indices[rows]
+                arrays.a[target] = batch.a[rows]
+                arrays.b[target] = batch.b[rows]
+                arrays.params[target] = batch.params[rows]
+                arrays.redraws[target] = batch.redraws[rows]
+                current[3] = filled + take
+                row += take
+                if current[3] == len(recipe.shard_pairs(shard)):
+                    writer.submit(slot, shard, current[3])
+                    summary.rendered.append(shard)
+                    current = None
+            summary.pairs += len(batch.indices)
+            bar.update(len(batch.indices))
+        writer.drain()
+    finally:
+        bar.close()
+        writer.close()
+        remove_temporaries(out)
+
+
+def _finish_manifest(recipe: Recipe, out: Path, seconds: float) -> None:
+    from .jax_runtime import platform
+    from .synths import param_layout
+
+    names = [info.to_dict() for info in param_layout(recipe)]
+    write_manifest(out, build_manifest(recipe, out, names, platform(), seconds))

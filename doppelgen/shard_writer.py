@@ -1,0 +1,182 @@
+"""One shard end to end: encode its pairs, write the tar and its stats file atomically.
+
+Runs in worker processes, so it imports neither JAX nor the kernel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .format import (
+    TAR_MODE,
+    TAR_MTIME,
+    TAR_USER,
+    dump_json,
+    encode_clip,
+    pair_key,
+    shard_name,
+    stats_name,
+)
+
+# A clip whose RMS is below this (relative to full scale 1.0) counts as near-silent.
+SILENCE_RMS = 1e-3
+TEMP_MARK = ".tmp-"
+
+
+@dataclass
+class ShardPairs:
+    """The pairs of one shard, rows in global-index order."""
+
+    shard: int
+    indices: np.ndarray  # (N,)
+    a: np.ndarray  # (N, T) float32
+    b: np.ndarray  # (N, T) float32
+    params: np.ndarray  # (N, n_layers, 3, P) float32: base, view a, view b
+    redraws: np.ndarray  # (N,)
+
+
+def params_json(params: np.ndarray) -> dict:
+    """FORMAT.md's ``params`` (layer 0) and, for several layers, ``layers``."""
+    layers = [{"base": p[0].tolist(), "a": p[1].tolist(), "b": p[2].tolist()} for p in params.astype(np.float64)]
+    meta = {"params": layers[0]}
+    if len(layers) > 1:
+        meta["layers"] = layers
+    return meta
+
+
+def pair_sample(index: int, seed: int, a: np.ndarray, b: np.ndarray, params: np.ndarray, sample_rate: int, codec: str) -> dict:
+    """The WebDataset sample of one pair: ``__key__`` and member bytes by extension."""
+    a_bytes, gain_a = encode_clip(a, sample_rate, codec)
+    b_bytes, gain_b = encode_clip(b, sample_rate, codec)
+    meta = {"index": int(index), "seed": int(seed), "gain": [gain_a, gain_b], **params_json(params)}
+    return {"__key__": pair_key(index), f"a.{codec}": a_bytes, f"b.{codec}": b_bytes, "json": dump_json(meta)}
+
+
+def tar_bytes(samples: list[dict]) -> bytes:
+    """A byte-reproducible tar: fixed member order, mtime, owner and mode; no compression."""
+    from webdataset import TarWriter  # heavy import, kept out of the readers' path
+
+    buffer = io.BytesIO()
+    with TarWriter(buffer, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME, encoder=False) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return buffer.getvalue()
+
+
+def audio_stats(pairs: ShardPairs) -> dict:
+    clips = np.concatenate([pairs.a, pairs.b]).astype(np.float64)
+    rms = np.sqrt(np.mean(clips**2, axis=1)) if clips.size else np.zeros(0)
+    attempts = len(pairs.indices) + int(pairs.redraws.sum())
+    return {
+        "peak": float(np.max(np.abs(clips))) if clips.size else 0.0,
+        "mean_rms": float(rms.mean()) if rms.size else 0.0,
+        "silent_fraction": float(np.mean(rms < SILENCE_RMS)) if rms.size else 0.0,
+        "nonfinite_fraction": float(pairs.redraws.sum() / attempts) if attempts else 0.0,
+        "redraws": int(pairs.redraws.sum()),
+    }
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write under a temporary name in the same folder, then move into place."""
+    temporary = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_shard(out_dir: str | os.PathLike, pairs: ShardPairs, *, seed: int, sample_rate: int, codec: str, recipe_sha256: str) -> dict:
+    """Encode and write one complete shard; returns its manifest entry.
+
+    The tar goes into place first and the stats file second: a shard is complete only
+    when both exist, so a crash between the two leaves it to be rendered again.
+    """
+    out_dir = Path(out_dir)
+    samples = [
+        pair_sample(index, seed, pairs.a[row], pairs.b[row], pairs.params[row], sample_rate, codec)
+        for row, index in enumerate(pairs.indices)
+    ]
+    data = tar_bytes(samples)
+    name = shard_name(pairs.shard)
+    entry = {
+        "name": name,
+        "n_pairs": len(samples),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        **audio_stats(pairs),
+    }
+    write_atomic(out_dir / name, data)
+    stats = dict(entry, recipe_sha256=recipe_sha256)
+    write_atomic(out_dir / stats_name(pairs.shard), json.dumps(stats, indent=1, sort_keys=True).encode())
+    return entry
+
+
+def remove_temporaries(out_dir: str | os.PathLike) -> int:
+    """Delete temporaries a killed run left behind; returns how many."""
+    out_dir = Path(out_dir)
+    removed = 0
+    if out_dir.is_dir():
+        for entry in out_dir.iterdir():
+            if entry.name.startswith(".") and TEMP_MARK in entry.name:
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+# --- shared-memory hand-off to encoding workers ---------------------------------------
+# Pickling a shard's float audio to a worker costs as much as encoding it; the main
+# process instead copies rendered rows into a shared-memory slot and sends only its name.
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    rows: int
+    samples: int
+    param_shape: tuple[int, int, int]  # (n_layers, 3, P)
+
+    def arrays(self, buffer) -> ShardPairs:
+        """Views of the slot's arrays inside ``buffer`` (shard index filled in by the caller)."""
+        offset, views = 0, []
+        for shape, dtype in (
+            ((self.rows,), np.int64),
+            ((self.rows, self.samples), np.float32),
+            ((self.rows, self.samples), np.float32),
+            ((self.rows, *self.param_shape), np.float32),
+            ((self.rows,), np.int64),
+        ):
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            views.append(np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset))
+            offset += size
+        return ShardPairs(-1, *views)
+
+    @property
+    def nbytes(self) -> int:
+        per_row = 8 + 2 * self.samples * 4 + int(np.prod(self.param_shape)) * 4 + 8
+        return self.rows * per_row
+
+
+def write_shard_from_slot(slot_name: str, layout: SlotLayout, shard: int, n_rows: int, out_dir: str, options: dict) -> dict:
+    """Worker entry point: encode the first ``n_rows`` rows of a shared-memory slot."""
+    from multiprocessing import shared_memory
+
+    block = shared_memory.SharedMemory(name=slot_name)
+    try:
+        view = layout.arrays(block.buf)
+        pairs = ShardPairs(shard, *(array[:n_rows] for array in (view.indices, view.a, view.b, view.params, view.redraws)))
+        entry = write_shard(out_dir, pairs, **options)
+        del pairs, view  # release the buffer before closing it
+        return entry
+    finally:
+        block.close()

@@ -1,0 +1,7 @@
+"""``python -m doppeltrain`` (and ``torchrun -m doppeltrain``) run the CLI."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,170 @@
+"""``doppeltrain``: train (``fit``) and use (``embed``, ``probe``) audio embeddings.
+
+Every ``fit`` option defaults to None, meaning "not given": a fresh run takes the
+value from :class:`TrainConfig` (the one place defaults live), a ``--resume`` takes it
+from the run's checkpoint. A bad option or input prints one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from typer.exceptions import TyperException
+
+from .augment import AugmentError
+from .checkpoint import CheckpointError
+from .config import TrainConfig
+from .data import DataError
+from .distributed import DistributedError
+from .train import TrainError, fit, resume_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train audio embeddings on doppelgänger pair shards, and use them.",
+)
+
+USAGE_EXIT = 2
+DEFAULTS = TrainConfig()  # quoted in --help; the values live in config.py only
+# "Your input is wrong": one line, no traceback. Anything else is a bug and keeps its traceback.
+INPUT_ERRORS = (TrainError, DataError, CheckpointError, DistributedError, AugmentError)
+
+
+def _error(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=USAGE_EXIT)
+
+
+def build_config(overrides: dict[str, Any], resume: bool) -> TrainConfig:
+    """A TrainConfig from dotted-field overrides (None = not given) on the right base.
+
+    The base is the run's own config when resuming (so a bare ``--resume --run NAME``
+    continues it exactly), the defaults otherwise.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if resume:
+        base = TrainConfig()
+        run_dir = Path(given.get("runs_dir", base.runs_dir)) / given.get("run", base.run)
+        config = resume_config(run_dir)
+        # Invocation-level choices of the earlier run do not carry over.
+        config.resume, config.until_epoch = True, None
+    else:
+        config = TrainConfig()
+    for dotted, value in given.items():
+        target = config
+        *parents, name = dotted.split(".")
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, name, value)
+    return config
+
+
+@app.command("fit")
+def fit_command(
+    datasets: Optional[List[str]] = typer.Argument(None, help="Pair datasets: folders or WebDataset URLs (FORMAT.md)."),
+    run: Optional[str] = typer.Option(
+        None, "--run", "--name",
+        help=f"Run name: its files go to RUNS_DIR/RUN. Spell it --name under torchrun, whose own parser reads --run as its --run-path. (default: {DEFAULTS.run})",
+    ),
+    runs_dir: Optional[str] = typer.Option(None, help=f"Folder of runs. (default: {DEFAULTS.runs_dir})"),
+    epochs: Optional[int] = typer.Option(None, help=f"Epochs of the schedule. (default: {DEFAULTS.epochs})"),
+    until_epoch: Optional[int] = typer.Option(None, help="Stop this invocation after this many epochs; continue later with --resume."),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="Batches per epoch per rank. (default: training pairs // global batch)"),
+    batch_size: Optional[int] = typer.Option(None, help=f"Pairs per batch per rank. (default: {DEFAULTS.data.batch_size})"),
+    workers: Optional[int] = typer.Option(None, help=f"Data-loader worker processes per rank. (default: {DEFAULTS.data.workers})"),
+    shuffle_buffer: Optional[int] = typer.Option(None, help=f"Pairs in each worker's shuffle buffer. (default: {DEFAULTS.data.shuffle_buffer})"),
+    val_shards: Optional[float] = typer.Option(None, help=f"Shards held out per dataset: a fraction (<1) or a count; 0 for none. (default: {DEFAULTS.data.val_shards})"),
+    val_every: Optional[int] = typer.Option(None, help=f"Validate every N epochs (and at the end); 0 never. (default: {DEFAULTS.val_every})"),
+    checkpoint_every: Optional[int] = typer.Option(None, help=f"Keep a checkpoint every N epochs; latest.pt is written every epoch. (default: {DEFAULTS.checkpoint_every})"),
+    optimizer: Optional[str] = typer.Option(None, help=f"sgd or adam. (default: {DEFAULTS.optim.optimizer})"),
+    lr: Optional[float] = typer.Option(None, help="Learning rate. (default: sgd 0.12 * batch/256 * world size; adam 1e-3)"),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay. (default: sgd 1e-6; adam 1e-4)"),
+    model: Optional[str] = typer.Option(None, help=f"resnet18 (the paper's) or small (one block per stage). (default: {DEFAULTS.model.model})"),
+    width: Optional[int] = typer.Option(None, help=f"Channels of the first stage; e.g. 16 with --model small for CPU. (default: {DEFAULTS.model.width})"),
+    embedding_dim: Optional[int] = typer.Option(None, help=f"Embedding size. (default: {DEFAULTS.model.embedding_dim})"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Waveform and SpecAugment augmentations. (default: on)"),
+    ir_dir: Optional[str] = typer.Option(None, help="Folder of impulse responses for the convolution augmentation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue RUNS_DIR/RUN from its latest checkpoint."),
+    device: Optional[str] = typer.Option(None, help=f"auto (cuda, then mps, then cpu), cpu, cuda or mps. (default: {DEFAULTS.device})"),
+    precision: Optional[str] = typer.Option(None, help=f"auto (bf16 autocast on GPU), fp32 or bf16. (default: {DEFAULTS.precision})"),
+    seed: Optional[int] = typer.Option(None, help=f"Seed of the initial weights, data order and augmentations. (default: {DEFAULTS.seed})"),
+    log_every: Optional[int] = typer.Option(None, help=f"Log train metrics every N steps. (default: {DEFAULTS.log_every})"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar. (default: on)"),
+    audit: Optional[bool] = typer.Option(None, "--audit/--no-audit", help="Each rank logs the pair keys it trained on and its final weight digest."),
+) -> None:
+    """Train (or resume) a run: ResNet embeddings with alignment + uniformity loss."""
+    overrides = {
+        "data.datasets": list(datasets) if datasets else None,
+        "run": run,
+        "runs_dir": runs_dir,
+        "epochs": epochs,
+        "until_epoch": until_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "data.batch_size": batch_size,
+        "data.workers": workers,
+        "data.shuffle_buffer": shuffle_buffer,
+        "data.val_shards": val_shards,
+        "val_every": val_every,
+        "checkpoint_every": checkpoint_every,
+        "optim.optimizer": optimizer,
+        "optim.lr": lr,
+        "optim.weight_decay": weight_decay,
+        "model.model": model,
+        "model.width": width,
+        "model.embedding_dim": embedding_dim,
+        "augment.enabled": augment,
+        "augment.ir_dir": ir_dir,
+        "device": device,
+        "precision": precision,
+        "seed": seed,
+        "log_every": log_every,
+        "progress": progress,
+        "audit": audit,
+    }
+    try:
+        config = build_config(overrides, resume)
+        summary = fit(config)
+    except INPUT_ERRORS as error:
+        raise _error(str(error)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        val = summary["val"]
+        typer.echo(
+            f"{summary['run_dir']}: {summary['epochs_completed']} epochs, {summary['step']} steps, "
+            f"loss {summary['loss']:.4f}" + (f", val loss {val['loss']:.4f}" if val else "")
+            + f"; checkpoint {summary['checkpoint']}"
+        )
+
+
+def _register_use_commands() -> None:
+    # embed and probe live with the inference code; absent, fit still works.
+    try:
+        from . import cli_use
+    except ImportError:
+        return
+    cli_use.register(app)
+
+
+_register_use_commands()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI on ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    The console script exits with it; tests call ``main([...])``.
+    """
+    try:
+        status = app(args=argv, prog_name="doppeltrain", standalone_mode=False)
+    except TyperException as error:  # unknown option, bad value, missing argument
+        if type(error).__name__ == "NoArgsIsHelpError":  # a bare command: its help, as usual
+            typer.echo(error.format_message(), err=True)
+        else:
+            typer.echo(f"error: {error.format_message()}", err=True)
+        status = getattr(error, "exit_code", USAGE_EXIT)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        status = 130
+    return status if isinstance(status, int) else 0

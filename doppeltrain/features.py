@@ -1,0 +1,136 @@
+"""The network's input: VGGish-style log-mel examples, computed in batch on the device.
+
+The definition is REFERENCE.md's ('Features fed to the network'): frames of 400 samples
+(25 ms at 16 kHz) every 160 (10 ms), periodic Hann window, |FFT| of size 512, a 64-band
+HTK mel filterbank from 125 to 7500 Hz with triangles in the mel domain and the DC bin
+zeroed, ``log(mel + 0.01)``, then examples of 96 frames (0.96 s) every 96 frames. Frames
+are not centred: frame ``t`` covers samples ``[160 t, 160 t + 400)``, so a 1 s clip has
+98 frames and gives one example.
+
+torchaudio's own mel filterbank draws its triangles in hertz, not in mel, so the
+filterbank is built here; the STFT is torchaudio's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+from .config import FeatureConfig
+
+
+def hertz_to_mel(frequency):
+    """HTK mel scale, ``1127 ln(1 + f / 700)``; works on floats, arrays and tensors."""
+    if isinstance(frequency, torch.Tensor):
+        return 1127.0 * torch.log1p(frequency / 700.0)
+    return 1127.0 * np.log1p(np.asarray(frequency, dtype=np.float64) / 700.0)
+
+
+def mel_filterbank(cfg: FeatureConfig) -> torch.Tensor:
+    """The (n_fft // 2 + 1, n_mels) weights: triangles whose edges are equally spaced in
+    mel, evaluated at each FFT bin's mel value; the DC bin gets no weight."""
+    n_bins = cfg.n_fft // 2 + 1
+    bins_mel = hertz_to_mel(np.linspace(0.0, cfg.sample_rate / 2.0, n_bins))
+    edges = np.linspace(hertz_to_mel(cfg.f_min), hertz_to_mel(cfg.f_max), cfg.n_mels + 2)
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bins_mel[:, None] - lower) / (center - lower)
+    falling = (upper - bins_mel[:, None]) / (upper - center)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights[0, :] = 0.0
+    return torch.from_numpy(weights.astype(np.float32))
+
+
+def stft_window(cfg: FeatureConfig) -> torch.Tensor:
+    """A periodic Hann window of ``window_length`` at the start of an ``n_fft`` frame: the
+    STFT then reads ``n_fft`` samples per frame, of which only the first
+    ``window_length`` count, which is VGGish's zero-padded FFT of a 400-sample frame."""
+    window = torch.hann_window(cfg.window_length, periodic=True, dtype=torch.float64)
+    return F.pad(window, (0, cfg.n_fft - cfg.window_length)).float()
+
+
+def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
+    """Frames of a clip of ``n_samples`` (no centring, no padding)."""
+    return 0 if n_samples < cfg.window_length else 1 + (n_samples - cfg.window_length) // cfg.hop_length
+
+
+def n_examples(n_samples: int, cfg: FeatureConfig) -> int:
+    """Whole ``example_frames`` examples of a clip of ``n_samples``."""
+    frames = n_frames(n_samples, cfg)
+    return 0 if frames < cfg.example_frames else 1 + (frames - cfg.example_frames) // cfg.example_frames
+
+
+def _log_mel(waveform: torch.Tensor, window: torch.Tensor, filterbank: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    # Under bf16 autocast the filterbank product would lose the precision the reference
+    # test holds us to; features are cheap next to the network, so keep them in fp32.
+    with torch.autocast(device_type=waveform.device.type, enabled=False):
+        waveform = waveform.float()
+        # Right-pad so the last whole window_length frame has n_fft samples to read.
+        padded = F.pad(waveform, (0, cfg.n_fft - cfg.window_length))
+        magnitude = torchaudio.functional.spectrogram(
+            padded,
+            pad=0,
+            window=window,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.n_fft,
+            power=1.0,
+            normalized=False,
+            center=False,
+        )  # (..., n_bins, n_frames)
+        mel = torch.matmul(magnitude.transpose(-1, -2), filterbank)  # (..., n_frames, n_mels)
+        return torch.log(mel + cfg.log_offset)
+
+
+def log_mel(waveform: torch.Tensor, cfg: FeatureConfig | None = None) -> torch.Tensor:
+    """``(..., T)`` waveforms at ``cfg.sample_rate`` -> ``(..., n_frames, n_mels)`` log-mel."""
+    cfg = cfg or FeatureConfig()
+    device = waveform.device
+    return _log_mel(waveform, stft_window(cfg).to(device), mel_filterbank(cfg).to(device), cfg)
+
+
+def split_examples(spectrogram: torch.Tensor, example_frames: int) -> torch.Tensor:
+    """``(B, n_frames, n_mels)`` -> ``(B, n_examples, 1, example_frames, n_mels)``, hop =
+    one example; trailing frames that do not fill an example are dropped (as VGGish)."""
+    batch, frames, mels = spectrogram.shape
+    count = frames // example_frames
+    examples = spectrogram[:, : count * example_frames].reshape(batch, count, example_frames, mels)
+    return examples.unsqueeze(2)
+
+
+class LogMelFrontend(torch.nn.Module):
+    """Waveforms -> log-mel examples; the window and filterbank are buffers, so
+    ``.to(device)`` moves them with the model.
+
+    ``forward`` gives the clip's first example, ``(B, 1, 96, 64)``: the whole of a 1 s
+    clip. ``frames`` gives every example of longer clips.
+    """
+
+    def __init__(self, cfg: FeatureConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or FeatureConfig()
+        self.register_buffer("window", stft_window(self.cfg), persistent=False)
+        self.register_buffer("filterbank", mel_filterbank(self.cfg), persistent=False)
+
+    def spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` -> ``(B, n_frames, n_mels)`` log-mel."""
+        if waveform.dim() != 2:
+            raise ValueError(f"expected waveforms of shape (batch, samples), got {tuple(waveform.shape)}")
+        if n_examples(waveform.shape[-1], self.cfg) == 0:
+            needed = self.cfg.window_length + (self.cfg.example_frames - 1) * self.cfg.hop_length
+            raise ValueError(f"clips of {waveform.shape[-1]} samples are shorter than one example ({needed} samples)")
+        return _log_mel(waveform, self.window, self.filterbank, self.cfg)
+
+    def frames(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` -> ``(B, n_examples, 1, 96, 64)``: every whole example of each clip."""
+        return split_examples(self.spectrogram(waveform), self.cfg.example_frames)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` -> ``(B, 1, 96, 64)``: the first example of each clip."""
+        spectrogram = self.spectrogram(waveform[:, : self._first_example_samples()])
+        return spectrogram[:, None, : self.cfg.example_frames]
+
+    def _first_example_samples(self) -> int:
+        # Only the samples the first example's frames read: longer clips cost nothing extra.
+        return self.cfg.window_length + (self.cfg.example_frames - 1) * self.cfg.hop_length

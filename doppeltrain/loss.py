@@ -1,0 +1,50 @@
+"""Alignment and uniformity (Wang & Isola, 2020), the paper's contrastive loss.
+
+All functions take L2-normalized embeddings ``(N, D)`` and return scalars. Under DDP
+the caller passes the globally gathered batch (``distributed.gather_with_grad``), so
+uniformity is measured over every rank's embeddings, as in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .config import LossConfig
+
+
+def alignment_loss(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
+    """Mean over pairs of ``||x_i - y_i||_2 ** alpha``."""
+    squared = (x - y).pow(2).sum(dim=1)
+    # ||d||^alpha as (||d||^2)^(alpha/2): no square root, so no NaN gradient at d = 0.
+    return squared.pow(alpha / 2).mean()
+
+
+def uniformity_loss(x: Tensor, t: float = 2.0) -> Tensor:
+    """``log`` of the mean over distinct pairs ``i < j`` of ``exp(-t ||x_i - x_j||^2)``."""
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("uniformity needs at least two embeddings")
+    norms = x.pow(2).sum(dim=1)
+    # Squared distances from one matrix product (O(N^2) memory, unlike differences of
+    # all pairs, O(N^2 D)); clamped because rounding can make them slightly negative.
+    squared = (norms[:, None] + norms[None, :] - 2.0 * x @ x.T).clamp_min(0.0)
+    rows, cols = torch.triu_indices(n, n, offset=1, device=x.device)
+    exponents = -t * squared[rows, cols]
+    # log(mean(exp(z))) computed stably.
+    return torch.logsumexp(exponents, dim=0) - math.log(exponents.numel())
+
+
+def contrastive_loss(a: Tensor, b: Tensor, cfg: LossConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """``(total, alignment, uniformity)`` for two views of the same pairs.
+
+    ``total = align_weight * alignment + unif_weight * uniformity``; uniformity is the
+    mean of the two views' uniformities. Computed in float32 whatever the input dtype.
+    """
+    a, b = a.float(), b.float()
+    alignment = alignment_loss(a, b, cfg.alpha)
+    uniformity = (uniformity_loss(a, cfg.t) + uniformity_loss(b, cfg.t)) / 2
+    total = cfg.align_weight * alignment + cfg.unif_weight * uniformity
+    return total, alignment, uniformity

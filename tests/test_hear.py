@@ -1,0 +1,92 @@
+"""The HEAR 2021 API contract of ``doppeltrain.hear``."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from doppeltrain import hear
+from doppeltrain.inference import embed
+from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("hear") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return hear.load_model(str(checkpoint))
+
+
+def _audio(n_sounds: int, seconds: float) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return 0.3 * torch.randn(n_sounds, int(seconds * SR), generator=generator)
+
+
+def test_the_module_has_the_hear_functions():
+    assert list(inspect.signature(hear.load_model).parameters)[0] == "model_file_path"
+    assert list(inspect.signature(hear.get_scene_embeddings).parameters) == ["audio", "model"]
+    assert list(inspect.signature(hear.get_timestamp_embeddings).parameters) == ["audio", "model"]
+
+
+def test_model_attributes(model):
+    assert isinstance(model, torch.nn.Module)
+    assert model.sample_rate == SR and isinstance(model.sample_rate, int)
+    assert model.scene_embedding_size == model.timestamp_embedding_size == EMBEDDING_DIM
+
+
+def test_scene_embeddings_are_the_embed_api(model):
+    audio = _audio(3, 2.3)
+    scene = hear.get_scene_embeddings(audio, model)
+    assert scene.shape == (3, model.scene_embedding_size) and scene.dtype == torch.float32
+    torch.testing.assert_close(scene, embed(model.embedder, audio, SR), rtol=1e-5, atol=1e-6)
+
+
+def test_timestamp_embeddings_every_50_ms_in_milliseconds(model):
+    audio = _audio(2, 1.23)
+    embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
+    n = 25  # 0, 50, ..., 1200 ms: every timestamp inside the 1230 ms clip
+    assert embeddings.shape == (2, n, model.timestamp_embedding_size) and embeddings.dtype == torch.float32
+    assert timestamps.shape == (2, n)
+    torch.testing.assert_close(timestamps[0], torch.arange(n, dtype=torch.float32) * 50.0)
+    torch.testing.assert_close(timestamps[1], timestamps[0])
+    assert not torch.allclose(embeddings[0, 0], embeddings[0, 12])
+
+
+def test_a_timestamp_embedding_describes_the_audio_around_it(model):
+    audio = _audio(1, 2.0)
+    embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
+    k = 20  # 1000 ms
+    assert timestamps[0, k].item() == 1000.0
+    centre = model.embedder.framing.centre  # 96 frames span 15600 samples: the middle is 7800
+    assert centre == 7800
+    start = SR - centre
+    window = audio[:, start:start + SR]
+    torch.testing.assert_close(embeddings[0, k], embed(model.embedder, window, SR)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_timestamp_hop_is_a_model_option(checkpoint):
+    coarse = hear.load_model(str(checkpoint), timestamp_hop_ms=250.0)
+    _, timestamps = hear.get_timestamp_embeddings(_audio(1, 1.0), coarse)
+    assert timestamps[0].tolist() == [0.0, 250.0, 500.0, 750.0]
+
+
+def test_the_model_moves_with_to(model):
+    moved = model.to("cpu")
+    assert moved.embedder.device.type == "cpu"
+    assert hear.get_scene_embeddings(_audio(1, 0.5), moved).device.type == "cpu"
+
+
+def test_bad_calls_fail_clearly(model, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint"):
+        hear.load_model("")
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        hear.load_model(str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="n_sounds, n_samples"):
+        hear.get_scene_embeddings(torch.zeros(SR), model)
+    with pytest.raises(ValueError, match="no samples"):
+        hear.get_timestamp_embeddings(torch.zeros(2, 0), model)

@@ -1,0 +1,109 @@
+"""Loss values against hand computations, the gather, and the network's shapes."""
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+from doppeltrain.config import LossConfig, ModelConfig, OptimConfig
+from doppeltrain.distributed import gather_with_grad
+from doppeltrain.loss import alignment_loss, contrastive_loss, uniformity_loss
+from doppeltrain.model import build_model
+from doppeltrain.train import learning_rate, lr_at_epoch, milestone_epochs
+
+
+def unit(*rows):
+    x = torch.tensor(rows, dtype=torch.float64)
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def test_alignment_is_mean_squared_distance_of_pairs():
+    x = unit([1.0, 0.0], [0.0, 1.0])
+    y = unit([0.0, 1.0], [0.0, 1.0])
+    # Pair 0 is 90 degrees apart (||d||^2 = 2), pair 1 identical (0): mean 1.
+    assert alignment_loss(x, y).item() == pytest.approx(1.0)
+    # alpha = 1: mean of distances, sqrt(2) / 2.
+    assert alignment_loss(x, y, alpha=1.0).item() == pytest.approx(math.sqrt(2) / 2)
+
+
+def test_uniformity_is_log_mean_gaussian_potential_over_distinct_pairs():
+    x = unit([1.0, 0.0], [0.0, 1.0], [-1.0, 0.0])
+    t = 2.0
+    # Squared distances: (0,1) 2, (0,2) 4, (1,2) 2.
+    expected = math.log((math.exp(-t * 2) + math.exp(-t * 4) + math.exp(-t * 2)) / 3)
+    assert uniformity_loss(x, t).item() == pytest.approx(expected)
+    # Wang & Isola's formulation with pdist agrees on random embeddings.
+    z = torch.nn.functional.normalize(torch.randn(16, 8, dtype=torch.float64), dim=1)
+    reference = torch.pdist(z, p=2).pow(2).mul(-t).exp().mean().log()
+    assert uniformity_loss(z, t).item() == pytest.approx(reference.item(), abs=1e-10)
+
+
+def test_contrastive_loss_weights_alignment_and_averages_view_uniformities():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    cfg = LossConfig(align_weight=0.5, unif_weight=2.0)
+    total, alignment, uniformity = contrastive_loss(a, b, cfg)
+    assert alignment.item() == pytest.approx(alignment_loss(a, b).item())
+    assert uniformity.item() == pytest.approx(((uniformity_loss(a) + uniformity_loss(b)) / 2).item())
+    assert total.item() == pytest.approx(0.5 * alignment.item() + 2.0 * uniformity.item())
+
+
+def test_loss_gradient_is_finite_for_identical_embeddings():
+    # At initialisation a network can map pairs (and whole batches) to one point.
+    x = torch.nn.functional.normalize(torch.ones(4, 3), dim=1).requires_grad_(True)
+    total, _, _ = contrastive_loss(x, x.clone(), LossConfig())
+    total.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_gather_in_one_process_is_the_tensor_itself_with_its_gradient():
+    x = torch.randn(3, 2, requires_grad=True)
+    gathered = gather_with_grad(x)
+    assert gathered is x
+    gathered.sum().backward()
+    assert torch.equal(x.grad, torch.ones(3, 2))
+
+
+def test_resnet18_is_torchvisions_with_a_one_channel_conv1():
+    model = build_model(ModelConfig())
+    conv1 = model.conv1
+    assert (conv1.in_channels, conv1.out_channels) == (1, 64)
+    assert (conv1.kernel_size, conv1.stride, conv1.padding, conv1.bias) == ((7, 7), (2, 2), (3, 3), None)
+    reference = torchvision.models.resnet18(num_classes=512)
+    reference.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[key].shape == theirs[key].shape for key in ours)
+    reference.load_state_dict(ours)  # a checkpoint's weights load into plain torchvision
+    model.eval()
+    output = model(torch.randn(2, 1, 96, 64))
+    assert output.shape == (2, 512)
+
+
+def test_small_model_has_the_configured_width_and_embedding_size():
+    model = build_model(ModelConfig(model="small", width=8, embedding_dim=32))
+    assert model.conv1.out_channels == 8 and model.conv1.in_channels == 1
+    assert [len(stage) for stage in (model.layer1, model.layer2, model.layer3, model.layer4)] == [1, 1, 1, 1]
+    assert model.layer4[0].conv2.out_channels == 64
+    model.eval()
+    assert model(torch.randn(3, 1, 96, 64)).shape == (3, 32)
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model(ModelConfig(model="vgg"))
+
+
+def test_learning_rate_rule_and_milestones():
+    sgd, adam = OptimConfig(), OptimConfig(optimizer="adam")
+    assert learning_rate(sgd, 768, 1) == pytest.approx(0.36)  # the reference: 0.12 * (768 // 256)
+    assert learning_rate(sgd, 768, 4) == pytest.approx(1.44)
+    assert learning_rate(sgd, 32, 1) == pytest.approx(0.015)  # linear below 256, not 0
+    assert learning_rate(adam, 768, 2) == pytest.approx(1e-3)
+    assert learning_rate(OptimConfig(lr=0.5), 768, 2) == 0.5
+    assert milestone_epochs(200, sgd.milestones) == [155, 170, 185]
+    assert lr_at_epoch(1.0, 154, 200, sgd) == pytest.approx(1.0)
+    assert lr_at_epoch(1.0, 155, 200, sgd) == pytest.approx(0.1)
+    assert lr_at_epoch(1.0, 199, 200, sgd) == pytest.approx(1e-3)

@@ -1,0 +1,203 @@
+"""The linear probe: splits, the torch classifier, baselines, ``doppeltrain probe``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from doppeltrain import cli_use, hear
+from doppeltrain.config import TrainConfig
+from doppeltrain.inference import embed_files, load_model
+from doppeltrain.probe import (
+    LogMelStatistics, ProbeConfig, Standardizer, baseline_model, fit_logistic_regression,
+    linear_probe, read_labelled_data, read_split_file, run_probe, stratified_split,
+)
+from doppeltrain.train import fit
+from use_fixtures import CLASSES, EMBEDDING_DIM, write_checkpoint, write_labelled_folder
+
+PER_CLASS = 10
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("probe") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    return write_labelled_folder(tmp_path_factory.mktemp("labelled"), per_class=PER_CLASS)
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = typer.Typer()
+    cli_use.register(app)
+    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_stratified_split_holds_out_each_class_in_proportion():
+    labels = ["a"] * 10 + ["b"] * 5 + ["c"] * 2
+    kept, held = stratified_split(labels, 0.2, seed=0)
+    assert sorted(np.concatenate([kept, held]).tolist()) == list(range(17))
+    assert [labels[i] for i in held].count("a") == 2
+    assert [labels[i] for i in held].count("b") == 1
+    assert [labels[i] for i in held].count("c") == 1  # at least one, never the last
+    again, _ = stratified_split(labels, 0.2, seed=0)
+    other, _ = stratified_split(labels, 0.2, seed=1)
+    assert again.tolist() == kept.tolist() and other.tolist() != kept.tolist()
+
+
+def test_logistic_regression_separates_blobs_and_l2_shrinks_it():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 3.0]])
+    y = torch.arange(3).repeat_interleave(30)
+    x = centres[y] + torch.randn(90, 2, generator=generator)
+    loose = fit_logistic_regression(x, y, 3, l2=1e-4)
+    tight = fit_logistic_regression(x, y, 3, l2=1.0)
+    assert (loose(x.double()).argmax(1) == y).double().mean() > 0.95
+    assert tight.weight.norm() < 0.5 * loose.weight.norm()
+
+
+def test_standardizer_uses_the_fit_data_and_survives_constant_features():
+    train = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    scaler = Standardizer.fit(train)
+    assert scaler(train).tolist() == [[-1.0, 0.0], [1.0, 0.0]]
+    assert scaler(torch.tensor([[5.0, 5.0]])).tolist() == [[3.0, 0.0]]
+
+
+def test_linear_probe_chooses_l2_on_validation_and_scores_held_out_files():
+    rng = np.random.default_rng(0)
+    labels = ["x"] * 40 + ["y"] * 40
+    features = rng.standard_normal((80, 20))
+    features[40:, 0] += 4.0  # one informative dimension among noise
+    train, test = stratified_split(labels, 0.25, seed=0)
+    result = linear_probe(features, labels, train, test, l2_grid=(1e-4, 1e-2, 1.0))
+    assert set(result.val_accuracy) == {"0.0001", "0.01", "1.0"}
+    assert result.best_l2 in (1e-4, 1e-2, 1.0)
+    assert result.test_accuracy >= 0.9 and set(result.per_class_test_accuracy) == {"x", "y"}
+
+
+def test_labelled_data_from_folders_csv_and_split_file(labelled, tmp_path):
+    items = read_labelled_data(labelled)
+    assert len(items) == 3 * PER_CLASS and sorted({i.label for i in items}) == sorted(CLASSES)
+    assert items[0].key == "clicks/clicks-00.wav"
+    csv_path = tmp_path / "set.csv"
+    csv_path.write_text("path,label\n" + "".join(f"{i.path},{i.label}\n" for i in items[::7]))
+    from_csv = read_labelled_data(csv_path)
+    assert [(i.path, i.label) for i in from_csv] == [(i.path, i.label) for i in items[::7]]
+    split = tmp_path / "split.csv"
+    split.write_text("".join(f"{i.key},{'test' if n % 5 == 0 else 'train'}\n" for n, i in enumerate(items)))
+    train, test = read_split_file(split, items)
+    assert test.tolist() == list(range(0, 30, 5)) and len(train) == 24
+    split.write_text("clicks/clicks-00.wav,train\n")
+    with pytest.raises(ValueError, match="does not assign 29"):
+        read_split_file(split, items)
+
+
+def test_logmel_statistics_are_band_means_and_stds():
+    logmel = torch.randn(2, 1, 96, 64)
+    stats = LogMelStatistics()(logmel)
+    assert stats.shape == (2, 128)
+    torch.testing.assert_close(stats[:, :64], logmel[:, 0].mean(dim=1))
+    torch.testing.assert_close(stats[:, 64:], logmel[:, 0].std(dim=1, unbiased=False))
+
+
+def test_random_baseline_is_the_same_architecture_untrained(checkpoint):
+    trained = load_model(checkpoint, device="cpu")
+    random_a = baseline_model("random", trained, seed=0)
+    random_b = baseline_model("random", trained, seed=0)
+    assert random_a.embedding_dim == EMBEDDING_DIM
+    names = [name for name, _ in trained.encoder.named_parameters()]
+    assert names == [name for name, _ in random_a.encoder.named_parameters()]
+    for (_, a), (_, b), (_, t) in zip(random_a.encoder.named_parameters(), random_b.encoder.named_parameters(), trained.encoder.named_parameters()):
+        assert torch.equal(a, b)  # seeded: the same baseline every time
+    assert not torch.equal(random_a.encoder.conv1.weight, trained.encoder.conv1.weight)
+
+
+def test_probe_separates_easy_classes_far_above_chance(checkpoint, labelled, tmp_path):
+    cfg = ProbeConfig(checkpoint=str(checkpoint), data=str(labelled), test_fraction=0.3,
+                      baselines=("logmel", "random"), device="cpu", out=str(tmp_path / "report.json"))
+    report = run_probe(cfg)
+    assert report == json.loads((tmp_path / "report.json").read_text())
+    assert report["n_test"] == 9 and report["n_train"] == 21
+    assert report["chance_accuracy"] == pytest.approx(1 / 3)
+    assert set(report["results"]) == {"checkpoint", "logmel", "random"}
+    assert report["results"]["checkpoint"]["dimensions"] == EMBEDDING_DIM
+    assert report["results"]["logmel"]["dimensions"] == 128
+    for name, result in report["results"].items():
+        assert result["test_accuracy"] >= 0.8, (name, result)
+
+
+def test_cli_probe_prints_accuracy_and_writes_the_report(cli, checkpoint, labelled, tmp_path):
+    result = cli("probe", checkpoint, labelled, "--baseline", "logmel", "--device", "cpu", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "checkpoint  test accuracy" in result.output and "logmel" in result.output
+    report = json.loads((tmp_path / "probe.json").read_text())
+    assert set(report["results"]) == {"checkpoint", "logmel"}
+
+
+@pytest.mark.parametrize("case", ["one-class", "tiny-class", "baseline", "fraction", "no-data"])
+def test_cli_probe_bad_inputs_fail_in_one_line(cli, checkpoint, labelled, tmp_path, case):
+    one_class = tmp_path / "one"
+    (one_class / "only").mkdir(parents=True)
+    for name in ("a.wav", "b.wav", "c.wav"):
+        (one_class / "only" / name).write_bytes((labelled / "tone" / "tone-00.wav").read_bytes())
+    tiny = tmp_path / "tiny"
+    (tiny / "few").mkdir(parents=True)
+    (tiny / "few" / "a.wav").write_bytes((labelled / "tone" / "tone-00.wav").read_bytes())
+    (tiny / "many").mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        (tiny / "many" / name).write_bytes((labelled / "noise" / "noise-00.wav").read_bytes())
+    args, named = {
+        "one-class": ((one_class,), "at least two classes"),
+        "tiny-class": ((tiny,), "'few'"),
+        "baseline": ((labelled, "--baseline", "mfcc"), "mfcc"),
+        "fraction": ((labelled, "--test-fraction", "1.5"), "--test-fraction"),
+        "no-data": ((tmp_path / "nowhere",), "nowhere"),
+    }[case]
+    result = cli("probe", checkpoint, *args, "--device", "cpu", "--no-progress")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], result.output
+    assert not (tmp_path / "probe.json").exists()
+
+
+# --- with a checkpoint the training loop wrote ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted_checkpoint(voice_shards, tmp_path_factory):
+    """A few steps of ``fit`` on the rendered voice shards: the real checkpoint format."""
+    cfg = TrainConfig()
+    cfg.data.datasets = [str(voice_shards)]
+    cfg.data.batch_size, cfg.data.workers, cfg.data.val_shards = 4, 0, 1
+    cfg.model.model, cfg.model.width, cfg.model.embedding_dim = "small", 8, EMBEDDING_DIM
+    cfg.epochs, cfg.steps_per_epoch, cfg.val_every, cfg.val_audio_pairs = 1, 3, 0, 0
+    cfg.device, cfg.progress = "cpu", False
+    cfg.runs_dir, cfg.run = str(tmp_path_factory.mktemp("runs")), "probe"
+    summary = fit(cfg)
+    assert summary["step"] == 3
+    return summary["checkpoint"]
+
+
+def test_probe_with_a_fit_checkpoint_beats_chance(fitted_checkpoint, labelled, tmp_path):
+    cfg = ProbeConfig(checkpoint=str(fitted_checkpoint), data=str(labelled), test_fraction=0.3,
+                      device="cpu", out=str(tmp_path / "report.json"))
+    report = run_probe(cfg)
+    assert report["results"]["checkpoint"]["test_accuracy"] >= 0.8 > 2 * report["chance_accuracy"]
+
+
+def test_a_fit_checkpoint_serves_embed_and_hear(fitted_checkpoint, labelled):
+    model = load_model(fitted_checkpoint, device="cpu")
+    items = read_labelled_data(labelled)[:4]
+    rows = embed_files(model, [item.path for item in items])
+    assert rows.shape == (4, EMBEDDING_DIM) and np.isfinite(rows).all()
+    hear_model = hear.load_model(str(fitted_checkpoint))
+    scene = hear.get_scene_embeddings(torch.zeros(2, 8000), hear_model)
+    assert scene.shape == (2, hear_model.scene_embedding_size)

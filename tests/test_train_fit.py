@@ -1,0 +1,284 @@
+"""fit end to end on rendered shards: run folder, checkpoints, resume, bad inputs.
+
+A tiny network (one block per stage, width 8), batches of 4 one-second pairs and a few
+steps: each fit takes seconds on a CPU.
+"""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from doppeltrain.checkpoint import (
+    CHECKPOINT_KEYS,
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+from doppeltrain.cli import main
+from doppeltrain.config import TrainConfig
+from doppeltrain.train import TrainError, fit
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_FIELDS = {"step", "epoch", "loss", "alignment", "uniformity", "lr", "pairs_per_s", "data_wait_fraction"}
+# 4 shards of 8 pairs, 1 held out: 24 training pairs, 6 batches of 4 per epoch.
+STEPS_PER_EPOCH = 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The tiny network is faster on one thread than on two contended ones (CI has two
+    # cores, shared with the loader workers and other jobs).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def tiny_config(dataset: Path, runs_dir: Path, run: str = "run", **fields) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.data.datasets = [str(dataset)]
+    cfg.data.batch_size = 4
+    cfg.data.workers = 0
+    cfg.data.val_shards = 1
+    cfg.model.model, cfg.model.width, cfg.model.embedding_dim = "small", 8, 32
+    cfg.epochs = 2
+    cfg.val_every = 1
+    cfg.checkpoint_every = 1
+    cfg.log_every = 2
+    cfg.val_audio_pairs = 2
+    cfg.progress = False
+    cfg.runs_dir, cfg.run = str(runs_dir), run
+    for name, value in fields.items():
+        setattr(cfg, name, value)
+    return cfg
+
+
+TINY_CLI = ["--model", "small", "--width", "8", "--embedding-dim", "32", "--batch-size", "4", "--workers", "0",
+            "--val-shards", "1", "--no-progress"]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_one_line_error(output: str) -> None:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert "Traceback" not in output
+
+
+@pytest.fixture(scope="module")
+def fitted(voice_shards, tmp_path_factory):
+    """One 2-epoch run shared by the tests that only read its outputs."""
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(voice_shards, runs)
+    summary = fit(cfg)
+    return cfg, summary, runs / "run"
+
+
+def test_fit_writes_config_metrics_and_tensorboard(fitted):
+    cfg, summary, run_dir = fitted
+    assert TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())) == cfg
+    records = read_metrics(run_dir)
+    train = [r for r in records if r["split"] == "train"]
+    assert train and all(TRAIN_FIELDS <= set(r) for r in train)
+    assert all(math.isfinite(r[key]) for r in train for key in TRAIN_FIELDS)
+    assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12]
+    assert all(0.0 <= r["data_wait_fraction"] <= 1.0 and r["pairs_per_s"] > 0 for r in train)
+    val = [r for r in records if r["split"] == "val"]
+    assert [(r["epoch"], r["step"]) for r in val] == [(0, 6), (1, 12)]
+    assert summary["step"] == 2 * STEPS_PER_EPOCH and math.isfinite(summary["loss"])
+    assert summary["val"] is not None and math.isfinite(summary["val"]["loss"])
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"audio": 0, "images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/alignment", "train/uniformity", "val/loss"} <= set(tags["scalars"])
+    assert {"val_pair0/a", "val_pair0/b", "val_pair1/a"} <= set(tags["audio"])
+    assert {"val_pair0/logmel_a_b", "val_pair1/logmel_a_b"} <= set(tags["images"])
+
+
+def test_fit_checkpoints_hold_the_documented_keys(fitted, voice_shards):
+    cfg, summary, run_dir = fitted
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["epoch-0001.pt", "epoch-0002.pt", "latest.pt"]  # no temporaries left
+    state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    assert set(state) == set(CHECKPOINT_KEYS)
+    assert (state["epoch"], state["step"]) == (2, 2 * STEPS_PER_EPOCH)
+    assert state["config"] == cfg.to_dict()
+    manifest_sha = hashlib.sha256((voice_shards / "manifest.json").read_bytes()).hexdigest()
+    assert state["manifests"] == {str(voice_shards): manifest_sha}
+    assert {"python", "numpy", "torch"} <= set(state["rng"])
+    assert state["scheduler"]["last_epoch"] == 2
+    first = load_checkpoint(run_dir / "checkpoints" / "epoch-0001.pt")
+    assert first["step"] == STEPS_PER_EPOCH
+    assert any(not torch.equal(first["model"][k], state["model"][k]) for k in state["model"])
+
+
+def test_load_model_gives_the_trained_network_in_eval_mode(fitted):
+    _, _, run_dir = fitted
+    model, config = load_model(run_dir / "checkpoints" / "latest.pt")
+    state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    assert not model.training and config.model.embedding_dim == 32
+    assert all(torch.equal(value, state["model"][key]) for key, value in model.state_dict().items())
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 96, 64)).shape == (2, 32)
+
+
+def test_cli_fit_runs_as_a_module(voice_shards, tmp_path):
+    impulse_responses = tmp_path / "irs"
+    impulse_responses.mkdir()
+    decay = np.exp(-np.arange(800) / 100.0).astype(np.float32)
+    soundfile.write(impulse_responses / "room.wav", decay * np.random.default_rng(0).standard_normal(800).astype(np.float32), 16000)
+    with_progress = [option for option in TINY_CLI if option != "--no-progress"]
+    result = subprocess.run(
+        [sys.executable, "-m", "doppeltrain", "fit", str(voice_shards), "--runs-dir", str(tmp_path), "--run", "cli",
+         "--epochs", "1", "--steps-per-epoch", "2", "--optimizer", "adam", "--precision", "bf16",
+         "--ir-dir", str(impulse_responses), *with_progress],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=ONE_THREAD_ENV,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cli: 1 epochs, 2 steps" in result.stdout
+    assert "epoch 1/1" in result.stderr  # the tqdm bar
+    state = load_checkpoint(tmp_path / "cli" / "checkpoints" / "latest.pt")
+    config = state["config"]
+    assert (config["optim"]["optimizer"], config["steps_per_epoch"], config["precision"]) == ("adam", 2, "bf16")
+    assert config["augment"]["ir_dir"] == str(impulse_responses)
+    assert "exp_avg" in str(state["optimizer"]["state"])  # Adam's moments, not SGD's empty state
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+
+
+@pytest.mark.parametrize("workers, optimizer", [(0, "sgd"), (2, "adam")])
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(voice_shards, tmp_path, workers, optimizer):
+    def config(run, **fields):
+        cfg = tiny_config(voice_shards, tmp_path, run, **fields)
+        cfg.data.workers, cfg.optim.optimizer, cfg.val_every = workers, optimizer, 2
+        return cfg
+
+    fit(config("whole"))
+    fit(config("split", until_epoch=1))  # as if killed after epoch 1's checkpoint
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")["epoch"] == 1
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as log:  # ... and killed again mid-epoch 2
+        log.write(json.dumps({"split": "train", "step": 8, "epoch": 1, "loss": 0.0}) + "\n")
+    summary = fit(config("split", resume=True))
+    assert summary["step"] == 2 * STEPS_PER_EPOCH
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "latest.pt")
+    split = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")
+    assert list(whole["model"]) == list(split["model"])
+    for key in whole["model"]:
+        assert torch.equal(whole["model"][key], split["model"][key]), key
+    # The schedule went on where it stopped (the next milestone would come from it).
+    assert split["scheduler"] == whole["scheduler"]
+    # The resumed run's log has each step once, as the uninterrupted run's.
+    steps = lambda run: [(r["split"], r["step"]) for r in read_metrics(tmp_path / run)]
+    assert steps("split") == steps("whole")
+
+
+def test_cli_resume_continues_from_the_checkpoints_config(voice_shards, tmp_path, capsys):
+    args = ["fit", str(voice_shards), "--runs-dir", str(tmp_path), "--run", "r", "--epochs", "2",
+            "--until-epoch", "1", "--steps-per-epoch", "1", "--val-every", "0", *TINY_CLI]
+    assert main(args) == 0
+    # A bare --resume takes datasets and options from the run itself.
+    assert main(["fit", "--resume", "--runs-dir", str(tmp_path), "--run", "r", "--no-progress"]) == 0
+    state = load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")
+    assert (state["epoch"], state["step"]) == (2, 2)
+    # Changing what the weights depend on is refused, in one line.
+    assert main(["fit", "--resume", "--runs-dir", str(tmp_path), "--run", "r", "--lr", "0.5"]) == 2
+    error = capsys.readouterr().err
+    assert_one_line_error(error)
+    assert "optim.lr" in error
+
+
+def test_a_fresh_fit_refuses_to_overwrite_a_run(fitted, voice_shards):
+    cfg, _, run_dir = fitted
+    with pytest.raises(TrainError, match="already holds a run"):
+        fit(tiny_config(voice_shards, run_dir.parent))
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    path = tmp_path / "latest.pt"
+    save_checkpoint({key: 1 for key in CHECKPOINT_KEYS}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise KeyboardInterrupt  # as if the process were stopped mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({**{key: 2 for key in CHECKPOINT_KEYS}, "model": [torch.zeros(1000), Unpicklable()]}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        load_checkpoint(path)
+
+
+def make_corrupt_dataset(voice_shards: Path, tmp_path: Path) -> Path:
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(voice_shards, corrupt)
+    (corrupt / "manifest.json").write_text("{not json")
+    return corrupt
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "no such dataset folder"),
+        ("empty", "no complete shards"),
+        ("corrupt", "unreadable manifest"),
+        ("optimizer", "unknown optimizer 'lamb'"),
+        ("option", "No such option"),
+        ("no-datasets", "no datasets given"),
+        ("batch", "--batch-size must be at least 2"),
+        ("resume-nothing", "no such checkpoint"),
+        ("ir-dir", "--ir-dir"),
+        ("empty-ir-dir", "no .wav or .flac impulse responses"),
+        pytest.param("cuda", "CUDA is not available", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
+    ],
+)
+def test_bad_inputs_give_one_line_and_exit_2(voice_shards, tmp_path, capsys, case, expected):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    dataset = {"missing": tmp_path / "nowhere", "empty": empty}.get(case, voice_shards)
+    if case == "corrupt":
+        dataset = make_corrupt_dataset(voice_shards, tmp_path)
+    extra = {
+        "optimizer": ["--optimizer", "lamb"],
+        "option": ["--frobnicate", "3"],
+        "batch": ["--batch-size", "1"],
+        "resume-nothing": ["--resume"],
+        "ir-dir": ["--ir-dir", str(tmp_path / "no-irs")],
+        "empty-ir-dir": ["--ir-dir", str(empty)],
+        "cuda": ["--device", "cuda"],
+    }.get(case, [])
+    datasets = [] if case in ("no-datasets", "resume-nothing") else [str(dataset)]
+    status = main(["fit", *datasets, "--runs-dir", str(tmp_path / "runs"), *TINY_CLI, *extra])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert_one_line_error(captured.err)
+    assert expected in captured.err
+    assert not (tmp_path / "runs").exists() or case == "resume-nothing"
+
+
+def test_bad_input_through_the_real_entry_point_has_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "doppeltrain", "fit", str(tmp_path / "nowhere"), "--runs-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=ONE_THREAD_ENV,
+    )
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr)
