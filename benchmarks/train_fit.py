@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -56,10 +58,10 @@ def measure_fit_wait_fraction(dataset_dir: str | Path, **options: Any) -> float:
 
 
 def _render_demo_dataset(out_dir: Path) -> Path:
-    from doppelgen.config import make_recipe
-    from doppelgen.dataset import render_dataset
-
-    render_dataset(make_recipe("voice", n_shards=4, pairs_per_shard=64), out_dir, batch_size=64, workers=0, progress=False)
+    # In another process: JAX's threads in this one would be forked into the loader workers.
+    command = [sys.executable, "-m", "doppelgen", "render", str(out_dir), "--synth", "voice", "--shards", "4",
+               "--pairs-per-shard", "64", "--batch-size", "64", "--quiet"]
+    subprocess.run(command, check=True)
     return out_dir
 
 

@@ -33,6 +33,7 @@ class RenderSummary:
     pairs: int = 0
     seconds: float = 0.0
     manifest_written: bool = False
+    complete: bool = False  # every shard of the recipe is complete and manifest.json exists
 
 
 def default_workers() -> int:
@@ -182,6 +183,7 @@ def render_dataset(
     if len(complete_shards(out)) >= recipe.n_shards and (summary.rendered or not (out / MANIFEST_NAME).exists()):
         _finish_manifest(recipe, out, summary.seconds)
         summary.manifest_written = True
+    summary.complete = (out / MANIFEST_NAME).exists() and len(complete_shards(out)) >= recipe.n_shards
     return summary
 
 

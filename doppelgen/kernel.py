@@ -6,6 +6,7 @@ the seed, the index and a redraw counter, never from the batch it is rendered in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
@@ -39,13 +40,14 @@ class PairBatch:
     redraws: np.ndarray  # (N,) how many non-finite renders were replaced
 
 
-def draw_views(recipe: Recipe, synth, indices: jax.Array, attempts: jax.Array) -> jax.Array:
+def draw_views(recipe: Recipe, synth, indices: jax.Array, attempts: jax.Array, seed: jax.Array, delta: jax.Array) -> jax.Array:
     """Base parameters and the two perturbed views, shape (N, n_layers, 3, P).
 
     ``synth`` is ``build_synth(recipe)``, built outside any trace (SynthConfig computes
-    its buffer sizes with jnp and they must stay concrete)."""
+    its buffer sizes with jnp and they must stay concrete). Seed and delta are traced
+    arguments, so a delta sweep or a new seed reuses one compiled kernel."""
     # Raw uint32 keys: synthax (flax) init does not trace with typed keys.
-    root = jax.random.PRNGKey(recipe.seed)
+    root = jax.random.PRNGKey(seed)
 
     def one_layer(pair_key: jax.Array, layer: int) -> jax.Array:
         layer_key = jax.random.fold_in(pair_key, layer)
@@ -54,7 +56,7 @@ def draw_views(recipe: Recipe, synth, indices: jax.Array, attempts: jax.Array) -
         views = [base]
         for view in (VIEW_A, VIEW_B):
             noise = jax.random.normal(jax.random.fold_in(layer_key, view), base.shape, base.dtype)
-            views.append(jnp.clip(base + recipe.delta * noise, recipe.eps, 1.0))
+            views.append(jnp.clip(base + delta * noise, recipe.eps, 1.0))
         return jnp.stack(views)
 
     def one_pair(index: jax.Array, attempt: jax.Array) -> jax.Array:
@@ -91,25 +93,26 @@ class PairKernel:
         configure_jax()
         check_render_length(recipe)
         self.recipe = recipe
-        self.n_params = len(param_layout(recipe))
         self._cpu = cpu_device()
         self._fused = jax.default_backend() == "cpu"
         synth = build_synth(recipe)
-        draw = lambda indices, attempts: draw_views(recipe, synth, indices, attempts)  # noqa: E731
+        draw = lambda *args: draw_views(recipe, synth, *args)  # noqa: E731
         render = lambda views: render_views(synth, views)  # noqa: E731
         if self._fused:
-            self._kernel = jax.jit(lambda indices, attempts: (views := draw(indices, attempts), *render(views)))
+            self._kernel = jax.jit(lambda *args: (views := draw(*args), *render(views)))
         else:
             self._draw = jax.jit(draw)
             self._render = jax.jit(render)
 
-    def __call__(self, indices: np.ndarray, attempts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        indices = jax.device_put(np.asarray(indices, np.uint32), self._cpu)
-        attempts = jax.device_put(np.asarray(attempts, np.uint32), self._cpu)
+    def __call__(self, indices: np.ndarray, attempts: np.ndarray, seed: int, delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        args = [
+            jax.device_put(np.asarray(value, dtype), self._cpu)
+            for value, dtype in ((indices, np.uint32), (attempts, np.uint32), (seed, np.uint32), (delta, np.float32))
+        ]
         if self._fused:
-            views, a, b = self._kernel(indices, attempts)
+            views, a, b = self._kernel(*args)
         else:
-            views = self._draw(indices, attempts)
+            views = self._draw(*args)
             a, b = self._render(jax.device_put(views, jax.devices()[0]))
         return np.asarray(views), np.asarray(a), np.asarray(b)
 
@@ -137,15 +140,25 @@ def redraw_nonfinite(
 
 
 @lru_cache(maxsize=8)
-def pair_kernel(recipe: Recipe) -> PairKernel:
-    return PairKernel(recipe)
+def _kernel_for_shape(shape_recipe: Recipe) -> PairKernel:
+    return PairKernel(shape_recipe)
+
+
+def pair_kernel(recipe: Recipe) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The kernel for ``recipe`` as ``(indices, attempts) -> (views, a, b)``. Recipes that
+    differ only in seed, delta or dataset layout share one compiled kernel."""
+    shape_recipe = dataclasses.replace(recipe, seed=0, delta=0.0, pairs_per_shard=1, n_shards=1, codec="flac")
+    kernel = _kernel_for_shape(shape_recipe)
+    return lambda indices, attempts: kernel(indices, attempts, recipe.seed, recipe.delta)
 
 
 def render_batch(recipe: Recipe, indices: Sequence[int], batch_size: int | None = None) -> PairBatch:
     """Render the given pairs. A short batch is padded to ``batch_size`` so that every call
     reuses one compiled kernel; padding rows are dropped."""
     indices = np.asarray(indices, dtype=np.int64)
-    size = batch_size or len(indices)
+    # Batches of 1 compile to different arithmetic (XLA drops the unit axis): pad to 2
+    # so a pair's bytes do not depend on the batch size.
+    size = max(2, batch_size or len(indices))
     if len(indices) > size:
         raise ValueError(f"{len(indices)} pairs do not fit a batch of {size}")
     padded = np.concatenate([indices, np.full(size - len(indices), indices[-1] if len(indices) else 0)])

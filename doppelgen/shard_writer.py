@@ -51,11 +51,14 @@ def params_json(params: np.ndarray) -> dict:
     return meta
 
 
-def pair_sample(index: int, seed: int, a: np.ndarray, b: np.ndarray, params: np.ndarray, sample_rate: int, codec: str) -> dict:
-    """The WebDataset sample of one pair: ``__key__`` and member bytes by extension."""
+def pair_sample(
+    index: int, seed: int, a: np.ndarray, b: np.ndarray, params: np.ndarray, sample_rate: int, codec: str, extra: dict | None = None
+) -> dict:
+    """The WebDataset sample of one pair: ``__key__`` and member bytes by extension.
+    ``extra`` adds JSON fields beyond FORMAT.md's (``doppelgen pack`` names the source)."""
     a_bytes, gain_a = encode_clip(a, sample_rate, codec)
     b_bytes, gain_b = encode_clip(b, sample_rate, codec)
-    meta = {"index": int(index), "seed": int(seed), "gain": [gain_a, gain_b], **params_json(params)}
+    meta = {"index": int(index), "seed": int(seed), "gain": [gain_a, gain_b], **params_json(params), **(extra or {})}
     return {"__key__": pair_key(index), f"a.{codec}": a_bytes, f"b.{codec}": b_bytes, "json": dump_json(meta)}
 
 
@@ -103,23 +106,29 @@ def write_shard(out_dir: str | os.PathLike, pairs: ShardPairs, *, seed: int, sam
     The tar goes into place first and the stats file second: a shard is complete only
     when both exist, so a crash between the two leaves it to be rendered again.
     """
-    out_dir = Path(out_dir)
     samples = [
         pair_sample(index, seed, pairs.a[row], pairs.b[row], pairs.params[row], sample_rate, codec)
         for row, index in enumerate(pairs.indices)
     ]
+    return write_samples(out_dir, pairs.shard, samples, audio_stats(pairs), recipe_sha256)
+
+
+def write_samples(out_dir: str | os.PathLike, shard: int, samples: list[dict], stats: dict, recipe_sha256: str) -> dict:
+    """Write shard ``shard`` from encoded samples, the tar first and its stats file second;
+    returns its manifest entry (name, n_pairs, bytes, sha256 and ``stats``)."""
+    out_dir = Path(out_dir)
     data = tar_bytes(samples)
-    name = shard_name(pairs.shard)
+    name = shard_name(shard)
     entry = {
         "name": name,
         "n_pairs": len(samples),
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
-        **audio_stats(pairs),
+        **stats,
     }
     write_atomic(out_dir / name, data)
-    stats = dict(entry, recipe_sha256=recipe_sha256)
-    write_atomic(out_dir / stats_name(pairs.shard), json.dumps(stats, indent=1, sort_keys=True).encode())
+    record = dict(entry, recipe_sha256=recipe_sha256)
+    write_atomic(out_dir / stats_name(shard), json.dumps(record, indent=1, sort_keys=True).encode())
     return entry
 
 

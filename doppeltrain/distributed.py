@@ -110,7 +110,9 @@ def all_reduce_mean(x: Tensor) -> Tensor:
 
 def barrier() -> None:
     if world_size() > 1:
-        dist.barrier()
+        # NCCL otherwise guesses the device from the rank and warns.
+        device_ids = [torch.cuda.current_device()] if dist.get_backend() == "nccl" else None
+        dist.barrier(device_ids=device_ids)
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -199,7 +199,8 @@ def linear_probe(
     refit on all of `train`, score on `test`. Standardisation statistics come from the
     data each classifier is fit on, never from the data it is scored on."""
     classes = sorted(set(labels))
-    y_all = torch.tensor([classes.index(label) for label in labels])
+    index_of = {label: index for index, label in enumerate(classes)}
+    y_all = torch.tensor([index_of[label] for label in labels])
     x_all = torch.as_tensor(np.asarray(features), dtype=torch.float64)
     train_labels = [labels[i] for i in train]
     fit_part, val_part = stratified_split(train_labels, val_fraction, seed)

@@ -38,7 +38,6 @@ from . import distributed as dist_utils
 from .augment import SpecAugment, WaveformAugment, make_generator
 from .checkpoint import (
     LATEST_NAME,
-    CheckpointError,
     epoch_checkpoint_name,
     load_checkpoint,
     manifest_digests,
@@ -206,20 +205,22 @@ def config_differences(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
 class _Logger:
     """metrics.jsonl and TensorBoard, on rank 0 only (other ranks get a silent one)."""
 
-    def __init__(self, run_dir: Path, active: bool, purge_step: Optional[int], resumed_epoch: Optional[int]):
+    def __init__(self, run_dir: Path, active: bool, start_epoch: int, start_step: int):
         self.active = active
         self.metrics_path = run_dir / "metrics.jsonl"
         self.writer = None
         if not active:
             return
-        if resumed_epoch is not None and self.metrics_path.exists():
-            # Drop what the killed invocation logged after its last checkpoint: those
-            # steps are trained again now.
-            kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["epoch"] < resumed_epoch]
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        # Drop what an earlier invocation logged after the checkpoint this one starts
+        # from (all of it for a fresh start): those steps are trained again now.
+        kept = []
+        if start_epoch > 0 and self.metrics_path.exists():
+            kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["epoch"] < start_epoch]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+        # TensorBoard hides the earlier invocation's events from start_step on.
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step)
 
     def log(self, record: dict[str, Any], prefix: str) -> None:
         if not self.active:
@@ -312,7 +313,7 @@ class _Run:
 def fit(cfg: TrainConfig) -> dict[str, Any]:
     """Train a run end to end (or resume it) and return a summary.
 
-    Raises TrainError, ``data.DataError``, ``augment.AugmentError`` or CheckpointError
+    Raises TrainError, ``data.DataError``, ``augment.AugmentError`` or ``CheckpointError``
     with a one-line message on bad options or inputs, before any training starts. Under
     ``torchrun`` every process calls ``fit`` with the same config.
 
@@ -380,7 +381,7 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
         cfg=cfg, env=env, run_dir=run_dir, model=model, pipeline=pipeline, optimizer=optimizer, scheduler=scheduler,
         epoch_ref=epoch_ref, train_loader=train_loader, val_loader=val_loader,
         autocast=torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext(),
-        logger=_Logger(run_dir, env.is_main, purge_step=step if resumed else None, resumed_epoch=start_epoch if resumed else None),
+        logger=_Logger(run_dir, env.is_main, start_epoch, step),
         audit=open(run_dir / f"audit-rank{env.rank}.jsonl", "a" if resumed else "w") if cfg.audit else None,
         manifests=manifests, start_epoch=start_epoch, step=step,
     )

@@ -109,7 +109,8 @@ def test_no_ir_dir_skips_the_convolution():
 
 def test_biquads_match_torchaudio_for_one_cutoff():
     x = 0.2 * waves()  # inside [-1, 1]: torchaudio's biquads clamp their output
-    for kind, reference in (("highpass", torchaudio.functional.highpass_biquad), ("lowpass", torchaudio.functional.lowpass_biquad)):
+    references = {"highpass": torchaudio.functional.highpass_biquad, "lowpass": torchaudio.functional.lowpass_biquad}
+    for kind, reference in references.items():
         ours = biquad(x, torch.full((x.shape[0],), 500.0), SR, kind)
         torch.testing.assert_close(ours, reference(x, SR, 500.0), atol=1e-4, rtol=0)
 
@@ -229,4 +230,5 @@ def test_specaugment_probability_and_switch():
 def test_make_generator_is_a_function_of_its_arguments():
     draw = lambda *key: torch.rand(4, generator=make_generator(*key))  # noqa: E731
     assert torch.equal(draw(0, 1, 2, 3), draw(0, 1, 2, 3))
-    assert len({tuple(draw(*key).tolist()) for key in [(0, 1, 2, 3), (1, 1, 2, 3), (0, 2, 2, 3), (0, 1, 3, 3), (0, 1, 2, 4)]}) == 5
+    keys = [(0, 1, 2, 3), (1, 1, 2, 3), (0, 2, 2, 3), (0, 1, 3, 3), (0, 1, 2, 4)]
+    assert len({tuple(draw(*key).tolist()) for key in keys}) == 5

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import typer
 from typer.testing import CliRunner
 
-from doppeltrain import cli_use
+from doppeltrain.cli import app
 from doppeltrain.inference import (
     AudioReadError, clip_examples, count_examples, embed, embed_command, embed_files,
     expand_inputs, frame, load_audio, load_model, resample,
@@ -33,13 +32,6 @@ def model(checkpoint):
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # default outputs land in the test's folder
-    app = typer.Typer()
-    cli_use.register(app)
-
-    @app.command("noop")  # a second command keeps typer from collapsing the app into one
-    def noop() -> None:
-        pass
-
     return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
 
 
@@ -172,10 +164,11 @@ def test_embed_command_writes_rows_and_paths_in_input_order(checkpoint, model, t
 
 def test_cli_embed(cli, checkpoint, tmp_path):
     sf.write(tmp_path / "x.wav", _clip(12, 20000).numpy(), SR)
-    result = cli("embed", checkpoint, tmp_path / "x.wav", "--out", tmp_path / "e.npy", "--device", "cpu", "--no-progress")
+    result = cli("embed", checkpoint, tmp_path / "x.wav", "--out", tmp_path / "e.npy", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "e.npy").shape == (1, EMBEDDING_DIM)
     assert "wrote 1 x 32 embeddings" in result.output
+    assert "embedding: 100%" in result.output  # the progress bar, on by default
 
 
 @pytest.mark.parametrize("case", ["missing", "unreadable", "not-npy", "bad-checkpoint", "bad-device"])

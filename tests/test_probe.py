@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
-from doppeltrain import cli_use, hear
+from doppeltrain import hear
+from doppeltrain.cli import app
 from doppeltrain.config import TrainConfig
 from doppeltrain.inference import embed_files, load_model
 from doppeltrain.probe import (
@@ -36,8 +36,6 @@ def labelled(tmp_path_factory):
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    app = typer.Typer()
-    cli_use.register(app)
     return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
 
 
@@ -132,6 +130,20 @@ def test_probe_separates_easy_classes_far_above_chance(checkpoint, labelled, tmp
     assert report["results"]["logmel"]["dimensions"] == 128
     for name, result in report["results"].items():
         assert result["test_accuracy"] >= 0.8, (name, result)
+
+
+def test_probe_from_a_csv_with_a_given_split(checkpoint, labelled, tmp_path):
+    items = read_labelled_data(labelled)
+    (tmp_path / "set.csv").write_text("".join(f"{i.path},{i.label}\n" for i in items))
+    # The first three files of each class are the test set.
+    (tmp_path / "split.csv").write_text("path,split\n" + "".join(
+        f"{i.path},{'test' if i.path.stem.endswith(('00', '01', '02')) else 'train'}\n" for i in items))
+    report = run_probe(ProbeConfig(checkpoint=str(checkpoint), data=str(tmp_path / "set.csv"),
+                                   split_file=str(tmp_path / "split.csv"), device="cpu", out=str(tmp_path / "r.json")))
+    assert (report["n_train"], report["n_test"]) == (3 * (PER_CLASS - 3), 9)
+    assert report["split"] == str(tmp_path / "split.csv")
+    assert set(report["results"]["checkpoint"]["per_class_test_accuracy"]) == set(CLASSES)
+    assert report["results"]["checkpoint"]["test_accuracy"] > report["chance_accuracy"]
 
 
 def test_cli_probe_prints_accuracy_and_writes_the_report(cli, checkpoint, labelled, tmp_path):

@@ -5,6 +5,7 @@ steps: each fit takes seconds on a CPU.
 """
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -86,6 +87,9 @@ def fitted(voice_shards, tmp_path_factory):
     """One 2-epoch run shared by the tests that only read its outputs."""
     runs = tmp_path_factory.mktemp("runs")
     cfg = tiny_config(voice_shards, runs)
+    # A run killed before its first checkpoint left a log; a fresh start replaces it.
+    (runs / "run").mkdir()
+    (runs / "run" / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 99, "epoch": 0}) + "\n")
     summary = fit(cfg)
     return cfg, summary, runs / "run"
 
@@ -273,6 +277,14 @@ def test_bad_inputs_give_one_line_and_exit_2(voice_shards, tmp_path, capsys, cas
     assert_one_line_error(captured.err)
     assert expected in captured.err
     assert not (tmp_path / "runs").exists() or case == "resume-nothing"
+
+
+def test_benchmark_measures_the_data_wait_fraction(voice_shards):
+    spec = importlib.util.spec_from_file_location("train_fit_benchmark", REPO / "benchmarks" / "train_fit.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    fraction = benchmark.measure_fit_wait_fraction(voice_shards, steps=3, batch_size=4, workers=1, width=4)
+    assert 0.0 <= fraction < 1.0
 
 
 def test_bad_input_through_the_real_entry_point_has_no_traceback(tmp_path):

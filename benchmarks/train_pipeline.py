@@ -1,0 +1,170 @@
+"""Does the training input pipeline keep up with reading and decoding alone?
+
+``measure_pipeline(dataset_dir)``: pairs/s out of ``doppeltrain.data.make_loader`` (shard
+shuffle, rank/worker split, sample shuffle buffer, FLAC decode with gain, batching,
+transfer from the worker processes), timed from the first batch on so that starting the
+workers does not count. The measured epoch is made long enough to outlast the clock
+(workers go over their shards again): each epoch start refills the shuffle buffers, which
+on a small benchmark dataset would weigh far more than on a real one (``long_epoch=False``
+measures it anyway).
+
+``measure_raw(dataset_dir)``: pairs/s of the work the pipeline cannot avoid, tar reading
+and FLAC decoding with ``doppelgen.format`` in the same number of plain processes.
+
+Target: pipeline / raw >= 0.8 on the same cores. ``compare(dataset_dir)`` gives both.
+
+    .venv/bin/python benchmarks/train_pipeline.py [DATASET_DIR] [--workers 2 --batch-size 64 --seconds 10 --rounds 2]
+
+Without DATASET_DIR it renders a small voice dataset with doppelgen first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from doppelgen.format import iter_shard_pairs
+from doppeltrain.config import TrainConfig
+from doppeltrain.data import SharedEpoch, discover, make_loader, split_shards
+
+TARGET_RATIO = 0.8
+
+
+def _shards(dataset_dir: str | Path, sample_rate: int = 16000):
+    return split_shards(discover([str(dataset_dir)], sample_rate), 0, seed=0)[0]
+
+
+def measure_pipeline(
+    dataset_dir: str | Path,
+    workers: int = 2,
+    batch_size: int = 64,
+    seconds: float = 10.0,
+    shuffle_buffer: int = 1000,
+    long_epoch: bool = True,
+    per_cpu_second: bool = False,
+) -> float:
+    """Pairs per second delivered by one rank's training loader over ``seconds`` of wall
+    time, or per second of CPU time of the loader's processes (main and workers), which
+    other work on the same cores does not change."""
+    cfg = TrainConfig()
+    cfg.data.batch_size, cfg.data.workers, cfg.data.shuffle_buffer = batch_size, workers, shuffle_buffer
+    if long_epoch:
+        cfg.steps_per_epoch = 10**9
+    loader = make_loader(_shards(dataset_dir), cfg, train=True, epoch_ref=SharedEpoch(0))
+    pairs, start, epoch = 0, None, 0
+    while True:
+        loader.set_epoch(epoch)
+        for batch in loader:
+            if start is None:  # the clocks start once the workers are up
+                start, cpu_start = time.perf_counter(), _loader_cpu_seconds(loader)
+                continue
+            pairs += batch.a.shape[0]
+            if time.perf_counter() - start >= seconds:
+                if per_cpu_second:
+                    return pairs / (_loader_cpu_seconds(loader) - cpu_start)
+                return pairs / (time.perf_counter() - start)
+        epoch += 1
+
+
+def _loader_cpu_seconds(loader) -> float:
+    """CPU seconds used so far by this process and the loader's worker processes (Linux)."""
+    iterator = getattr(loader.loader, "_iterator", None)  # persistent workers live here
+    pids = [worker.pid for worker in getattr(iterator, "_workers", [])]
+    return time.process_time() + sum(_process_cpu_seconds(pid) for pid in pids)
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _decode_for(urls: list[str], seconds: float, start_at: float, results) -> None:
+    while time.time() < start_at:
+        time.sleep(0.001)
+    pairs, begin, cpu_begin = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - begin < seconds:
+        for url in urls:
+            for _ in iter_shard_pairs(url):
+                pairs += 1
+            if time.perf_counter() - begin >= seconds:
+                break
+    results.put((pairs, time.perf_counter() - begin, time.process_time() - cpu_begin))
+
+
+def measure_raw(dataset_dir: str | Path, processes: int = 2, seconds: float = 10.0, per_cpu_second: bool = False) -> float:
+    """Pairs per second of tar reading + FLAC decoding (gain applied) alone, summed over
+    ``processes`` processes that each read their share of the shards over and over; or
+    per second of their CPU time."""
+    urls = [shard.url for shard in _shards(dataset_dir)]
+    context = mp.get_context("fork")
+    results = context.Queue()
+    start_at = time.time() + 0.5
+    workers = [
+        context.Process(target=_decode_for, args=(urls[i::processes] or urls, seconds, start_at, results))
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    counts = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    if per_cpu_second:
+        return sum(pairs for pairs, _, _ in counts) / sum(cpu for _, _, cpu in counts)
+    return sum(pairs / wall for pairs, wall, _ in counts)
+
+
+def compare(dataset_dir: str | Path, workers: int = 2, batch_size: int = 64, seconds: float = 10.0, rounds: int = 2) -> dict:
+    """Both rates and their ratio, by wall time (the best of ``rounds`` alternating rounds:
+    the cores may be shared with other work) and by CPU time (which sharing leaves alone)."""
+    wall, cpu = {"raw": 0.0, "pipeline": 0.0}, {"raw": 0.0, "pipeline": 0.0}
+    for _ in range(rounds):
+        for per_cpu_second, rates in ((False, wall), (True, cpu)):
+            raw = measure_raw(dataset_dir, processes=workers, seconds=seconds, per_cpu_second=per_cpu_second)
+            pipeline = measure_pipeline(
+                dataset_dir, workers=workers, batch_size=batch_size, seconds=seconds, per_cpu_second=per_cpu_second
+            )
+            rates["raw"], rates["pipeline"] = max(rates["raw"], raw), max(rates["pipeline"], pipeline)
+    return {
+        "raw_pairs_per_s": round(wall["raw"], 1),
+        "pipeline_pairs_per_s": round(wall["pipeline"], 1),
+        "ratio": round(wall["pipeline"] / wall["raw"], 3),
+        "raw_pairs_per_cpu_s": round(cpu["raw"], 1),
+        "pipeline_pairs_per_cpu_s": round(cpu["pipeline"], 1),
+        "cpu_ratio": round(cpu["pipeline"] / cpu["raw"], 3),
+        "target_ratio": TARGET_RATIO,
+        "workers": workers,
+        "batch_size": batch_size,
+    }
+
+
+def render_benchmark_dataset(out: str | Path, n_shards: int = 8, pairs_per_shard: int = 128) -> Path:
+    """A small voice dataset (about 90 MB) to measure on when none is given."""
+    from doppelgen.config import make_recipe
+    from doppelgen.dataset import render_dataset
+
+    render_dataset(make_recipe("voice", n_shards=n_shards, pairs_per_shard=pairs_per_shard), out, progress=False)
+    return Path(out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset_dir", nargs="?", help="a pair dataset; rendered into a temporary folder when omitted")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="doppeltrain-pipeline-") as scratch:
+        dataset = args.dataset_dir or render_benchmark_dataset(Path(scratch) / "voice")
+        result = compare(dataset, args.workers, args.batch_size, args.seconds, args.rounds)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

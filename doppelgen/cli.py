@@ -1,0 +1,110 @@
+"""``doppelgen``: a thin typer layer over :func:`doppelgen.dataset.render_dataset` and friends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+
+from .config import PARAMETRIC_DEFAULTS, Recipe, RecipeError, make_recipe
+from .format import FormatError
+
+app = typer.Typer(
+    help="Render reproducible doppelgänger pair datasets (SynthAX) into WebDataset shards.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """Render, verify, inspect and publish doppelgänger pair datasets."""
+
+
+# Exit codes: 2 for input refused before any work, 1 for a failure during it.
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load_recipe_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        fail(f"recipe file {path} does not exist")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        fail(f"cannot read recipe {path}: {error}")
+    # A whole manifest is accepted too: its recipe part is what determines the bytes.
+    return data.get("recipe", data) if isinstance(data, dict) else data
+
+
+def recipe_from_options(manifest: Optional[Path], overrides: dict, synth_args: dict) -> Recipe:
+    """Start from the recipe file (or the paper's defaults) and apply the options given."""
+    base = Recipe.from_dict(load_recipe_file(manifest)) if manifest else make_recipe()
+    fields = {key: value for key, value in overrides.items() if value is not None}
+    synth = fields.pop("synth", base.synth.name)
+    args = base.synth.args if synth == base.synth.name else {}
+    args.update({key: value for key, value in synth_args.items() if value is not None})
+    current = base.to_dict()
+    keep = {key: current[key] for key in ("sample_rate", "duration", "control_rate", "eps", "delta", "seed", "n_layers", "pairs_per_shard", "n_shards", "codec")}
+    return make_recipe(synth=synth, synth_args=args, **{**keep, **fields})
+
+
+@app.command()
+def render(
+    out: Path = typer.Argument(Path("shards"), help="Output folder; created if missing."),
+    synth: Optional[str] = typer.Option(None, help="Synth architecture: voice, voicefm or parametric.  [default: voice]"),
+    delta: Optional[float] = typer.Option(None, help="Perturbation scale in normalized parameter space.  [default: 0.25]"),
+    shards: Optional[int] = typer.Option(None, help="Number of shards.  [default: 512]"),
+    pairs_per_shard: Optional[int] = typer.Option(None, help="Pairs in each shard.  [default: 1000]"),
+    seed: Optional[int] = typer.Option(None, help="Dataset seed; every pair's keys derive from it and the pair index.  [default: 0]"),
+    sample_rate: Optional[int] = typer.Option(None, help="Sample rate in Hz.  [default: 16000]"),
+    duration: Optional[float] = typer.Option(None, help="Clip length in seconds.  [default: 1.0]"),
+    n_layers: Optional[int] = typer.Option(None, help="Voices mixed into each view (their mean).  [default: 1]"),
+    codec: Optional[str] = typer.Option(None, help="Audio codec: flac (24-bit) or wav (float32).  [default: flac]"),
+    sine: Optional[int] = typer.Option(None, help=f"parametric: sine oscillators.  [default: {PARAMETRIC_DEFAULTS['sine']}]"),
+    square_saw: Optional[int] = typer.Option(None, help=f"parametric: square/saw oscillators.  [default: {PARAMETRIC_DEFAULTS['square_saw']}]"),
+    fm_sine: Optional[int] = typer.Option(None, help=f"parametric: FM sine pairs.  [default: {PARAMETRIC_DEFAULTS['fm_sine']}]"),
+    fm_square_saw: Optional[int] = typer.Option(None, help=f"parametric: FM square/saw pairs.  [default: {PARAMETRIC_DEFAULTS['fm_square_saw']}]"),
+    manifest: Optional[Path] = typer.Option(None, help="Recipe (or manifest.json) to render; other options override it."),
+    batch_size: int = typer.Option(256, help="Pairs per kernel call. Does not change the output."),
+    workers: Optional[int] = typer.Option(None, help="Encoding processes (0: encode in this process). Does not change the output.  [default: CPU count]"),
+    shard_range: Optional[str] = typer.Option(None, help="Render only shards A:B (B exclusive), e.g. to split a render across machines."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset of a different recipe in OUT."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Render the pairs of a recipe into OUT. Re-running resumes: only missing shards are rendered."""
+    from .dataset import DatasetError, render_dataset
+    from .kernel import RenderError
+
+    if synth is not None and synth != "parametric" and any(v is not None for v in (sine, square_saw, fm_sine, fm_square_saw)):
+        fail("oscillator counts (--sine, --square-saw, --fm-sine, --fm-square-saw) apply only to --synth parametric")
+    overrides = dict(synth=synth, delta=delta, n_shards=shards, pairs_per_shard=pairs_per_shard, seed=seed, sample_rate=sample_rate, duration=duration, n_layers=n_layers, codec=codec)
+    oscillators = dict(sine=sine, square_saw=square_saw, fm_sine=fm_sine, fm_square_saw=fm_square_saw)
+    try:
+        recipe = recipe_from_options(manifest, overrides, oscillators)
+    except RecipeError as error:
+        fail(str(error))
+    try:
+        summary = render_dataset(recipe, out, batch_size=batch_size, workers=workers, shard_range=shard_range, overwrite=overwrite, progress=not quiet)
+    except (RecipeError, DatasetError, FormatError) as error:
+        fail(str(error))
+    except RenderError as error:
+        fail(str(error), EXIT_FAILURE)
+    except OSError as error:
+        fail(f"writing {out} failed: {error.strerror or error}; completed shards are kept, re-run to resume", EXIT_FAILURE)
+    except KeyboardInterrupt:
+        fail(f"interrupted; completed shards in {out} are kept, run the same command again to resume", EXIT_INTERRUPTED)
+    state = "complete" if summary.complete else "not complete yet: render the remaining shards to get manifest.json"
+    typer.echo(f"{len(summary.rendered)} shards rendered, {len(summary.skipped)} already complete, {summary.pairs} pairs in {summary.seconds:.1f} s: {out} ({state})")
+
+
+def main() -> None:
+    app()

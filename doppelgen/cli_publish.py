@@ -1,0 +1,144 @@
+"""``doppelgen verify | info | export | card | pack``: publishing and inspecting datasets.
+
+Each command parses its options and calls one Python function (``verify_dataset``,
+``describe_dataset``, ``export_pairs``, ``write_card``, ``pack_folder``). Bad input is
+one line on stderr, ``error: ...``, exit code 2; a dataset that fails verification
+exits with 1 after one line per problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean "your input is wrong" (one line, no traceback)."""
+    from .card import CardError
+    from .config import RecipeError
+    from .export import ExportError
+    from .format import FormatError
+    from .pack import PackError
+    from .verify import VerifyError
+
+    return (CardError, ExportError, FormatError, PackError, RecipeError, VerifyError)
+
+
+def verify(
+    folder: Path = typer.Argument(..., help="Dataset folder (holds manifest.json and pairs-*.tar)."),
+    rerender: int = typer.Option(0, "--rerender", help="Render this many sampled pairs again and compare them with the shards."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --rerender sample."),
+    workers: int = typer.Option(min(4, os.cpu_count() or 1), "--workers", help="Processes checking shards (0: this one)."),
+) -> None:
+    """Check every shard against the manifest and FORMAT.md; exit 1 with one line per problem."""
+    from .verify import verify_dataset
+
+    if rerender < 0 or workers < 0:
+        _fail("--rerender and --workers must be >= 0")
+    try:
+        report = verify_dataset(folder, rerender=rerender, workers=workers, seed=seed)
+    except _input_errors() as error:
+        _fail(str(error))
+    for problem in report.problems:
+        typer.echo(problem)
+    checked = f"{report.shards_checked} shards, {report.pairs_checked} pairs"
+    if report.rerendered:
+        checked += f", {report.rerendered} pairs rendered again (compared: {report.rerender_mode})"
+    if report.ok:
+        typer.echo(f"ok: {folder}: {checked}", err=True)
+        return
+    typer.echo(f"FAILED: {folder}: {len(report.problems)} problems ({checked})", err=True)
+    raise typer.Exit(EXIT_FAILED)
+
+
+def info(
+    folder: Path = typer.Argument(..., help="Dataset folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object for scripts."),
+) -> None:
+    """The recipe, totals, software and per-shard statistics of a dataset."""
+    from .info import describe_dataset, format_description
+
+    try:
+        description = describe_dataset(folder)
+    except _input_errors() as error:
+        _fail(str(error))
+    typer.echo(json.dumps(description, indent=1) if as_json else format_description(description))
+
+
+def export(
+    folder: Path = typer.Argument(..., help="Dataset folder."),
+    n: int = typer.Option(8, "--n", help="Pairs to export (the first N)."),
+    to: Path = typer.Option(Path("export"), "--to", help="Folder for the WAV and PNG files."),
+) -> None:
+    """WAV files and a log-mel picture of N pairs, to hear and see what delta does."""
+    from .export import export_pairs
+
+    if n < 1:
+        _fail(f"--n must be >= 1, got {n}")
+    try:
+        result = export_pairs(folder, to, n=n)
+    except _input_errors() as error:
+        _fail(str(error))
+    typer.echo(f"{len(result.keys)} pairs exported to {result.out} ({len(result.files)} files)")
+
+
+def card(
+    folder: Path = typer.Argument(..., help="Dataset folder; README.md is written into it."),
+    license: Optional[str] = typer.Option(None, "--license", help="License id for the Hub. [default: cc-by-4.0; other for packed recordings]"),
+    title: Optional[str] = typer.Option(None, "--title", help="Title of the card. [default: from the recipe]"),
+) -> None:
+    """Write a Hugging Face dataset card (README.md) for a finished dataset."""
+    from .card import write_card
+
+    try:
+        path = write_card(folder, license=license, title=title)
+    except _input_errors() as error:
+        _fail(str(error))
+    typer.echo(f"wrote {path}")
+
+
+def pack(
+    audio_dir: Path = typer.Argument(..., help="Folder of recordings (wav, flac, ogg; nested folders are searched)."),
+    out: Path = typer.Argument(Path("shards"), help="Output dataset folder."),
+    temporal_jitter: bool = typer.Option(False, "--temporal-jitter", help="Two independent crops per pair instead of one crop for both views."),
+    n_layers: int = typer.Option(1, "--n-layers", help="Sum this many random 1 s segments of a recording per pair (renormalized)."),
+    max_n: Optional[int] = typer.Option(None, "--max-n", help="Pairs to make at most. [default: one per readable recording]"),
+    pairs_per_shard: int = typer.Option(1000, "--pairs-per-shard", help="Pairs in each shard."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the crops and of the order recordings are taken in."),
+    codec: str = typer.Option("flac", "--codec", help="flac (24-bit) or wav (float32)."),
+    workers: int = typer.Option(0, "--workers", help="Decoding processes (0: this one). Does not change the output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUT."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Pack real recordings into pair shards (the paper's real-data baseline)."""
+    from .pack import PackConfig, pack_folder
+
+    try:
+        config = PackConfig(
+            temporal_jitter=temporal_jitter, n_layers=n_layers, max_n=max_n,
+            pairs_per_shard=pairs_per_shard, seed=seed, codec=codec,
+        ).validate()
+        summary = pack_folder(audio_dir, out, config, workers=workers, overwrite=overwrite, progress=not quiet)
+    except _input_errors() as error:
+        _fail(str(error))
+    except OSError as error:
+        _fail(f"writing {out} failed: {error.strerror or error}", EXIT_FAILED)
+    skipped = f", {len(summary.skipped)} unreadable recordings skipped (listed in manifest.json)" if summary.skipped else ""
+    typer.echo(f"{summary.pairs} pairs in {summary.shards} shards in {summary.seconds:.1f} s: {out}{skipped}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``verify``, ``info``, ``export``, ``card`` and ``pack`` to ``app``."""
+    for command in (verify, info, export, card, pack):
+        app.command(command.__name__)(command)

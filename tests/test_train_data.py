@@ -1,0 +1,317 @@
+"""The training input pipeline on shards rendered by doppelgen (the session's `voice_shards`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from doppeltrain.config import TrainConfig
+from doppeltrain.data import (
+    DataError,
+    SharedEpoch,
+    discover,
+    make_loader,
+    rank_shards,
+    shard_order,
+    split_shards,
+    worker_batch_counts,
+)
+
+SR = 16000
+ALL_KEYS = [f"{i:010d}" for i in range(32)]  # voice_shards: 4 shards x 8 pairs
+
+
+def config(batch_size: int = 4, workers: int = 0, shuffle_buffer: int = 16, seed: int = 0) -> TrainConfig:
+    cfg = TrainConfig(seed=seed)
+    cfg.data.batch_size, cfg.data.workers, cfg.data.shuffle_buffer = batch_size, workers, shuffle_buffer
+    return cfg
+
+
+def all_shards(folder) -> list:
+    return split_shards(discover([str(folder)], SR), 0, seed=0)[0]
+
+
+def shard_keys(shards) -> list[str]:
+    """The pair keys the given voice_shards shards hold (shard s: pairs 8s .. 8s+7)."""
+    starts = [8 * int(Path(shard.url).stem[-1]) for shard in shards]
+    return sorted(f"{i:010d}" for start in starts for i in range(start, start + 8))
+
+
+def epoch_keys(loader, epoch: int) -> list[str]:
+    loader.set_epoch(epoch)
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    return [key for batch in batches for key in batch.keys]
+
+
+def copy_dataset(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    return target
+
+
+def edit_manifest(folder: Path, edit) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def flip_member_bytes(shard: Path, member: str) -> None:
+    """Flip 16 bytes in the middle of one member, in place (the tar stays readable)."""
+    with tarfile.open(shard) as archive:
+        info = archive.getmember(member)
+    with open(shard, "r+b") as handle:
+        handle.seek(info.offset_data + info.size // 2)
+        data = handle.read(16)
+        handle.seek(info.offset_data + info.size // 2)
+        handle.write(bytes(byte ^ 0xFF for byte in data))
+
+
+# --- datasets --------------------------------------------------------------------------
+
+
+def test_discover_reads_shards_and_sizes_from_the_manifest(voice_shards):
+    (info,) = discover([str(voice_shards)], SR)
+    assert [Path(shard.url).name for shard in info.shards] == [f"pairs-00000{i}.tar" for i in range(4)]
+    assert [shard.n_pairs for shard in info.shards] == [8] * 4 and info.n_pairs == 32
+    assert info.n_samples == SR and info.sample_rate == SR
+
+
+def test_incomplete_shards_are_ignored(voice_shards, tmp_path):
+    folder = copy_dataset(voice_shards, tmp_path / "partial")
+    (folder / "pairs-000003.stats.json").unlink()  # a shard whose writer did not finish
+    (info,) = discover([str(folder)], SR)
+    assert len(info.shards) == 3 and info.n_pairs == 24
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no such dataset folder"),
+        ("empty", "no complete shards"),
+        ("version", "unknown format version 2"),
+        ("sample_rate", "sample rate 16000 Hz, but the model is built for 22050 Hz"),
+        ("no_manifest", "no manifest.json"),
+    ],
+)
+def test_unusable_datasets_are_one_line_errors(voice_shards, tmp_path, case, message):
+    folder, rate = tmp_path / "data", SR
+    if case == "empty":
+        folder.mkdir()
+    elif case == "version":
+        copy_dataset(voice_shards, folder)
+        edit_manifest(folder, lambda manifest: manifest["recipe"].update(format=2))
+    elif case == "sample_rate":
+        copy_dataset(voice_shards, folder)
+        rate = 22050
+    elif case == "no_manifest":
+        copy_dataset(voice_shards, folder)
+        (folder / "manifest.json").unlink()
+    with pytest.raises(DataError, match=message) as error:
+        discover([str(voice_shards), str(folder)], rate)
+    assert "\n" not in str(error.value)
+
+
+def test_pipe_urls_read_the_manifest_and_the_shards(voice_shards):
+    url = f"pipe:cat {voice_shards}/{{name}}"
+    (info,) = discover([url], SR)
+    assert info.shards[0].url == f"pipe:cat {voice_shards}/pairs-000000.tar" and info.n_pairs == 32
+    loader = make_loader(list(info.shards), config(), train=True, epoch_ref=SharedEpoch(0))
+    local = make_loader(all_shards(voice_shards), config(), train=True, epoch_ref=SharedEpoch(0))
+    assert epoch_keys(loader, 0) == epoch_keys(local, 0)
+    with pytest.raises(DataError, match="placeholder"):
+        discover([f"pipe:cat {voice_shards}/manifest.json"], SR)
+    with pytest.raises(DataError, match="cannot read manifest.json"):
+        discover([f"file://{voice_shards}/nowhere"], SR)
+
+
+def test_mixed_datasets_are_read_together(voice_shards):
+    infos = discover([str(voice_shards), f"pipe:cat {voice_shards}/{{name}}"], SR)
+    train, val = split_shards(infos, 0, seed=0)
+    loader = make_loader(train, config(batch_size=8), train=True, epoch_ref=SharedEpoch(0))
+    assert len(loader) == 8
+    assert sorted(epoch_keys(loader, 0)) == sorted(ALL_KEYS * 2)
+
+
+# --- validation split ------------------------------------------------------------------
+
+
+def test_split_holds_out_at_least_one_shard_per_dataset_deterministically(voice_shards, tmp_path):
+    infos = discover([str(voice_shards)], SR)
+    train, val = split_shards(infos, 0.1, seed=0)
+    assert len(val) == 1 and len(train) == 3  # 10% of 4 rounds to 0: at least one
+    assert sorted(s.url for s in train + val) == sorted(s.url for s in infos[0].shards)
+    assert split_shards(infos, 0.1, seed=0) == (train, val)
+    assert len(split_shards(infos, 2, seed=0)[1]) == 2  # a count
+    assert len(split_shards(infos, 0.5, seed=0)[1]) == 2  # a fraction
+    assert split_shards(infos, 0, seed=0)[1] == []
+    assert len({split_shards(infos, 1, seed=seed)[1][0].url for seed in range(8)}) > 1
+    # The split follows the recipe, not the path: a moved copy is split the same way.
+    moved = discover([str(copy_dataset(voice_shards, tmp_path / "moved"))], SR)
+    assert [Path(s.url).name for s in split_shards(moved, 1, seed=0)[1]] == [Path(s.url).name for s in val]
+
+
+def test_a_single_shard_dataset_keeps_it_for_training(voice_shards, tmp_path, caplog):
+    folder = copy_dataset(voice_shards, tmp_path / "one")
+    for index in (1, 2, 3):
+        (folder / f"pairs-00000{index}.stats.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="doppeltrain.data"):
+        train, val = split_shards(discover([str(folder)], SR), 0.1, seed=0)
+    assert len(train) == 1 and val == []
+    assert "none held out for validation" in caplog.text
+
+
+# --- order -----------------------------------------------------------------------------
+
+
+def test_shard_order_is_fixed_per_epoch_and_changes_across_epochs(voice_shards):
+    shards = all_shards(voice_shards)
+    assert shard_order(shards, 0, 3) == shard_order(shards, 0, 3)
+    orders = {tuple(s.url for s in shard_order(shards, 0, epoch)) for epoch in range(6)}
+    assert len(orders) > 1
+    assert sorted(shard_order(shards, 0, 5), key=lambda s: s.url) == shards
+
+
+def test_loader_order_is_a_function_of_seed_and_epoch(voice_shards):
+    shards = all_shards(voice_shards)
+    loader = make_loader(shards, config(), train=True, epoch_ref=SharedEpoch(0))
+    epochs = [epoch_keys(loader, epoch) for epoch in range(3)]
+    for keys in epochs:
+        assert sorted(keys) == ALL_KEYS  # every pair once per epoch
+    assert epochs[0] != epochs[1] != epochs[2]
+    # A fresh loader (a resumed run) at epoch 2 reads what the first one read at epoch 2.
+    resumed = make_loader(shards, config(), train=True, epoch_ref=SharedEpoch(2))
+    assert epoch_keys(resumed, 2) == epochs[2]
+    other_seed = make_loader(shards, config(seed=1), train=True, epoch_ref=SharedEpoch(0))
+    assert epoch_keys(other_seed, 0) != epochs[0]
+
+
+def test_worker_processes_give_the_same_order_every_time(voice_shards):
+    shards, _ = split_shards(discover([str(voice_shards)], SR), 1, seed=0)  # 3 shards: 16 and 8 pairs per worker
+    first = make_loader(shards, config(workers=2), train=True, epoch_ref=SharedEpoch(0))
+    assert first.num_workers == 2 and len(first) == 6
+    keys = [epoch_keys(first, epoch) for epoch in (0, 1)]
+    assert sorted(keys[0]) == shard_keys(shards) == sorted(keys[1])  # every pair once
+    assert keys[0] != keys[1]
+    again = make_loader(shards, config(workers=2), train=True, epoch_ref=SharedEpoch(0))
+    assert epoch_keys(again, 1) == keys[1]
+
+
+def test_ranks_split_the_shards_disjointly_and_cover_them(voice_shards):
+    shards = all_shards(voice_shards)
+    ordered = shard_order(shards, 0, 0)
+    parts = [rank_shards(ordered, rank, 2) for rank in range(2)]
+    assert not set(parts[0]) & set(parts[1]) and set(parts[0]) | set(parts[1]) == set(shards)
+    keys = [
+        epoch_keys(make_loader(shards, config(), train=True, epoch_ref=SharedEpoch(0), rank=rank, world_size=2), 0)
+        for rank in range(2)
+    ]
+    assert not set(keys[0]) & set(keys[1])
+    assert sorted(keys[0] + keys[1]) == ALL_KEYS
+
+
+def test_every_rank_gets_the_same_number_of_full_batches(voice_shards):
+    train, _ = split_shards(discover([str(voice_shards)], SR), 1, seed=0)  # 3 shards over 2 ranks
+    loaders = [make_loader(train, config(), train=True, epoch_ref=SharedEpoch(0), rank=r, world_size=2) for r in range(2)]
+    assert [len(loader) for loader in loaders] == [24 // (4 * 2)] * 2
+    for rank, loader in enumerate(loaders):
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            assert len(batches) == 3
+            assert all(batch.a.shape == (4, SR) and batch.b.shape == (4, SR) for batch in batches)
+            keys = [key for batch in batches for key in batch.keys]
+            # the rank with one shard (8 pairs) starts a second pass to make its 12
+            pairs_here = sum(s.n_pairs for s in rank_shards(shard_order(train, 0, epoch), rank, 2))
+            assert len(set(keys)) == min(12, pairs_here)
+
+
+def test_worker_batch_counts_follow_their_pairs():
+    assert worker_batch_counts(6, [16, 8]) == [4, 2]
+    assert worker_batch_counts(5, [8, 8, 8]) == [2, 2, 1]
+    assert sum(worker_batch_counts(7, [3, 5, 11])) == 7
+
+
+def test_fewer_shards_than_workers_uses_fewer_workers(voice_shards, caplog):
+    shards = all_shards(voice_shards)
+    with caplog.at_level(logging.WARNING, logger="doppeltrain.data"):
+        loader = make_loader(shards, config(workers=6), train=True, epoch_ref=SharedEpoch(0), rank=1, world_size=2)
+    assert loader.num_workers == 2
+    assert "2 shards per rank, so 2 loader workers instead of 6" in caplog.text
+    assert len(epoch_keys(loader, 0)) == len(loader) * 4 == 16
+
+
+def test_steps_per_epoch_overrides_the_manifest_count(voice_shards):
+    cfg = config()
+    cfg.steps_per_epoch = 11  # more than one pass: the stream repeats
+    loader = make_loader(all_shards(voice_shards), cfg, train=True, epoch_ref=SharedEpoch(0))
+    assert len(loader) == 11 and len(epoch_keys(loader, 0)) == 44
+
+
+def test_too_few_pairs_for_a_global_batch_is_a_one_line_error(voice_shards):
+    with pytest.raises(DataError, match="do not fill one global batch of 64") as error:
+        make_loader(all_shards(voice_shards), config(batch_size=32), train=True, epoch_ref=SharedEpoch(0), world_size=2)
+    assert "\n" not in str(error.value)
+
+
+# --- validation loader -----------------------------------------------------------------
+
+
+def test_validation_reads_every_pair_once_in_a_fixed_order(voice_shards):
+    _, val = split_shards(discover([str(voice_shards)], SR), 2, seed=0)
+    loader = make_loader(val, config(batch_size=5, workers=2), train=False, epoch_ref=SharedEpoch(0))
+    assert loader.num_workers == 2 and len(loader) == 4  # each worker: 8 pairs -> 5 + 3
+    first = epoch_keys(loader, 0)
+    assert sorted(first) == shard_keys(val)
+    assert epoch_keys(loader, 1) == first
+
+
+# --- samples ---------------------------------------------------------------------------
+
+
+def test_batches_hold_the_rendered_audio_with_its_gain(voice_shards):
+    from doppelgen.config import Recipe
+    from doppelgen.kernel import render_pairs
+
+    (info,) = discover([str(voice_shards)], SR)
+    loader = make_loader(list(info.shards[:1]), config(batch_size=8), train=False, epoch_ref=SharedEpoch(0))
+    (batch,) = list(loader)
+    assert batch.a.dtype == batch.b.dtype and batch.a.dtype.is_floating_point and batch.a.shape == (8, SR)
+    indices = [int(key) for key in batch.keys]
+    a, b, _ = render_pairs(Recipe.from_dict(info.manifest["recipe"]), indices, batch_size=8)
+    for decoded, rendered in ((batch.a.numpy(), a), (batch.b.numpy(), b)):
+        peak = np.abs(rendered).max(axis=1, keepdims=True)
+        assert (np.abs(decoded - rendered) <= 1e-5 * peak).all()
+
+
+def test_a_corrupt_member_is_skipped_and_counted(voice_shards, tmp_path, caplog):
+    folder = copy_dataset(voice_shards, tmp_path / "corrupt")
+    flip_member_bytes(folder / "pairs-000002.tar", "0000000019.a.flac")
+    shards = all_shards(folder)
+    loader = make_loader(shards, config(workers=2), train=True, epoch_ref=SharedEpoch(0))
+    keys = epoch_keys(loader, 0)  # still len(loader) full batches
+    assert "0000000019" not in keys and loader.skipped == 1
+    assert len(keys) == 32 and len(set(keys)) == 31  # one pair read twice to fill the epoch
+    with caplog.at_level(logging.WARNING, logger="doppeltrain.data"):
+        val = make_loader(shards, config(), train=False, epoch_ref=SharedEpoch(0))
+        val_keys = epoch_keys(val, 0)  # 31 pairs: 7 batches of 4 and one of 3
+    assert val.skipped == 1 and "0000000019" in caplog.text and "skipped" in caplog.text
+    assert sorted(val_keys + ["0000000019"]) == ALL_KEYS
+
+
+def test_a_truncated_shard_is_skipped_from_the_break_on(voice_shards, tmp_path):
+    folder = copy_dataset(voice_shards, tmp_path / "truncated")
+    shard = folder / "pairs-000001.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    loader = make_loader(all_shards(folder), config(), train=True, epoch_ref=SharedEpoch(0))
+    keys = epoch_keys(loader, 0)
+    assert len(keys) == 32 and loader.skipped >= 1
+    assert not {f"{i:010d}" for i in range(12, 16)} & set(keys)

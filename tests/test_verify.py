@@ -1,0 +1,185 @@
+"""doppelgen verify: a clean dataset passes; each kind of damage is named by shard and member."""
+
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from doppelgen import verify as verify_module
+from doppelgen.cli_publish import register
+from doppelgen.format import MANIFEST_NAME, encode_clip, iter_tar_members, shard_name
+from doppelgen.shard_writer import pair_sample, tar_bytes
+from doppelgen.verify import RERENDER_TOLERANCE, VerifyError, compare_pair, verify_dataset
+
+
+@pytest.fixture()
+def dataset(voice_shards, tmp_path):
+    """A private copy of the session's voice dataset, free to damage."""
+    return shutil.copytree(voice_shards, tmp_path / "data")
+
+
+def publish_app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Test app holding the publishing commands."""
+
+    register(app)
+    return app
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(publish_app(), [str(a) for a in args])
+
+
+def rewrite_shard(folder, shard: int, edit) -> None:
+    """Re-tar shard ``shard`` after ``edit(list of [name, bytes])`` changed its members."""
+    members = [[name, data] for name, data in iter_tar_members(folder / shard_name(shard))]
+    edit(members)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    (folder / shard_name(shard)).write_bytes(buffer.getvalue())
+
+
+def test_a_clean_dataset_verifies(voice_shards, voice_recipe):
+    report = verify_dataset(voice_shards)
+    assert report.ok, report.problems
+    assert (report.shards_checked, report.pairs_checked) == (voice_recipe.n_shards, voice_recipe.n_pairs)
+
+
+def test_rerendered_pairs_match_byte_for_byte(voice_shards):
+    # 8 pairs: the batch shape the fixture compiled, so nothing recompiles.
+    report = verify_dataset(voice_shards, rerender=8, seed=3)
+    assert report.ok, report.problems
+    assert report.rerendered == 8 and report.rerender_mode == "bytes"
+
+
+def test_rerender_on_another_platform_compares_within_tolerance(voice_shards, monkeypatch):
+    monkeypatch.setattr(verify_module, "same_platform", lambda record: False)
+    report = verify_dataset(voice_shards, rerender=8, seed=3)
+    assert report.ok, report.problems
+    assert "1e-04 x peak" in report.rerender_mode or f"{RERENDER_TOLERANCE:g} x peak" in report.rerender_mode
+
+
+def test_tolerance_comparison_flags_audio_beyond_it_only():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 1600)).astype(np.float32)
+    params = rng.uniform(size=(1, 3, 5)).astype(np.float32)
+    fresh = pair_sample(7, 0, a, b, params, 16000, "flac")
+
+    def stored_with(view_a):
+        sample = pair_sample(7, 0, view_a, b, params, 16000, "flac")
+        return {k: v for k, v in sample.items() if k != "__key__"}
+
+    peak = float(np.abs(a).max())
+    assert compare_pair(fresh, stored_with(a + np.float32(1e-6 * peak)), exact=False) == []
+    problems = compare_pair(fresh, stored_with(a + np.float32(1e-3 * peak)), exact=False)
+    assert len(problems) == 1 and problems[0].startswith("a.flac: differs")
+    assert compare_pair(fresh, stored_with(a + np.float32(1e-6 * peak)), exact=True) == ["a.flac: re-rendered bytes differ", "json: re-rendered bytes differ"]
+
+
+def test_a_missing_manifest_is_reported_and_shards_still_checked(dataset):
+    (dataset / MANIFEST_NAME).unlink()
+    report = verify_dataset(dataset)
+    assert not report.ok
+    assert report.problems[0].startswith("manifest.json: missing")
+    assert len(report.problems) == 1 and report.shards_checked == 4
+
+
+def test_a_truncated_tar_is_caught(dataset):
+    path = dataset / shard_name(1)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    problems = verify_dataset(dataset).problems
+    assert problems and all(p.startswith(("pairs-000001.tar: ", "pairs-000001.stats.json: ")) for p in problems)
+    assert any(p.startswith("pairs-000001.tar: sha256") for p in problems)
+    assert any(p.startswith("pairs-000001.tar: unreadable tar") or " is truncated" in p for p in problems)
+
+
+def test_a_flipped_byte_is_caught(dataset):
+    path = dataset / shard_name(2)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    problems = verify_dataset(dataset).problems
+    assert any(p.startswith("pairs-000002.tar: sha256") for p in problems)
+    assert all(p.startswith(("pairs-000002.tar", "pairs-000002.stats.json")) for p in problems)
+
+
+def test_a_missing_shard_is_caught(dataset):
+    (dataset / shard_name(3)).unlink()
+    assert verify_dataset(dataset).problems == ["pairs-000003.tar: missing"]
+
+
+def test_a_missing_stats_file_means_an_incomplete_shard(dataset):
+    (dataset / "pairs-000000.stats.json").unlink()
+    assert verify_dataset(dataset).problems == ["pairs-000000.stats.json: missing, so pairs-000000.tar is not complete"]
+
+
+def test_a_wrong_json_index_names_the_member(dataset):
+    def edit(members):
+        meta = json.loads(members[5][1])
+        meta["index"] = 99
+        members[5][1] = json.dumps(meta).encode()
+
+    rewrite_shard(dataset, 1, edit)
+    problems = verify_dataset(dataset).problems
+    assert "pairs-000001.tar: 0000000009.json: index 99, expected 9" in problems
+
+
+def test_members_out_of_order_are_caught(dataset):
+    rewrite_shard(dataset, 0, lambda members: members.insert(0, members.pop(1)))
+    problems = verify_dataset(dataset).problems
+    assert any(p.startswith("pairs-000000.tar: 0000000000: members 0000000000.b.flac, 0000000000.a.flac") for p in problems)
+
+
+def test_a_clip_of_the_wrong_length_is_caught(dataset):
+    def edit(members):
+        members[3][1] = encode_clip(np.zeros(15999, np.float32), 16000)[0]  # pair 1, view a
+
+    rewrite_shard(dataset, 0, edit)
+    assert "pairs-000000.tar: 0000000001.a.flac: 15999 samples, expected 16000" in verify_dataset(dataset).problems
+
+
+def test_a_shard_outside_the_recipe_is_caught(dataset):
+    shutil.copy(dataset / shard_name(0), dataset / shard_name(4))
+    assert "pairs-000004.tar: not part of this dataset (the recipe has 4 shards)" in verify_dataset(dataset).problems
+
+
+def test_checking_in_worker_processes_gives_the_same_report(dataset):
+    (dataset / shard_name(3)).unlink()
+    inline = verify_dataset(dataset, workers=0)
+    pooled = verify_dataset(dataset, workers=1)
+    assert pooled.problems == inline.problems and pooled.pairs_checked == inline.pairs_checked == 24
+
+
+def test_cli_exit_codes_and_one_line_per_problem(dataset):
+    ok = run_cli("verify", dataset, "--workers", "0")
+    assert ok.exit_code == 0 and ok.stdout == "" and ok.stderr.startswith("ok:")
+
+    (dataset / shard_name(3)).unlink()
+    (dataset / MANIFEST_NAME).unlink()
+    failed = run_cli("verify", dataset, "--workers", "0")
+    assert failed.exit_code == 1
+    lines = failed.stdout.splitlines()
+    assert lines[0].startswith("manifest.json: missing") and len(lines) == 1  # without a manifest shard 3 is not expected
+    assert failed.stderr.startswith("FAILED:")
+
+    missing = run_cli("verify", dataset / "nope")
+    assert missing.exit_code == 2 and missing.stderr.strip().count("\n") == 0 and missing.stderr.startswith("error: ")
+    assert run_cli("verify", dataset, "--rerender", "-1").exit_code == 2
+
+
+def test_verify_refuses_a_folder_that_does_not_exist(tmp_path):
+    with pytest.raises(VerifyError, match="no such dataset folder"):
+        verify_dataset(tmp_path / "missing")
