@@ -20,9 +20,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/doppelgen render demo-shards --synth voice --shards 4 --pairs-per-shard 64 --batch-size 64
+	$(BIN)/doppelgen render demo-shards --synth voice --delta 0.25 --shards 4 --pairs-per-shard 64 --batch-size 64
 	$(BIN)/doppelgen verify demo-shards
-	$(BIN)/doppeltrain fit demo-shards --run demo --model small --epochs 2 --batch-size 32 --val-shards 1
+	$(BIN)/doppeltrain fit demo-shards --run demo --runs-dir runs --model small --width 16 --epochs 2 --batch-size 32 --workers 2 --val-shards 1 --val-every 1
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/render.py

@@ -106,5 +106,10 @@ def render(
     typer.echo(f"{len(summary.rendered)} shards rendered, {len(summary.skipped)} already complete, {summary.pairs} pairs in {summary.seconds:.1f} s: {out} ({state})")
 
 
+from .cli_publish import register as register_publish_commands  # noqa: E402  (needs `app`)
+
+register_publish_commands(app)
+
+
 def main() -> None:
     app()

@@ -9,6 +9,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 from tqdm import tqdm
@@ -189,49 +190,55 @@ def render_dataset(
 
 def _render_shards(recipe: Recipe, out: Path, todo: list[int], batch_size: int, workers: int, progress: bool, summary: RenderSummary) -> None:
     from .kernel import render_batch
+
+    indices = np.concatenate([np.arange(r.start, r.stop) for r in map(recipe.shard_pairs, todo)])
+    batch_size = min(batch_size, len(indices))
+    batches = (render_batch(recipe, indices[start : start + batch_size], batch_size) for start in range(0, len(indices), batch_size))
+    with tqdm(total=len(indices), unit="pair", desc=f"render {recipe.synth.name}", disable=not progress, smoothing=0.1) as bar:
+
+        def advance(batch) -> None:
+            summary.pairs += len(batch.indices)
+            bar.update(len(batch.indices))
+
+        summary.rendered.extend(write_batches(recipe, out, todo, batches, workers, on_batch=advance))
+
+
+def write_batches(recipe: Recipe, out: Path, todo: list[int], batches: Iterable, workers: int, on_batch: Callable | None = None) -> list[int]:
+    """Fill shards ``todo`` (in order) from rendered batches and write each one as soon as it
+    is full, in ``workers`` encoding processes (0: here). Batches may straddle shards.
+    Returns the shards written."""
     from .synths import param_layout
 
-    batch_size = min(batch_size, sum(len(recipe.shard_pairs(s)) for s in todo))
     layout = SlotLayout(rows=recipe.pairs_per_shard, samples=recipe.n_samples, param_shape=(recipe.n_layers, 3, len(param_layout(recipe))))
     options = {"seed": recipe.seed, "sample_rate": recipe.sample_rate, "codec": recipe.codec, "recipe_sha256": recipe_sha256(recipe.to_dict())}
     writer = _EncoderPool(workers, layout, out, options) if workers > 0 else _InlineWriter(layout, out, options)
-    # Batches run across shard boundaries; shard s is handed to a writer once full.
-    queue = [(s, recipe.shard_pairs(s)) for s in todo]
-    indices = np.concatenate([np.arange(r.start, r.stop) for _, r in queue])
-    bar = tqdm(total=len(indices), unit="pair", desc=f"render {recipe.synth.name}", disable=not progress, smoothing=0.1)
-    current = None  # (shard, slot, arrays, filled)
+    queue, written = list(todo), []
+    current = None  # [shard, slot, arrays, rows filled]
     try:
-        for start in range(0, len(indices), batch_size):
-            batch = render_batch(recipe, indices[start : start + batch_size], batch_size)
+        for batch in batches:
             row = 0
             while row < len(batch.indices):
                 if current is None:
-                    shard, _ = queue.pop(0)
-                    slot, arrays = writer.acquire()
-                    current = [shard, slot, arrays, 0]
+                    current = [queue.pop(0), *writer.acquire(), 0]
                 shard, slot, arrays, filled = current
-                need = len(recipe.shard_pairs(shard)) - filled
-                take = min(need, len(batch.indices) - row)
-                rows = slice(row, row + take)
-                target = slice(filled, filled + take)
-                arrays.indices[target] = batch.indices[rows]
-                arrays.a[target] = batch.a[rows]
-                arrays.b[target] = batch.b[rows]
-                arrays.params[target] = batch.params[rows]
-                arrays.redraws[target] = batch.redraws[rows]
+                size = len(recipe.shard_pairs(shard))
+                take = min(size - filled, len(batch.indices) - row)
+                source, target = slice(row, row + take), slice(filled, filled + take)
+                for name in ("indices", "a", "b", "params", "redraws"):
+                    getattr(arrays, name)[target] = getattr(batch, name)[source]
                 current[3] = filled + take
                 row += take
-                if current[3] == len(recipe.shard_pairs(shard)):
-                    writer.submit(slot, shard, current[3])
-                    summary.rendered.append(shard)
+                if current[3] == size:
+                    writer.submit(slot, shard, size)
+                    written.append(shard)
                     current = None
-            summary.pairs += len(batch.indices)
-            bar.update(len(batch.indices))
+            if on_batch is not None:
+                on_batch(batch)
         writer.drain()
     finally:
-        bar.close()
         writer.close()
         remove_temporaries(out)
+    return written
 
 
 def _finish_manifest(recipe: Recipe, out: Path, seconds: float) -> None:

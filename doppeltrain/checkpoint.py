@@ -10,6 +10,8 @@ A checkpoint is one ``torch.save`` dict with these keys:
 - ``config``: ``TrainConfig.to_dict()``
 - ``manifests``: ``{dataset: sha256 of its manifest.json}``, so a resume can refuse
   data that changed under it
+
+and, from ``fit``, ``world_size`` (processes that trained it; optional when loading).
 """
 
 from __future__ import annotations

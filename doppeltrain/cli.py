@@ -16,6 +16,7 @@ from typer.exceptions import TyperException
 
 from .augment import AugmentError
 from .checkpoint import CheckpointError
+from .cli_use import register as register_use_commands
 from .config import TrainConfig
 from .data import DataError
 from .distributed import DistributedError
@@ -139,16 +140,7 @@ def fit_command(
         )
 
 
-def _register_use_commands() -> None:
-    # embed and probe live with the inference code; absent, fit still works.
-    try:
-        from . import cli_use
-    except ImportError:
-        return
-    cli_use.register(app)
-
-
-_register_use_commands()
+register_use_commands(app)  # embed and probe, defined with the inference code
 
 
 def main(argv: Optional[List[str]] = None) -> int:

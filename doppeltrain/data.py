@@ -1,16 +1,20 @@
 """Streaming pair shards into batches (FORMAT.md readers, open_clip's pipeline shape).
 
 Shard list -> shard order, a function of (seed, epoch), the same on every rank -> split
-by rank -> split by DataLoader worker -> tar to samples (webdataset; a bad member is
-logged, counted and skipped) -> sample shuffle buffer seeded from (seed, epoch, rank,
-worker) -> decode FLAC/WAV and apply the gain -> batch.
+by rank -> split by DataLoader worker -> tar members (local tars by random access, URLs
+through webdataset's gopen) grouped into samples by webdataset -> sample shuffle buffer
+seeded from (seed, epoch, rank, worker) -> decode FLAC/WAV and apply the gain -> batch,
+in the workers. A bad member, sample or shard is logged, counted and skipped.
 
-Every rank delivers the same number of batches per epoch, computed from the manifests'
-sizes (``total pairs // (batch size * world size)``): a worker whose shards run out
-before its share of batches starts another pass over them, so DDP never waits on a rank
-that has fewer pairs. Nothing here depends on the process layout except through
-``(rank, worker)``, so a run resumed at an epoch boundary reads exactly what an
-uninterrupted one reads.
+Training: every rank delivers the same number of batches per epoch, computed from the
+manifests' sizes (``total pairs // (batch size * world size)``); each worker makes a share
+in proportion to its pairs and starts another pass over its shards if it runs out, so
+DDP never waits on a rank that has fewer pairs. Data order depends on nothing but (seed,
+epoch, rank, worker, number of workers), so a run resumed at an epoch boundary reads
+exactly what an uninterrupted one reads.
+
+Validation (``train=False``): every rank reads every validation pair once, in a fixed
+order; each worker's last batch may be short.
 """
 
 from __future__ import annotations
@@ -477,8 +481,11 @@ def batches_per_epoch(shards: Sequence[ShardRef], batch_size: int, world_size: i
 
 
 class PairLoader:
-    """Batches of pairs for one rank: ``len()`` batches per epoch, the same on every rank
-    for training. Iterating yields :class:`PairBatch` ``(a, b, keys)``."""
+    """Batches of pairs for one rank. Iterating yields :class:`PairBatch` ``(a, b, keys)``.
+
+    Training: exactly ``len()`` full batches per epoch, the same on every rank.
+    Validation: ``len()`` batches unless pairs were skipped as unreadable (then fewer).
+    """
 
     def __init__(self, stream: PairStream, loader: DataLoader, n_batches: int):
         self.stream = stream

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+
+COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 
 class DistributedError(RuntimeError):
@@ -70,7 +74,9 @@ def init_distributed(device: str = "auto") -> DistributedEnv:
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
+            # Other ranks wait at a barrier while rank 0 validates and writes checkpoints:
+            # allow that longer than NCCL's default 10 minutes.
+            dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return DistributedEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
 
 

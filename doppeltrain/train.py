@@ -5,9 +5,9 @@ drawn separately) -> log-mel -> SpecAugment -> the network on both views at once
 L2-normalize -> gather over ranks -> alignment + uniformity -> optimizer step. The
 learning rate follows a MultiStepLR stepped once per epoch.
 
-Everything random is a function of ``(seed, epoch, step, rank)`` (augmentation draws)
-or ``(seed, epoch, rank, worker)`` (data order, torch's global RNG), never of how long
-the process has lived: a run resumed at an epoch boundary ends with the same weights
+Everything random is a function of ``(seed, epoch, step, rank)`` (augmentation draws),
+``(seed, epoch, rank, worker)`` (data order) or ``(seed, epoch, rank)`` (the global
+RNGs, e.g. for dropout), never of how long the process has lived: a run resumed at an epoch boundary ends with the same weights
 as one that was never interrupted.
 
 A run folder ``runs_dir/run/`` holds ``config.json``, ``metrics.jsonl``,
@@ -130,12 +130,6 @@ def weight_decay(optim: OptimConfig) -> float:
 def milestone_epochs(epochs: int, fractions: tuple[float, ...]) -> list[int]:
     """Epochs after which the learning rate drops: 155, 170, 185 for 200 epochs."""
     return [int(fraction * epochs) for fraction in fractions]
-
-
-def lr_at_epoch(base_lr: float, epoch: int, epochs: int, optim: OptimConfig) -> float:
-    """The learning rate MultiStepLR gives during ``epoch`` (0-based)."""
-    drops = sum(1 for milestone in milestone_epochs(epochs, optim.milestones) if epoch >= milestone)
-    return base_lr * optim.gamma**drops
 
 
 def build_optimizer(params, cfg: TrainConfig, world_size: int) -> torch.optim.Optimizer:
@@ -341,7 +335,7 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
     infos = data.discover(cfg.data.datasets, cfg.data.sample_rate)
     manifests = manifest_digests((info.location, info.manifest) for info in infos)
     train_shards, val_shards = data.split_shards(infos, cfg.data.val_shards, cfg.seed)
-    state = _checked_resume_state(cfg, run_dir, manifests) if cfg.resume else None
+    state = _checked_resume_state(cfg, run_dir, manifests, env.world_size) if cfg.resume else None
     if state is None and latest_checkpoint(run_dir).exists():
         raise TrainError(f"{run_dir} already holds a run: pass --resume, or choose another --run")
 
@@ -387,8 +381,12 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
     )
 
 
-def _checked_resume_state(cfg: TrainConfig, run_dir: Path, manifests: dict[str, str]) -> dict[str, Any]:
+def _checked_resume_state(cfg: TrainConfig, run_dir: Path, manifests: dict[str, str], world_size: int) -> dict[str, Any]:
     state = load_checkpoint(latest_checkpoint(run_dir))
+    trained_on = state.get("world_size", world_size)
+    if trained_on != world_size:
+        # The learning rate and every rank's share of the data depend on it.
+        raise TrainError(f"--resume: {run_dir} was trained by {trained_on} processes, this is {world_size}")
     differences = config_differences(cfg, state["config"])
     if differences:
         raise TrainError(f"--resume: options differ from the run's: {'; '.join(differences)}")
@@ -509,6 +507,7 @@ def _save(run: _Run, epochs_done: int) -> None:
         "rng": rng_state(),
         "config": run.cfg.to_dict(),
         "manifests": run.manifests,
+        "world_size": run.env.world_size,
     }
     checkpoint_dir = run.run_dir / "checkpoints"
     save_checkpoint(checkpoint, checkpoint_dir / LATEST_NAME)

@@ -10,7 +10,8 @@ from doppeltrain.config import LossConfig, ModelConfig, OptimConfig
 from doppeltrain.distributed import gather_with_grad
 from doppeltrain.loss import alignment_loss, contrastive_loss, uniformity_loss
 from doppeltrain.model import build_model
-from doppeltrain.train import learning_rate, lr_at_epoch, milestone_epochs
+from doppeltrain.config import TrainConfig
+from doppeltrain.train import build_optimizer, build_scheduler, learning_rate, milestone_epochs
 
 
 def unit(*rows):
@@ -104,6 +105,20 @@ def test_learning_rate_rule_and_milestones():
     assert learning_rate(adam, 768, 2) == pytest.approx(1e-3)
     assert learning_rate(OptimConfig(lr=0.5), 768, 2) == 0.5
     assert milestone_epochs(200, sgd.milestones) == [155, 170, 185]
-    assert lr_at_epoch(1.0, 154, 200, sgd) == pytest.approx(1.0)
-    assert lr_at_epoch(1.0, 155, 200, sgd) == pytest.approx(0.1)
-    assert lr_at_epoch(1.0, 199, 200, sgd) == pytest.approx(1e-3)
+
+
+def test_schedule_drops_tenfold_at_the_milestones_of_200_epochs():
+    cfg = TrainConfig()  # SGD, batch 768, 200 epochs
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg, world_size=1)
+    assert optimizer.defaults["weight_decay"] == pytest.approx(1e-6) and optimizer.defaults["momentum"] == 0
+    scheduler = build_scheduler(optimizer, cfg)
+    lrs = []  # the rate in force during each epoch; the scheduler steps once per epoch
+    for _ in range(cfg.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.36) and lrs[154] == pytest.approx(0.36)
+    assert lrs[155] == pytest.approx(0.036) and lrs[169] == pytest.approx(0.036)
+    assert lrs[170] == pytest.approx(0.0036) and lrs[185] == pytest.approx(0.00036) and lrs[199] == pytest.approx(0.00036)
+    adam = build_optimizer([torch.nn.Parameter(torch.zeros(1))], TrainConfig(optim=OptimConfig(optimizer="adam")), 2)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["weight_decay"] == pytest.approx(1e-4)

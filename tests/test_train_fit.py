@@ -123,7 +123,7 @@ def test_fit_checkpoints_hold_the_documented_keys(fitted, voice_shards):
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == ["epoch-0001.pt", "epoch-0002.pt", "latest.pt"]  # no temporaries left
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
-    assert set(state) == set(CHECKPOINT_KEYS)
+    assert set(state) == set(CHECKPOINT_KEYS) | {"world_size"} and state["world_size"] == 1
     assert (state["epoch"], state["step"]) == (2, 2 * STEPS_PER_EPOCH)
     assert state["config"] == cfg.to_dict()
     manifest_sha = hashlib.sha256((voice_shards / "manifest.json").read_bytes()).hexdigest()
@@ -207,6 +207,14 @@ def test_cli_resume_continues_from_the_checkpoints_config(voice_shards, tmp_path
     error = capsys.readouterr().err
     assert_one_line_error(error)
     assert "optim.lr" in error
+    # So is resuming with another number of processes (learning rate, data shares).
+    latest = tmp_path / "r" / "checkpoints" / "latest.pt"
+    state["world_size"], state["epoch"] = 2, 1
+    save_checkpoint(state, latest)
+    assert main(["fit", "--resume", "--runs-dir", str(tmp_path), "--run", "r"]) == 2
+    error = capsys.readouterr().err
+    assert_one_line_error(error)
+    assert "trained by 2 processes, this is 1" in error
 
 
 def test_a_fresh_fit_refuses_to_overwrite_a_run(fitted, voice_shards):
