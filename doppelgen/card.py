@@ -19,6 +19,7 @@ import yaml
 
 from .format import AUDIO_MEMBERS, FormatError, read_manifest
 from .info import describe_dataset, human_bytes, human_duration
+from .pack import is_packed_recipe
 from .shard_writer import write_atomic
 
 CARD_NAME = "README.md"
@@ -69,7 +70,7 @@ def json_features(recipe: dict) -> list[dict]:
         {"name": "gain", **float_list()},
         {"name": "params", **params_struct()},
     ]
-    if is_packed(recipe):
+    if is_packed_recipe(recipe):
         fields += [{"name": "source", "dtype": "string"}, {"name": "file_index", "dtype": "int64"}]
     elif int(recipe.get("n_layers", 1)) > 1:
         fields.append({"name": "layers", "list": params_struct()["struct"]})
@@ -88,13 +89,9 @@ def features(recipe: dict) -> list[dict]:
     ]
 
 
-def is_packed(recipe: dict) -> bool:
-    return "source" in recipe and "synth" not in recipe
-
-
 def card_header(desc: dict[str, Any], license: str | None = None, pretty_name: str | None = None) -> dict:
     recipe, totals = desc["recipe"], desc["totals"]
-    packed = is_packed(recipe)
+    packed = is_packed_recipe(recipe)
     return {
         "license": license or (PACKED_LICENSE if packed else SYNTH_LICENSE),
         "task_categories": list(TASK_CATEGORIES),
@@ -112,7 +109,7 @@ def card_header(desc: dict[str, Any], license: str | None = None, pretty_name: s
 
 
 def default_title(recipe: dict) -> str:
-    if is_packed(recipe):
+    if is_packed_recipe(recipe):
         return f"Real-audio pairs ({recipe['source'].get('name', 'recordings')})"
     synth = recipe.get("synth", {}).get("name", "?")
     return f"Synthetic audio doppelgängers: {synth}, delta {recipe.get('delta')}"
@@ -125,7 +122,7 @@ def shard_brace(n_shards: int) -> str:
 def card_body(desc: dict[str, Any], manifest: dict, title: str) -> str:
     recipe, totals, stats = desc["recipe"], desc["totals"], desc["shard_stats"]
     shards = manifest.get("record", {}).get("shards", [])
-    packed = is_packed(recipe)
+    packed = is_packed_recipe(recipe)
     duration = recipe.get("duration")
     what = (
         f"Pairs of {duration} s crops of real recordings at {recipe.get('sample_rate')} Hz, made by "
@@ -143,6 +140,11 @@ def card_body(desc: dict[str, Any], manifest: dict, title: str) -> str:
     software = ", ".join(f"{k} {v}" for k, v in desc["software"].items() if v is not None)
     platform = desc["platform"]
     brace = shard_brace(len(shards))
+    params_meaning = (
+        "crop start times in seconds; `source` names the recording"
+        if packed
+        else "synth parameters in normalized [0, 1] space, in the order of `manifest.json`'s `record.param_names`"
+    )
     view_ext = recipe.get("codec", "flac")
     return f"""# {title}
 
@@ -172,7 +174,7 @@ the same platform gives byte-identical shards (`doppelgen verify --rerender N` c
 
 Each sample is one pair with key `{{index:010d}}` and three members: `a.{view_ext}` and `b.{view_ext}`, the two
 views (mono, {recipe.get('sample_rate')} Hz, 24-bit FLAC of the waveform divided by its gain), and `json`
-with `index`, `seed`, `gain` = `[gain_a, gain_b]` and `params` (`base`, `a`, `b`{", in seconds: the crop offsets; `source` names the recording" if packed else ": synth parameters in normalized [0, 1] space, in the order of `manifest.json`'s `record.param_names`"}).
+with `index`, `seed`, `gain` = `[gain_a, gain_b]` and `params` (`base`, `a`, `b`: {params_meaning}).
 **Multiply each decoded view by its gain** to get the waveform.
 
 ## Load it
@@ -237,10 +239,9 @@ Check the download against this card and the manifest with `doppelgen verify pat
 
 
 def pack_description(recipe: dict) -> str:
-    source = recipe.get("source", {})
-    if source.get("n_layers", recipe.get("n_layers", 1)) > 1:
+    if recipe.get("n_layers", 1) > 1:
         how = f"each view is the sum of {recipe.get('n_layers')} random 1 s segments of one recording, renormalized"
-    elif source.get("temporal_jitter"):
+    elif recipe.get("temporal_jitter"):
         how = "the two views are two independent random crops of the same recording"
     else:
         how = "both views are the same random crop (training augmentations make them differ)"

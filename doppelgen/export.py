@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from .format import FormatError, Pair, iter_shard_pairs, read_manifest, shard_name
+from .pack import is_packed_recipe
 
 # The log-mel front end of the paper's network (REFERENCE.md, VGGish input), so the
 # pictures show what the model sees.
@@ -110,7 +111,7 @@ def param_differences(meta: dict, names: list[str]) -> list[tuple[str, float, fl
 
 
 def pair_title(meta: dict, recipe: dict) -> str:
-    if "source" in recipe and "synth" not in recipe:
+    if is_packed_recipe(recipe):
         crops = ", ".join(f"{view} @ {', '.join(f'{t:.2f}' for t in meta['params'][view])} s" for view in ("a", "b"))
         return f"pair {meta['index']}  ·  {meta.get('source', '?')}  ·  {crops}"
     synth = recipe.get("synth", {}).get("name", "?")
@@ -128,7 +129,7 @@ def plot_pair(pair: Pair, recipe: dict, names: list[str], path: Path) -> None:
 
     mels = [log_mel(view, pair.sample_rate) for view in (pair.a, pair.b)]
     low, high = min(m.min() for m in mels), max(m.max() for m in mels)
-    differences = param_differences(pair.meta, names) if "synth" in recipe else []
+    differences = [] if is_packed_recipe(recipe) else param_differences(pair.meta, names)
     rows = 2 if differences else 1
     figure = plt.figure(figsize=(11, 4.2 + 3.4 * (rows - 1)), layout="constrained")
     grid = figure.add_gridspec(rows, 2, height_ratios=[1.2, 1][:rows])

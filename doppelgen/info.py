@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .format import complete_shards, read_manifest
+from .pack import is_packed_recipe
 
 # Per-shard record fields summarised across shards (FORMAT.md ``record.shards``).
 SHARD_STATS = ("n_pairs", "bytes", "peak", "mean_rms", "silent_fraction", "nonfinite_fraction", "redraws")
@@ -40,7 +41,7 @@ def describe_dataset(folder: str | os.PathLike) -> dict[str, Any]:
     duration = float(recipe.get("duration", 0.0))
     return {
         "folder": str(folder),
-        "kind": "packed real audio" if "source" in recipe and "synth" not in recipe else "synthetic",
+        "kind": "packed real audio" if is_packed_recipe(recipe) else "synthetic",
         "recipe": recipe,
         "totals": {
             "pairs": n_pairs,
@@ -104,7 +105,8 @@ def format_description(desc: dict[str, Any]) -> str:
         f"  size             {human_bytes(totals['bytes'])} ({totals['bytes']:,} bytes)",
     ]
     if desc["n_params"]:
-        lines.append(f"  parameters       {desc['n_params']} per view")
+        what = "crop start times" if desc["kind"] == "packed real audio" else "synth parameters"
+        lines.append(f"  parameters       {desc['n_params']} {what} per view")
     if totals["redraws"]:
         lines.append(f"  redraws          {totals['redraws']} non-finite renders drawn again")
     if desc["skipped_files"]:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from .config import Recipe, RecipeError, make_recipe
+from .pack import is_packed_recipe
 
 # The paper's configurations (Cherep & Singh, ICLR 2025): three synths at delta 0.25,
 # and the voice synth over the delta sweep. All share seed 0, so the voice sweep draws
@@ -66,7 +67,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         raise RecipeError(f"{path}: unreadable recipe ({error})") from None
     if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
         data = data["recipe"]  # a finished dataset's manifest
-    if isinstance(data, dict) and "source" in data and "synth" not in data:
+    if isinstance(data, dict) and is_packed_recipe(data):
         raise RecipeError(f"{path}: a packed real-audio dataset (doppelgen pack), not a synth recipe")
     try:
         return Recipe.from_dict(data)

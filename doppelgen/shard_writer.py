@@ -84,13 +84,14 @@ def tar_bytes(samples: list[dict]) -> bytes:
 
 
 def audio_stats(pairs: ShardPairs) -> dict:
-    clips = np.concatenate([pairs.a, pairs.b]).astype(np.float64)
-    rms = np.sqrt(np.mean(clips**2, axis=1)) if clips.size else np.zeros(0)
+    clips = np.concatenate([pairs.a, pairs.b])
+    n_clips, n_samples = clips.shape
+    rms = np.sqrt(np.einsum("ij,ij->i", clips, clips) / max(n_samples, 1)) if clips.size else np.zeros(0)
     attempts = len(pairs.indices) + int(pairs.redraws.sum())
     return {
         "peak": float(np.max(np.abs(clips))) if clips.size else 0.0,
-        "mean_rms": float(rms.mean()) if rms.size else 0.0,
-        "silent_fraction": float(np.mean(rms < SILENCE_RMS)) if rms.size else 0.0,
+        "mean_rms": float(rms.mean()) if n_clips else 0.0,
+        "silent_fraction": float(np.mean(rms < SILENCE_RMS)) if n_clips else 0.0,
         "nonfinite_fraction": float(pairs.redraws.sum() / attempts) if attempts else 0.0,
         "redraws": int(pairs.redraws.sum()),
     }

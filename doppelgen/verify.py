@@ -37,6 +37,7 @@ from .format import (
     stats_name,
     iter_tar_members,
 )
+from .pack import is_packed_recipe
 
 # Audio rendered on another platform (CPU vs GPU) or with other software versions must
 # agree with the stored audio within this fraction of the clip's peak. FLAC's own
@@ -254,7 +255,7 @@ def shard_expectations(folder: Path, manifest: dict | None) -> tuple[list[ShardE
 
     recipe = manifest["recipe"]
     record = manifest.get("record") if isinstance(manifest.get("record"), dict) else {}
-    packed = "source" in recipe and "synth" not in recipe
+    packed = is_packed_recipe(recipe)
     try:
         rate, duration = int(recipe["sample_rate"]), float(recipe["duration"])
         per_shard, n_shards = int(recipe["pairs_per_shard"]), int(recipe["n_shards"])
@@ -345,6 +346,8 @@ def verify_dataset(folder: str | os.PathLike, *, rerender: int = 0, workers: int
             manifest = read_manifest(folder)
         except FormatError as error:
             report.problems.append(f"{MANIFEST_NAME}: {error}")
+    if rerender and manifest is not None and is_packed_recipe(manifest["recipe"]):
+        raise VerifyError("--rerender needs a synth recipe; this dataset was packed from recordings")
     expectations, problems = shard_expectations(folder, manifest)
     report.problems += problems
     for problems, pairs in _map_shards(str(folder), expectations, workers):

@@ -32,6 +32,7 @@ BIQUAD_Q = 0.707
 MAX_CUTOFF_FRACTION_OF_NYQUIST = 0.99
 PITCH_N_FFT = 512
 PITCH_HOP = 128
+# Bins either side whose loudest one anchors a bin's phase: a Hann main lobe's half-width.
 PEAK_REACH = 2
 # Examples pitch-shifted at once: bounds the memory the phase vocoder's spectra take.
 PITCH_CHUNK = 64
@@ -111,11 +112,10 @@ def time_shift(waves: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 def pitch_shift(waves: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
     """Shift each row's pitch by its own (fractional) number of semitones, keeping its
     length: a phase-vocoder time stretch by ``ratio = 2 ** (semitones / 12)``, then
-    band-limited resampling that plays the stretched sound ``ratio`` times faster (what
-    torchaudio's ``pitch_shift`` does, with one shift per row; the FFT resampling treats
-    each row as periodic, which only rings for a few samples at the ends). torchaudio's own takes one
-    integer shift per call and resamples between rates with no common divisor, far too
-    slow to run per example.
+    band-limited resampling that plays the stretched sound ``ratio`` times faster. This is
+    what torchaudio's ``pitch_shift`` does, but that takes one integer shift per call and
+    resamples between rates with no common divisor, far too slow to run per example. The
+    FFT resampling treats each row as periodic, which rings for a few samples at the ends.
     """
     return torch.cat(
         [
@@ -129,12 +129,12 @@ def _pitch_shift(waves: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
     length = waves.shape[-1]
     wanted = length * 2.0 ** (semitones.double() / 12.0)
     # The stretched length sets the true ratio; a 13-smooth one keeps the FFTs fast, at a
-    # cost of a few hundredths of a semitone.
-    lengths = [nearest_smooth(round(float(n))) for n in wanted]
+    # cost of at most 0.07 semitone.
+    lengths = [nearest_smooth(round(n)) for n in wanted.tolist()]
     ratio = torch.tensor(lengths, dtype=torch.float64, device=waves.device) / length
     stretched = time_stretch(waves, ratio)
     out = torch.empty_like(waves)
-    # One FFT call per distinct length: single-row FFTs are slow on a busy multi-core CPU.
+    # One FFT call per distinct length, not one per row.
     for stretched_length in sorted(set(lengths)):
         rows = torch.tensor([i for i, n in enumerate(lengths) if n == stretched_length], device=waves.device)
         out[rows] = resample_fft(stretched[rows, :stretched_length], length)
@@ -159,9 +159,10 @@ def nearest_smooth(n: int) -> int:
 
 def time_stretch(waves: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     """Make row ``i`` ``ratio[i]`` times longer at the same pitch (rows zero-padded to the
-    longest): torchaudio's ``phase_vocoder`` rule with a rate per row, plus identity phase
-    locking (Laroche & Dolson), which keeps each spectral peak's neighbours in phase with
-    it; without it a plain tone loses a third of its level."""
+    longest): torchaudio's ``phase_vocoder`` rule with a rate per row, plus phase locking
+    in the manner of Laroche & Dolson's identity locking: each bin keeps its analysed phase
+    offset from the loudest bin near it, whose phase alone is accumulated. Without it the
+    bins of one partial drift out of phase and a plain tone loses a third of its level."""
     device, dtype = waves.device, waves.dtype
     window = torch.hann_window(PITCH_N_FFT, device=device, dtype=dtype)
     spectrum = torch.stft(waves, PITCH_N_FFT, PITCH_HOP, window=window, center=True, return_complex=True)
@@ -183,14 +184,14 @@ def time_stretch(waves: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     expected = (2.0 * math.pi * PITCH_HOP / PITCH_N_FFT) * torch.arange(n_bins, device=device, dtype=dtype)[:, None]
     deviation = later.angle() - analysis_phase - expected
     advance = expected + deviation - 2.0 * math.pi * torch.round(deviation / (2.0 * math.pi))
-    peaks = nearest_peaks(magnitude)
+    anchors = loudest_neighbours(magnitude)
 
     phases = [analysis_phase[..., 0]]
     for frame in range(1, out_frames):
-        peak = peaks[..., frame]
-        peak_phase = torch.gather(phases[-1] + advance[..., frame - 1], 1, peak)
+        anchor = anchors[..., frame]
+        anchor_phase = torch.gather(phases[-1] + advance[..., frame - 1], 1, anchor)
         here = analysis_phase[..., frame]
-        phases.append(peak_phase + here - torch.gather(here, 1, peak))
+        phases.append(anchor_phase + here - torch.gather(here, 1, anchor))
     phase = torch.stack(phases, -1)
     return torch.istft(
         torch.polar(magnitude, phase),
@@ -202,7 +203,7 @@ def time_stretch(waves: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     )
 
 
-def nearest_peaks(magnitude: torch.Tensor, reach: int = PEAK_REACH) -> torch.Tensor:
+def loudest_neighbours(magnitude: torch.Tensor, reach: int = PEAK_REACH) -> torch.Tensor:
     """For (N, bins, frames) magnitudes, the bin each bin's phase follows: the loudest
     within ``reach`` bins (a peak's main lobe with a Hann window is 2 bins either side)."""
     count, n_bins, n_frames = magnitude.shape
@@ -219,7 +220,7 @@ def resample_fft(signal: torch.Tensor, length: int) -> torch.Tensor:
     if signal.device.type == "cpu":
         # torch's CPU FFT takes ~15 ms for a call this small on a busy 2-core machine
         # (its threads fight), numpy's 0.3 ms; a batch makes dozens of such calls.
-        spectrum = np.fft.rfft(signal.numpy(), axis=-1)
+        spectrum = np.fft.rfft(signal.detach().numpy(), axis=-1)
         return torch.from_numpy(np.fft.irfft(spectrum, length, axis=-1)).to(signal.dtype) * scale
     return torch.fft.irfft(torch.fft.rfft(signal), length) * scale
 
@@ -319,8 +320,9 @@ class WaveformAugment(torch.nn.Module):
             limit = cfg.time_shift_fraction * waves.shape[-1]
             return time_shift(waves, torch.round((2.0 * uniform - 1.0) * limit).long())
         if name == "impulse_response":
-            index = (uniform * self.impulse_responses.shape[0]).long().clamp(max=self.impulse_responses.shape[0] - 1)
-            return convolve_truncated(waves, self.impulse_responses[index.to(waves.device)].to(waves.dtype))
+            bank = self.impulse_responses
+            index = (uniform * bank.shape[0]).long().clamp(max=bank.shape[0] - 1)
+            return convolve_truncated(waves, bank[index.to(bank.device)].to(waves.device, waves.dtype))
         raise ValueError(f"unknown augmentation {name!r}")
 
 

@@ -422,21 +422,20 @@ class PairStream(IterableDataset):
 
     # -- the stream
 
-    def train_samples(self, epoch: int, worker: int, rng: random.Random) -> Iterator[dict]:
-        """Raw samples of this worker's shards, pass after pass, each pass shuffled through
+    def train_pairs(self, epoch: int, worker: int, rng: random.Random) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Decoded pairs of this worker's shards, pass after pass, each pass shuffled through
         the buffer on its own (a buffer spanning two passes could put a pair twice in a
         batch). The first pass reads the epoch's shard order, later ones reshuffle it."""
         shards = self.my_shards(epoch, worker)
-        # A buffer larger than one pass would hold a pair twice.
         buffer_size = min(self.shuffle_buffer, sum(shard.n_pairs for shard in shards))
         for n_pass in itertools.count():
             if n_pass > 0:
                 shards = rng.sample(shards, len(shards))
             produced = 0
-            for sample in shuffled(self.raw_samples(shards), buffer_size, rng):
+            for pair in self.decode(shuffled(self.raw_samples(shards), buffer_size, rng)):
                 produced += 1
-                yield sample
-            if produced == 0:
+                yield pair
+            if produced == 0:  # another pass would not do better
                 raise DataError(f"no readable pairs in {', '.join(shard.url for shard in shards)}")
 
     def __iter__(self) -> Iterator[PairBatch]:
@@ -449,7 +448,7 @@ class PairStream(IterableDataset):
         rng = random.Random(stream_seed(self.seed, epoch, self.rank, worker))
         worker_pairs = [sum(s.n_pairs for s in self.my_shards(epoch, w)) for w in range(self.n_workers)]
         count = worker_batch_counts(self.n_batches, worker_pairs)[worker]
-        yield from self._batches(self.decode(self.train_samples(epoch, worker, rng)), count, partial=False)
+        yield from self._batches(self.train_pairs(epoch, worker, rng), count, partial=False)
 
     def _batches(self, pairs: Iterator, count: int | None, partial: bool) -> Iterator[PairBatch]:
         made = 0
@@ -515,7 +514,12 @@ class PairLoader:
         return self.n_batches
 
     def __iter__(self) -> Iterator[PairBatch]:
-        return itertools.islice(iter(self.loader), self.n_batches)
+        try:
+            yield from itertools.islice(iter(self.loader), self.n_batches)
+        except DataError as error:
+            # From a worker process it comes with the worker's traceback in its message.
+            last_line = str(error).strip().splitlines()[-1]
+            raise DataError(last_line.split("DataError: ", 1)[-1]) from None
 
 
 def loader_workers(wanted: int, shards_per_rank: int) -> int:

@@ -31,10 +31,12 @@ def uniformity_loss(x: Tensor, t: float = 2.0) -> Tensor:
     # Squared distances from one matrix product (O(N^2) memory, unlike differences of
     # all pairs, O(N^2 D)); clamped because rounding can make them slightly negative.
     squared = (norms[:, None] + norms[None, :] - 2.0 * x @ x.T).clamp_min(0.0)
-    rows, cols = torch.triu_indices(n, n, offset=1, device=x.device)
-    exponents = -t * squared[rows, cols]
+    # The matrix is symmetric, so the mean over i != j is the mean over i < j; masking
+    # the diagonal avoids materialising N^2 / 2 index pairs.
+    diagonal = torch.eye(n, dtype=torch.bool, device=x.device)
+    exponents = (-t * squared).masked_fill(diagonal, float("-inf"))
     # log(mean(exp(z))) computed stably.
-    return torch.logsumexp(exponents, dim=0) - math.log(exponents.numel())
+    return torch.logsumexp(exponents.flatten(), dim=0) - math.log(n * (n - 1))
 
 
 def contrastive_loss(a: Tensor, b: Tensor, cfg: LossConfig) -> tuple[Tensor, Tensor, Tensor]:

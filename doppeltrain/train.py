@@ -209,7 +209,7 @@ class _Logger:
         # from (all of it for a fresh start): those steps are trained again now.
         kept = []
         if start_epoch > 0 and self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines() if line and json.loads(line)["epoch"] < start_epoch]
+            kept = [line for line in self.metrics_path.read_text().splitlines() if _logged_before(line, start_epoch)]
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -232,6 +232,15 @@ class _Logger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _logged_before(line: str, epoch: int) -> bool:
+    """Whether a metrics.jsonl line is a record of an epoch before ``epoch``; a line cut
+    short by a kill is not."""
+    try:
+        return json.loads(line)["epoch"] < epoch
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
 
 
 class _Pipeline(nn.Module):

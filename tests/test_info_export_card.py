@@ -178,3 +178,38 @@ def test_hugging_face_datasets_loads_every_pair_without_an_audio_decoder(dataset
             assert bytes.fromhex(row["a"]) == stored[f"{key}.a.flac"] and bytes.fromhex(row["b"]) == stored[f"{key}.b.flac"]
             assert row["json"] == json.loads(stored[f"{key}.json"])
     assert loaded[str(packed)][0]["json"]["source"] == "one.wav"
+
+
+# --- packed real audio ---------------------------------------------------------------
+
+
+@pytest.fixture()
+def packed(tmp_path):
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    t = np.arange(40000) / 16000
+    sf.write(recordings / "chirp.wav", (0.4 * np.sin(2 * np.pi * (200 + 900 * t) * t)).astype(np.float32), 16000)
+    sf.write(recordings / "hum.flac", (0.2 * np.sin(2 * np.pi * 120 * t)).astype(np.float32), 16000)
+    out = tmp_path / "packed"
+    pack_folder(recordings, out, PackConfig(temporal_jitter=True))
+    return out
+
+
+def test_info_export_and_card_describe_packed_audio(packed, tmp_path):
+    desc = describe_dataset(packed)
+    assert desc["kind"] == "packed real audio" and desc["totals"]["pairs"] == 2 and desc["n_params"] == 1
+    assert "1 crop start times per view" in format_description(desc)
+    result = export_pairs(packed, tmp_path / "look", n=5)
+    assert len(result.keys) == 2 and len(list((tmp_path / "look").glob("*.png"))) == 2
+    write_card(packed)
+    header = card_header(packed)
+    assert header["license"] == "other"
+    json_fields = [f["name"] for f in {f["name"]: f for f in header["dataset_info"]["features"]}["json"]["struct"]]
+    assert json_fields == ["index", "seed", "gain", "params", "source", "file_index"]
+    assert "two independent random crops" in (packed / "README.md").read_text(encoding="utf-8")
+
+
+def test_rerendering_packed_audio_is_refused_in_one_line(packed):
+    result = run_cli("verify", packed, "--rerender", "2")
+    assert result.exit_code == 2 and result.stderr == "error: --rerender needs a synth recipe; this dataset was packed from recordings\n"
+    assert run_cli("verify", packed).exit_code == 0

@@ -315,3 +315,14 @@ def test_a_truncated_shard_is_skipped_from_the_break_on(voice_shards, tmp_path):
     keys = epoch_keys(loader, 0)
     assert len(keys) == 32 and loader.skipped >= 1
     assert not {f"{i:010d}" for i in range(12, 16)} & set(keys)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shards_with_no_readable_pair_stop_the_epoch_with_a_one_line_error(voice_shards, tmp_path, workers):
+    folder = copy_dataset(voice_shards, tmp_path / "garbage")
+    for index in range(4):
+        (folder / f"pairs-00000{index}.tar").write_bytes(b"not a tar" * 100)
+    loader = make_loader(all_shards(folder), config(workers=workers), train=True, epoch_ref=SharedEpoch(0))
+    with pytest.raises(DataError, match="^no readable pairs in") as error:
+        list(loader)
+    assert "\n" not in str(error.value) and loader.skipped >= 2

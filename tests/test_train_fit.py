@@ -10,8 +10,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +194,38 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(voice_shards,
     # The resumed run's log has each step once, as the uninterrupted run's.
     steps = lambda run: [(r["split"], r["step"]) for r in read_metrics(tmp_path / run)]
     assert steps("split") == steps("whole")
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(voice_shards, tmp_path):
+    # Epochs of 30 steps: long enough to be killed in the middle of the second one.
+    args = ["fit", str(voice_shards), "--runs-dir", str(tmp_path), "--epochs", "2", "--steps-per-epoch", "30",
+            "--val-every", "0", "--log-every", "1", *TINY_CLI]
+    killed = subprocess.Popen([sys.executable, "-m", "doppeltrain", *args, "--run", "killed"], cwd=REPO, env=ONE_THREAD_ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest.pt"
+
+    def in_second_epoch() -> bool:
+        metrics = tmp_path / "killed" / "metrics.jsonl"
+        return latest.exists() and metrics.exists() and '"epoch": 1' in metrics.read_text()
+
+    try:
+        while not in_second_epoch() and killed.poll() is None:
+            time.sleep(0.01)
+        assert killed.poll() is None, "the run ended before it could be killed"
+        killed.send_signal(signal.SIGKILL)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert load_checkpoint(latest)["epoch"] == 1
+    logged = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()  # the last may be cut
+    assert 30 < len(logged) < 60  # killed with part of epoch 2 logged
+
+    assert main([*args, "--run", "killed", "--resume"]) == 0
+    assert main([*args, "--run", "whole"]) == 0
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "latest.pt")["model"]
+    resumed = load_checkpoint(latest)["model"]
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+    assert [r["step"] for r in read_metrics(tmp_path / "killed")] == list(range(1, 61))
 
 
 def test_cli_resume_continues_from_the_checkpoints_config(voice_shards, tmp_path, capsys):
