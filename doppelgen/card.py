@@ -126,7 +126,7 @@ def card_body(desc: dict[str, Any], manifest: dict, title: str) -> str:
     duration = recipe.get("duration")
     what = (
         f"Pairs of {duration} s crops of real recordings at {recipe.get('sample_rate')} Hz, made by "
-        "`doppelgen pack` as the real-data baseline: " + pack_description(recipe)
+        "`doppelgen pack` as the real-data baseline: " + pack_description(recipe, desc["skipped_files"])
         if packed
         else f"Pairs of {duration} s sounds at {recipe.get('sample_rate')} Hz from the SynthAX `{recipe['synth']['name']}` "
         f"synthesizer: each pair draws random synth parameters and renders two *doppelgängers* whose parameters are "
@@ -140,12 +140,19 @@ def card_body(desc: dict[str, Any], manifest: dict, title: str) -> str:
     software = ", ".join(f"{k} {v}" for k, v in desc["software"].items() if v is not None)
     platform = desc["platform"]
     brace = shard_brace(len(shards))
+    recipe_note = (
+        "How the recordings became pairs; packing the same recordings with it again gives the same shards."
+        if packed
+        else "Everything that determines the bytes of every pair; rendering it again with the same software on\n"
+        "the same platform gives byte-identical shards (`doppelgen verify --rerender N` checks this)."
+    )
     params_meaning = (
         "crop start times in seconds; `source` names the recording"
         if packed
         else "synth parameters in normalized [0, 1] space, in the order of `manifest.json`'s `record.param_names`"
     )
     view_ext = recipe.get("codec", "flac")
+    coding = "float32 WAV, gain 1" if view_ext == "wav" else "24-bit FLAC of the waveform divided by its gain"
     return f"""# {title}
 
 {what}
@@ -157,8 +164,7 @@ def card_body(desc: dict[str, Any], manifest: dict, title: str) -> str:
 
 ## Recipe
 
-Everything that determines the bytes of every pair; rendering it again with the same software on
-the same platform gives byte-identical shards (`doppelgen verify --rerender N` checks this).
+{recipe_note}
 
 ```json
 {json.dumps(recipe, indent=2)}
@@ -173,7 +179,7 @@ the same platform gives byte-identical shards (`doppelgen verify --rerender N` c
 ## Format
 
 Each sample is one pair with key `{{index:010d}}` and three members: `a.{view_ext}` and `b.{view_ext}`, the two
-views (mono, {recipe.get('sample_rate')} Hz, 24-bit FLAC of the waveform divided by its gain), and `json`
+views (mono, {recipe.get('sample_rate')} Hz, {coding}), and `json`
 with `index`, `seed`, `gain` = `[gain_a, gain_b]` and `params` (`base`, `a`, `b`: {params_meaning}).
 **Multiply each decoded view by its gain** to get the waveform.
 
@@ -238,14 +244,15 @@ Check the download against this card and the manifest with `doppelgen verify pat
 """
 
 
-def pack_description(recipe: dict) -> str:
+def pack_description(recipe: dict, skipped: int) -> str:
     if recipe.get("n_layers", 1) > 1:
         how = f"each view is the sum of {recipe.get('n_layers')} random 1 s segments of one recording, renormalized"
     elif recipe.get("temporal_jitter"):
         how = "the two views are two independent random crops of the same recording"
     else:
         how = "both views are the same random crop (training augmentations make them differ)"
-    return f"{how}. The recordings' own license applies."
+    unreadable = f" {skipped} unreadable recordings were skipped (listed in `manifest.json`)." if skipped else ""
+    return f"{how}.{unreadable} The recordings' own license applies."
 
 
 def write_card(folder: str | os.PathLike, *, license: str | None = None, title: str | None = None) -> Path:

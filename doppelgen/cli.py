@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -34,20 +33,11 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
-def load_recipe_file(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        fail(f"recipe file {path} does not exist")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        fail(f"cannot read recipe {path}: {error}")
-    # A whole manifest is accepted too: its recipe part is what determines the bytes.
-    return data.get("recipe", data) if isinstance(data, dict) else data
-
-
 def recipe_from_options(manifest: Optional[Path], overrides: dict, synth_args: dict) -> Recipe:
     """Start from the recipe file (or the paper's defaults) and apply the options given."""
-    base = Recipe.from_dict(load_recipe_file(manifest)) if manifest else make_recipe()
+    from .recipes import load_recipe
+
+    base = load_recipe(manifest) if manifest else make_recipe()
     fields = {key: value for key, value in overrides.items() if value is not None}
     synth = fields.pop("synth", base.synth.name)
     args = base.synth.args if synth == base.synth.name else {}

@@ -9,13 +9,17 @@ exits with 1 after one line per problem.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
 
+from .export import DEFAULT_EXPORT_PAIRS
+from .pack import PackConfig
+from .verify import default_workers
+
 EXIT_FAILED, EXIT_USAGE = 1, 2
+PACK_DEFAULTS = PackConfig()  # quoted by the options below; the values live in pack.py only
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -39,7 +43,7 @@ def verify(
     folder: Path = typer.Argument(..., help="Dataset folder (holds manifest.json and pairs-*.tar)."),
     rerender: int = typer.Option(0, "--rerender", help="Render this many sampled pairs again and compare them with the shards."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --rerender sample."),
-    workers: int = typer.Option(min(4, os.cpu_count() or 1), "--workers", help="Processes checking shards (0: this one)."),
+    workers: int = typer.Option(default_workers(), "--workers", help="Processes checking shards (0: this one)."),
 ) -> None:
     """Check every shard against the manifest and FORMAT.md; exit 1 with one line per problem."""
     from .verify import verify_dataset
@@ -78,7 +82,7 @@ def info(
 
 def export(
     folder: Path = typer.Argument(..., help="Dataset folder."),
-    n: int = typer.Option(8, "--n", help="Pairs to export (the first N)."),
+    n: int = typer.Option(DEFAULT_EXPORT_PAIRS, "--n", help="Pairs to export (the first N)."),
     to: Path = typer.Option(Path("export"), "--to", help="Folder for the WAV and PNG files."),
 ) -> None:
     """WAV files and a log-mel picture of N pairs, to hear and see what delta does."""
@@ -90,6 +94,8 @@ def export(
         result = export_pairs(folder, to, n=n)
     except _input_errors() as error:
         _fail(str(error))
+    except OSError as error:
+        _fail(f"writing {to} failed: {error.strerror or error}", EXIT_FAILED)
     typer.echo(f"{len(result.keys)} pairs exported to {result.out} ({len(result.files)} files)")
 
 
@@ -111,18 +117,18 @@ def card(
 def pack(
     audio_dir: Path = typer.Argument(..., help="Folder of recordings (wav, flac, ogg; nested folders are searched)."),
     out: Path = typer.Argument(Path("shards"), help="Output dataset folder."),
-    temporal_jitter: bool = typer.Option(False, "--temporal-jitter", help="Two independent crops per pair instead of one crop for both views."),
-    n_layers: int = typer.Option(1, "--n-layers", help="Sum this many random 1 s segments of a recording per pair (renormalized)."),
-    max_n: Optional[int] = typer.Option(None, "--max-n", help="Pairs to make at most. [default: one per readable recording]"),
-    pairs_per_shard: int = typer.Option(1000, "--pairs-per-shard", help="Pairs in each shard."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the crops and of the order recordings are taken in."),
-    codec: str = typer.Option("flac", "--codec", help="flac (24-bit) or wav (float32)."),
+    temporal_jitter: bool = typer.Option(PACK_DEFAULTS.temporal_jitter, "--temporal-jitter", help="Two independent crops per pair instead of one crop for both views."),
+    n_layers: int = typer.Option(PACK_DEFAULTS.n_layers, "--n-layers", help="Sum this many random 1 s segments of a recording per pair (renormalized)."),
+    max_n: Optional[int] = typer.Option(PACK_DEFAULTS.max_n, "--max-n", help="Pairs to make at most (default: one per readable recording)."),
+    pairs_per_shard: int = typer.Option(PACK_DEFAULTS.pairs_per_shard, "--pairs-per-shard", help="Pairs in each shard."),
+    seed: int = typer.Option(PACK_DEFAULTS.seed, "--seed", help="Seed of the crops and of the order recordings are taken in."),
+    codec: str = typer.Option(PACK_DEFAULTS.codec, "--codec", help="flac (24-bit) or wav (float32)."),
     workers: int = typer.Option(0, "--workers", help="Decoding processes (0: this one). Does not change the output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Pack real recordings into pair shards (the paper's real-data baseline)."""
-    from .pack import PackConfig, pack_folder
+    from .pack import pack_folder
 
     try:
         config = PackConfig(

@@ -26,6 +26,7 @@ WINDOW_SECONDS, HOP_SECONDS = 0.025, 0.010
 LOG_OFFSET = 0.01
 # Parameters with the largest |a - b| shown per picture: enough to read the names.
 TOP_PARAMS = 12
+DEFAULT_EXPORT_PAIRS = 8
 
 
 class ExportError(ValueError):
@@ -157,7 +158,7 @@ def plot_pair(pair: Pair, recipe: dict, names: list[str], path: Path) -> None:
     plt.close(figure)
 
 
-def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = 8) -> ExportResult:
+def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = DEFAULT_EXPORT_PAIRS) -> ExportResult:
     """Write WAVs and a picture for the first ``n`` pairs of the dataset in ``folder``."""
     if n < 1:
         raise ExportError(f"--n must be >= 1, got {n}")

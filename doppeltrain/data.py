@@ -514,12 +514,26 @@ class PairLoader:
         return self.n_batches
 
     def __iter__(self) -> Iterator[PairBatch]:
+        batches = iter(self.loader)  # new worker processes, which read the epoch now
+        failure = None
         try:
-            yield from itertools.islice(iter(self.loader), self.n_batches)
+            yield from itertools.islice(batches, self.n_batches)
         except DataError as error:
             # From a worker process it comes with the worker's traceback in its message.
-            last_line = str(error).strip().splitlines()[-1]
-            raise DataError(last_line.split("DataError: ", 1)[-1]) from None
+            failure = str(error).strip().splitlines()[-1].split("DataError: ", 1)[-1]
+        finally:
+            stop_workers(batches)
+        if failure is not None:
+            raise DataError(failure)
+
+
+def stop_workers(batches: Iterator) -> None:
+    """Stop a DataLoader iterator's worker processes now. Left to the garbage collector
+    (a traceback holding the iterator is a reference cycle), their queues may be closed
+    first, and stopping them then waits 5 s for each."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def loader_workers(wanted: int, shards_per_rank: int) -> int:
@@ -592,7 +606,8 @@ def make_loader(
         stream,
         batch_size=None,  # the stream batches in the workers
         num_workers=n_workers,
-        persistent_workers=n_workers > 0,
+        # Workers live for one epoch: none are left for a garbage collector to stop slowly.
+        persistent_workers=False,
         pin_memory=_pin_memory(cfg.device),
     )
     return PairLoader(stream, loader, n_batches)

@@ -113,7 +113,7 @@ def learning_rate(optim: OptimConfig, batch_size: int, world_size: int) -> float
 
     SGD: ``0.12 * batch_size / 256 * world_size``, the linear scaling rule. The
     reference writes ``batch // 256``, which is 0 below 256 and a staircase above; the
-    two agree at every multiple of 256 (the paper's 768 gives 0.36 per GPU), and the
+    two agree at every multiple of 256 (the paper's 768 gives 0.36 on one GPU), and the
     ratio keeps small CPU batches trainable. Adam: 1e-3.
     """
     if optim.lr is not None:

@@ -213,3 +213,14 @@ def test_rerendering_packed_audio_is_refused_in_one_line(packed):
     result = run_cli("verify", packed, "--rerender", "2")
     assert result.exit_code == 2 and result.stderr == "error: --rerender needs a synth recipe; this dataset was packed from recordings\n"
     assert run_cli("verify", packed).exit_code == 0
+
+
+def test_the_cards_webdataset_recipe_runs_and_applies_the_gains(dataset):
+    write_card(dataset)
+    body = (dataset / "README.md").read_text(encoding="utf-8")
+    snippet = next(block for block in body.split("```python\n")[1:] if "wds.WebDataset" in block).split("```")[0]
+    namespace = {}
+    exec(snippet.replace("path/to/this/folder", str(dataset)), namespace)  # the loop leaves the last pair behind
+    last = list(iter_shard_pairs(dataset / shard_name(3)))[-1]
+    np.testing.assert_allclose(namespace["a"], last.a, atol=1e-7)
+    np.testing.assert_allclose(namespace["b"], last.b, atol=1e-7)

@@ -15,8 +15,6 @@ from doppelgen.verify import verify_dataset
 from test_verify import run_cli
 
 SR = 16000
-# FLAC stores 24-bit PCM of waveform / peak.
-FLAC_TOLERANCE = 2e-7
 
 
 def tone(rate: int, seconds: float, hz: float) -> np.ndarray:
@@ -189,3 +187,10 @@ def test_cli_packs_and_refuses_bad_options_in_one_line(recordings, tmp_path):
         refused = run_cli("pack", recordings, tmp_path / "bad", *bad)
         assert refused.exit_code == 2 and refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1, bad
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_trainer_discovers_a_packed_dataset(packed):
+    from doppeltrain.data import discover_dataset
+
+    info = discover_dataset(str(packed), SR)
+    assert info.n_pairs == 4 and [s.n_pairs for s in info.shards] == [3, 1] and info.n_samples == SR

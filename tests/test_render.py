@@ -301,7 +301,7 @@ def test_cli_refuses_unwritable_output_and_missing_recipe(tmp_path):
     result = runner.invoke(app, ["render", str(blocker / "shards")])
     assert result.exit_code == 2 and "cannot write to" in result.stderr
     result = runner.invoke(app, ["render", str(tmp_path / "x"), "--manifest", str(tmp_path / "nope.json")])
-    assert result.exit_code == 2 and "does not exist" in result.stderr
+    assert result.exit_code == 2 and "no such recipe file" in result.stderr
 
 
 def test_a_folder_of_another_recipe_is_refused_unless_overwrite(tmp_path, voice_shards, voice_recipe):
