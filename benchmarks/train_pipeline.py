@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -49,38 +49,37 @@ def measure_pipeline(
     per_cpu_second: bool = False,
 ) -> float:
     """Pairs per second delivered by one rank's training loader over ``seconds`` of wall
-    time, or per second of CPU time of the loader's processes (main and workers), which
-    other work on the same cores does not change."""
+    time (from its first batch on), or per second of CPU time of the loader's processes,
+    main and workers, start-up included, which other work on the same cores does not
+    change."""
     cfg = TrainConfig()
     cfg.data.batch_size, cfg.data.workers, cfg.data.shuffle_buffer = batch_size, workers, shuffle_buffer
     if long_epoch:
         cfg.steps_per_epoch = 10**9
     loader = make_loader(_shards(dataset_dir), cfg, train=True, epoch_ref=SharedEpoch(0))
+    cpu_start = _cpu_seconds()
     pairs, start, epoch = 0, None, 0
-    while True:
+    while start is None or time.perf_counter() - start < seconds:
         loader.set_epoch(epoch)
-        for batch in loader:
-            if start is None:  # the clocks start once the workers are up
-                start, cpu_start = time.perf_counter(), _loader_cpu_seconds(loader)
+        batches = iter(loader)
+        for batch in batches:
+            if start is None:  # the wall clock starts once the workers are up
+                start, first = time.perf_counter(), batch.a.shape[0]
                 continue
             pairs += batch.a.shape[0]
             if time.perf_counter() - start >= seconds:
-                if per_cpu_second:
-                    return pairs / (_loader_cpu_seconds(loader) - cpu_start)
-                return pairs / (time.perf_counter() - start)
+                break
+        batches.close()  # stops and reaps the workers, so their CPU time is counted
         epoch += 1
+    if per_cpu_second:
+        return (pairs + first) / (_cpu_seconds() - cpu_start)
+    return pairs / (time.perf_counter() - start)
 
 
-def _loader_cpu_seconds(loader) -> float:
-    """CPU seconds used so far by this process and the loader's worker processes (Linux)."""
-    iterator = getattr(loader.loader, "_iterator", None)  # persistent workers live here
-    pids = [worker.pid for worker in getattr(iterator, "_workers", [])]
-    return time.process_time() + sum(_process_cpu_seconds(pid) for pid in pids)
-
-
-def _process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _decode_for(urls: list[str], seconds: float, start_at: float, results) -> None:
