@@ -92,34 +92,27 @@ class _EncoderPool:
         # One slot filling in the main process while every worker encodes one.
         self.free = [shared_memory.SharedMemory(create=True, size=max(1, layout.nbytes)) for _ in range(workers + 1)]
         self.all_slots = list(self.free)
-        self.running: dict[Future, tuple[shared_memory.SharedMemory, int]] = {}
-        self.entries: dict[int, dict] = {}
+        self.running: dict[Future, shared_memory.SharedMemory] = {}
 
     def acquire(self) -> tuple[shared_memory.SharedMemory, ShardPairs]:
         while not self.free:
-            self._collect(block=True)
+            self._collect()
         slot = self.free.pop()
         return slot, self.layout.arrays(slot.buf)
 
     def submit(self, slot, shard: int, n_rows: int) -> None:
         future = self.executor.submit(write_shard_from_slot, slot.name, self.layout, shard, n_rows, str(self.out), self.options)
-        self.running[future] = (slot, shard)
+        self.running[future] = slot
 
-    def _collect(self, block: bool) -> list[int]:
-        if not self.running:
-            return []
-        done, _ = wait(list(self.running), timeout=None if block else 0, return_when=FIRST_COMPLETED)
-        finished = []
+    def _collect(self) -> None:
+        done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
         for future in done:
-            slot, shard = self.running.pop(future)
-            self.free.append(slot)
-            self.entries[shard] = future.result()  # re-raises a worker's error here
-            finished.append(shard)
-        return finished
+            self.free.append(self.running.pop(future))
+            future.result()  # re-raises a worker's error here
 
     def drain(self) -> None:
         while self.running:
-            self._collect(block=True)
+            self._collect()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -133,7 +126,6 @@ class _InlineWriter:
 
     def __init__(self, layout: SlotLayout, out: Path, options: dict):
         self.layout, self.out, self.options = layout, out, options
-        self.entries: dict[int, dict] = {}
 
     def acquire(self):
         buffer = bytearray(max(1, self.layout.nbytes))
@@ -142,7 +134,7 @@ class _InlineWriter:
     def submit(self, slot, shard: int, n_rows: int) -> None:
         view = self.layout.arrays(slot)
         pairs = ShardPairs(shard, view.indices[:n_rows], view.a[:n_rows], view.b[:n_rows], view.params[:n_rows], view.redraws[:n_rows])
-        self.entries[shard] = write_shard(self.out, pairs, **self.options)
+        write_shard(self.out, pairs, **self.options)
 
     def drain(self) -> None:
         pass
