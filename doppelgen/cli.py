@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import List, NoReturn, Optional
 
 import typer
+from typer.exceptions import TyperException
 
 from .config import PARAMETRIC_DEFAULTS, Recipe, RecipeError, make_recipe
 from .format import FormatError
@@ -101,5 +102,23 @@ from .cli_publish import register as register_publish_commands  # noqa: E402  (n
 register_publish_commands(app)
 
 
-def main() -> None:
-    app()
+def run_app(typer_app: typer.Typer, argv: Optional[List[str]], prog_name: str) -> int:
+    """Run a typer app; a usage error (unknown option, bad value, missing argument) is one
+    line on stderr instead of click's box. Returns the exit status."""
+    try:
+        status = typer_app(args=argv, prog_name=prog_name, standalone_mode=False)
+    except TyperException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # a bare command: its help, as usual
+            typer.echo(error.format_message(), err=True)
+        else:
+            typer.echo(f"error: {error.format_message()}", err=True)
+        status = getattr(error, "exit_code", EXIT_USAGE)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        status = EXIT_INTERRUPTED
+    return status if isinstance(status, int) else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The ``doppelgen`` console script; returns the exit status (tests call ``main([...])``)."""
+    return run_app(app, argv, "doppelgen")

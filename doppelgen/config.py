@@ -6,6 +6,7 @@ The paper's defaults (``shared/REFERENCE.md``) live here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,9 @@ class Recipe:
             (self.n_shards >= 1, f"the number of shards must be >= 1, got {self.n_shards}"),
             (self.codec in CODECS, f"unknown codec {self.codec!r}: expected one of {', '.join(CODECS)}"),
             (0 <= self.seed < 2**32, f"seed must lie in [0, 2**32), got {self.seed}"),
+            # SynthAX renders ceil(duration * rate) samples, FORMAT.md wants round().
+            (math.ceil(self.duration * self.sample_rate) == self.n_samples,
+             f"duration {self.duration} s at {self.sample_rate} Hz is not a whole number of samples"),
             (self.n_pairs <= 2**32, "more than 2**32 pairs cannot be addressed"),
         ]
         for ok, message in checks:
@@ -129,22 +133,47 @@ class Recipe:
         if version != FORMAT_VERSION:
             raise RecipeError(f"unknown recipe format version {version!r} (this doppelgen writes {FORMAT_VERSION})")
         rng = data.pop("rng", None)
-        if rng is not None and (rng.get("impl") != PRNG_IMPL or rng.get("flags") != PRNG_FLAGS):
-            raise RecipeError(f"recipe asks for PRNG {rng.get('impl')} {rng.get('flags')}; this doppelgen uses {PRNG_IMPL} {PRNG_FLAGS}")
+        if rng is not None and (not isinstance(rng, dict) or rng.get("impl") != PRNG_IMPL or rng.get("flags") != PRNG_FLAGS):
+            raise RecipeError(f"recipe asks for PRNG {rng!r}; this doppelgen uses {PRNG_IMPL} {PRNG_FLAGS}")
         synth = data.pop("synth", {"name": "voice"})
         if isinstance(synth, str):
             synth = {"name": synth}
-        known = {f.name for f in dataclasses.fields(cls)} - {"synth"}
-        unknown = set(data) - known
-        if unknown:
-            raise RecipeError(f"unknown recipe fields: {', '.join(sorted(unknown))}")
+        if not isinstance(synth, dict):
+            raise RecipeError(f"recipe field synth must be an object, got {synth!r}")
         return make_recipe(synth=synth.get("name", "voice"), synth_args=synth.get("args") or {}, **data)
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    """Recipe values in one canonical type, so that 1 and 1.0 give the same recipe hash."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise RecipeError(f"recipe field {name} must be {kind.__name__}, got {value!r}")
+    if kind is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"recipe field {name} must be a string, got {value!r}")
+        return value
+    if isinstance(value, str):
+        raise RecipeError(f"recipe field {name} must be a number, got {value!r}")
+    if kind is int:
+        if float(value) != int(value):
+            raise RecipeError(f"recipe field {name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 def make_recipe(synth: str = "voice", synth_args: dict[str, int] | None = None, **fields: Any) -> Recipe:
     """A validated recipe; ``parametric`` gets the paper's oscillator counts unless overridden."""
-    args = dict(synth_args or {})
+    if not isinstance(synth, str):
+        raise RecipeError(f"recipe field synth must be a name, got {synth!r}")
+    if not isinstance(synth_args or {}, dict):
+        raise RecipeError(f"synth arguments must be an object, got {synth_args!r}")
+    args = {key: _coerce(f"synth.args.{key}", value, int) for key, value in (synth_args or {}).items()}
     if synth == "parametric":
         args = {**PARAMETRIC_DEFAULTS, **args}
-    recipe = Recipe(synth=SynthSpec(name=synth, arg_items=tuple(sorted(args.items()))), **fields)
+    types = {f.name: f.type for f in dataclasses.fields(Recipe)}
+    unknown = set(fields) - set(types) - {"synth"}
+    if unknown:
+        raise RecipeError(f"unknown recipe fields: {', '.join(sorted(unknown))}")
+    kinds = {"int": int, "float": float, "str": str}
+    values = {name: _coerce(name, value, kinds[types[name]]) for name, value in fields.items()}
+    recipe = Recipe(synth=SynthSpec(name=synth, arg_items=tuple(sorted(args.items()))), **values)
     return recipe.validate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from .config import Recipe
 from .format import MANIFEST_NAME, complete_shards, shard_index
 from .manifest import build_manifest, existing_recipe_hashes, recipe_sha256, write_manifest
-from .shard_writer import ShardPairs, SlotLayout, remove_temporaries, write_shard, write_shard_from_slot
+from .shard_writer import ShardPairs, SlotLayout, ignore_interrupts, remove_temporaries, write_shard, write_shard_from_slot
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -83,14 +84,31 @@ def clear_dataset(out: Path) -> None:
             entry.unlink()
 
 
+def shared_memory_room() -> int:
+    """Free bytes where shared memory lives (Linux: /dev/shm); unbounded elsewhere."""
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return 2**62
+
+
 class _EncoderPool:
     """Encoding workers fed through shared-memory slots, one shard per slot."""
 
     def __init__(self, workers: int, layout: SlotLayout, out: Path, options: dict):
         self.layout, self.out, self.options = layout, out, options
-        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-        # One slot filling in the main process while every worker encodes one.
-        self.free = [shared_memory.SharedMemory(create=True, size=max(1, layout.nbytes)) for _ in range(workers + 1)]
+        # One slot filling in the main process while every worker encodes one, as far as
+        # /dev/shm holds them (a container's default is 64 MB; a slot is a whole shard).
+        slots = min(workers + 1, shared_memory_room() // max(1, layout.nbytes))
+        if slots < 2:
+            raise DatasetError(
+                f"not enough shared memory for the encoding workers ({layout.nbytes / 2**20:.0f} MB a shard): "
+                "use fewer --pairs-per-shard, --workers 0, or a larger /dev/shm"
+            )
+        self.executor = ProcessPoolExecutor(
+            max_workers=slots - 1, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
+        )
+        self.free = [shared_memory.SharedMemory(create=True, size=max(1, layout.nbytes)) for _ in range(slots)]
         self.all_slots = list(self.free)
         self.running: dict[Future, shared_memory.SharedMemory] = {}
 

@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 
 from .config import Recipe
 from .jax_runtime import configure_jax, cpu_device
-from .synths import build_synth, check_render_length, param_layout
+from .synths import build_synth, param_layout
 
 # A render that comes out non-finite is drawn again with the next attempt number.
 MAX_ATTEMPTS = 32
@@ -91,7 +91,6 @@ class PairKernel:
 
     def __init__(self, recipe: Recipe):
         configure_jax()
-        check_render_length(recipe)
         self.recipe = recipe
         self._cpu = cpu_device()
         self._fused = jax.default_backend() == "cpu"

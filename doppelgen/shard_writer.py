@@ -9,6 +9,8 @@ import hashlib
 import io
 import json
 import os
+import signal
+import socket
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +99,15 @@ def audio_stats(pairs: ShardPairs) -> dict:
     }
 
 
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before it is moved into place. Host and pid in the name
+    let machines that render shard ranges into one shared folder tell theirs apart."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}")
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write under a temporary name in the same folder, then move into place."""
-    temporary = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    temporary = temporary_path(path)
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)
@@ -143,13 +151,28 @@ def write_samples(out_dir: str | os.PathLike, shard: int, samples: list[dict], s
     return entry
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_temporaries(out_dir: str | os.PathLike) -> int:
-    """Delete temporaries a killed run left behind; returns how many."""
+    """Delete the temporaries of writers on this host that are no longer running (a killed
+    run's); those of live processes and of other hosts are left alone. Returns how many."""
     out_dir = Path(out_dir)
+    host = socket.gethostname()
     removed = 0
     if out_dir.is_dir():
         for entry in out_dir.iterdir():
-            if entry.name.startswith(".") and TEMP_MARK in entry.name:
+            if not entry.name.startswith(".") or TEMP_MARK not in entry.name:
+                continue
+            writer_host, _, pid = entry.name.rsplit(TEMP_MARK, 1)[1].rpartition("-")
+            if writer_host == host and pid.isdigit() and not _process_alive(int(pid)):
                 entry.unlink(missing_ok=True)
                 removed += 1
     return removed
@@ -185,6 +208,12 @@ class SlotLayout:
     def nbytes(self) -> int:
         per_row = 8 + 2 * self.samples * 4 + int(np.prod(self.param_shape)) * 4 + 8
         return self.rows * per_row
+
+
+def ignore_interrupts() -> None:
+    """Encoding workers leave Ctrl-C to the main process, which stops them cleanly (a
+    worker interrupted inside soundfile's I/O callback prints a traceback instead)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def write_shard_from_slot(slot_name: str, layout: SlotLayout, shard: int, n_rows: int, out_dir: str, options: dict) -> dict:

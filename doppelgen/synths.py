@@ -54,15 +54,6 @@ def build_synth(recipe: Recipe, batch_size: int = 1):
     raise RecipeError(f"unknown synth {name!r}")
 
 
-def check_render_length(recipe: Recipe) -> None:
-    """SynthAX renders ceil(duration * rate) samples; FORMAT.md wants round(). Refuse a mismatch."""
-    synth_samples = int(np.ceil(recipe.duration * recipe.sample_rate))
-    if synth_samples != recipe.n_samples:
-        raise RecipeError(
-            f"duration {recipe.duration} s at {recipe.sample_rate} Hz is not a whole number of samples"
-        )
-
-
 @lru_cache(maxsize=16)
 def param_layout(recipe: Recipe) -> tuple[ParamInfo, ...]:
     """Names and ranges of the flattened parameter vector, in ``ravel_pytree`` order."""

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from typer.exceptions import TyperException
+
+from doppelgen.cli import run_app
 
 from .augment import AugmentError
 from .checkpoint import CheckpointError
@@ -148,15 +149,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     The console script exits with it; tests call ``main([...])``.
     """
-    try:
-        status = app(args=argv, prog_name="doppeltrain", standalone_mode=False)
-    except TyperException as error:  # unknown option, bad value, missing argument
-        if type(error).__name__ == "NoArgsIsHelpError":  # a bare command: its help, as usual
-            typer.echo(error.format_message(), err=True)
-        else:
-            typer.echo(f"error: {error.format_message()}", err=True)
-        status = getattr(error, "exit_code", USAGE_EXIT)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
-        status = 130
-    return status if isinstance(status, int) else 0
+    return run_app(app, argv, "doppeltrain")

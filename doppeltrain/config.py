@@ -77,7 +77,8 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = "sgd"  # "sgd" or "adam"
-    # None: the reference's rule, SGD 0.12 * (batch // 256) * world size, Adam 1e-3.
+    # None: SGD 0.12 * batch / 256 * world size (the reference writes batch // 256, which is
+    # 0 below 256; the two agree at multiples of 256), Adam 1e-3.
     lr: Optional[float] = None
     # None: SGD 1e-6, Adam 1e-4.
     weight_decay: Optional[float] = None

@@ -57,11 +57,10 @@ SGD_BASE_LR = 0.12
 ADAM_LR = 1e-3
 DEFAULT_WEIGHT_DECAY = {"sgd": 1e-6, "adam": 1e-4}
 # Options a resumed run may change: they affect speed, logging or when to stop, not the
-# weights (workers changes which worker reads which shard, hence the sample order).
+# weights. Not data.workers: it decides which worker reads which shard, hence the order.
 # Datasets may move: their manifests' digests must still match the checkpoint's.
 RESUME_MAY_CHANGE = frozenset(
-    {"resume", "until_epoch", "device", "progress", "log_every", "audit", "runs_dir", "data.workers",
-     "val_audio_pairs", "data.datasets"}
+    {"resume", "until_epoch", "device", "progress", "log_every", "audit", "runs_dir", "val_audio_pairs", "data.datasets"}
 )
 
 
@@ -433,6 +432,7 @@ def _train(run: _Run) -> dict[str, Any]:
         "val": val_losses,
         "pairs_per_s": timing["steps"] * cfg.data.batch_size * env.world_size / timing["total"] if timing["total"] else None,
         "data_wait_fraction": timing["wait"] / timing["total"] if timing["total"] else None,
+        "skipped_samples": run.train_loader.skipped,
         "world_size": env.world_size,
         "device": str(env.device),
     }
@@ -475,6 +475,7 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
                 "lr": run.optimizer.param_groups[0]["lr"],
                 "pairs_per_s": window["steps"] * cfg.data.batch_size * env.world_size / span,
                 "data_wait_fraction": window["wait"] / span,
+                "skipped_samples": run.train_loader.skipped,  # unreadable data, so far
             }
             run.logger.log(record, "train")
             window = {"wait": 0.0, "start": time.perf_counter(), "steps": 0}

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from doppelgen import shard_writer
 from doppelgen.cli import app
-from doppelgen.config import Recipe, make_recipe
+from doppelgen.config import Recipe, RecipeError, make_recipe
 from doppelgen.dataset import DatasetError, render_dataset
 from doppelgen.format import (
     decode_clip,
@@ -207,12 +207,15 @@ def test_rerun_renders_only_missing_shards(tmp_path, voice_shards, voice_recipe)
     (out / stats_name(1)).unlink()  # a kill between the tar and its stats file
     (out / shard_name(2)).write_bytes(b"partial")  # a tar without stats is not complete
     (out / stats_name(2)).unlink()
-    (out / f".{shard_name(3)}.tmp-999").write_bytes(b"junk")  # a killed writer's temporary
+    killed_writer = shard_writer.temporary_path(out / shard_name(3)).name.rsplit("-", 1)[0] + "-999999999"
+    (out / killed_writer).write_bytes(b"junk")  # a killed writer's temporary on this host
+    other_host = out / f".{shard_name(3)}.tmp-another-machine-12"
+    other_host.write_bytes(b"in flight")  # another machine rendering into the same folder
     (out / "manifest.json").unlink()
     summary = render_dataset(voice_recipe, out, batch_size=8, workers=0, progress=False)
     assert summary.rendered == [1, 2] and summary.skipped == [0, 3] and summary.manifest_written
     assert folder_bytes(out) == folder_bytes(voice_shards)
-    assert not any(p.name.startswith(".") for p in out.iterdir())
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [other_host.name]
 
 
 def test_resume_after_kill_9_gives_the_bytes_of_a_clean_run(tmp_path):
@@ -314,3 +317,55 @@ def test_a_folder_of_another_recipe_is_refused_unless_overwrite(tmp_path, voice_
     summary = render_dataset(other, out, batch_size=8, workers=0, overwrite=True, progress=False)
     assert summary.rendered == [0, 1, 2, 3]
     assert read_manifest(out)["recipe"]["delta"] == 0.0
+
+
+def test_compiled_kernels_go_to_the_persistent_cache(voice_shards):
+    import jax
+
+    from doppelgen.jax_runtime import default_cache_dir
+
+    cache = default_cache_dir()
+    assert jax.config.jax_compilation_cache_dir == str(cache)
+    assert jax.config.jax_default_prng_impl == "threefry2x32" and jax.config.jax_threefry_partitionable
+    assert any(entry.name.startswith("jit_") for entry in cache.iterdir())
+
+
+def test_recipe_values_are_canonical_and_checked(voice_recipe):
+    as_dict = voice_recipe.to_dict()
+    same = Recipe.from_dict({**as_dict, "duration": 1, "n_shards": 4.0, "delta": 0.25})
+    assert same == voice_recipe and same.to_dict() == as_dict
+    for field, value, message in [
+        ("n_shards", "4", "must be a number"),
+        ("n_shards", 4.5, "whole number"),
+        ("duration", None, "must be float"),
+        ("seed", True, "must be int"),
+        ("duration", 0.33333, "not a whole number of samples"),
+        ("codec", 3, "must be a string"),
+        ("volume", 1, "unknown recipe fields: volume"),
+    ]:
+        with pytest.raises(RecipeError, match=message):
+            Recipe.from_dict({**as_dict, field: value})
+    with pytest.raises(RecipeError, match="PRNG"):
+        Recipe.from_dict({**as_dict, "rng": "philox"})
+
+
+def test_encoding_workers_fit_in_shared_memory(tmp_path, voice_recipe, voice_shards, monkeypatch):
+    from doppelgen import dataset
+    from doppelgen.shard_writer import SlotLayout
+
+    slot = SlotLayout(rows=8, samples=16000, param_shape=(1, 3, len(param_layout(voice_recipe)))).nbytes
+    monkeypatch.setattr(dataset, "shared_memory_room", lambda: 2 * slot + 1)  # one worker's worth
+    render_dataset(voice_recipe, tmp_path / "tight", batch_size=8, workers=2, progress=False)
+    assert folder_bytes(tmp_path / "tight") == folder_bytes(voice_shards)
+    monkeypatch.setattr(dataset, "shared_memory_room", lambda: slot)
+    with pytest.raises(DatasetError, match="not enough shared memory"):
+        render_dataset(voice_recipe, tmp_path / "none", batch_size=8, workers=2, progress=False)
+
+
+@pytest.mark.parametrize("args", [["render", "x", "--shards", "many"], ["render", "x", "--bogus"], ["verify"]])
+def test_usage_errors_are_one_line(args, capsys):
+    from doppelgen.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1

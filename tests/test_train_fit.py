@@ -246,6 +246,9 @@ def test_cli_resume_continues_from_the_checkpoints_config(voice_shards, tmp_path
     error = capsys.readouterr().err
     assert_one_line_error(error)
     assert "optim.lr" in error
+    # And another number of loader workers: it decides which worker reads which shard.
+    assert main(["fit", "--resume", "--runs-dir", str(tmp_path), "--run", "r", "--workers", "3"]) == 2
+    assert "data.workers" in capsys.readouterr().err
     # So is resuming with another number of processes (learning rate, data shares).
     latest = tmp_path / "r" / "checkpoints" / "latest.pt"
     state["world_size"], state["epoch"] = 2, 1
@@ -348,3 +351,20 @@ def test_bad_input_through_the_real_entry_point_has_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert_one_line_error(result.stderr)
+
+
+def test_a_corrupt_member_is_skipped_and_reported_by_fit(voice_shards, tmp_path):
+    import tarfile
+
+    dataset = tmp_path / "one-bad-member"
+    shutil.copytree(voice_shards, dataset)
+    for shard in sorted(dataset.glob("pairs-*.tar")):
+        with tarfile.open(shard) as archive:
+            member = archive.getmembers()[0]  # the first pair's view a
+        data = bytearray(shard.read_bytes())
+        data[member.offset_data : member.offset_data + 64] = b"\xff" * 64  # its FLAC header
+        shard.write_bytes(bytes(data))
+    summary = fit(tiny_config(dataset, tmp_path / "runs", epochs=1, val_every=0))
+    assert summary["skipped_samples"] >= 1
+    train = [r for r in read_metrics(Path(summary["run_dir"])) if r["split"] == "train"]
+    assert train[-1]["skipped_samples"] == summary["skipped_samples"]
