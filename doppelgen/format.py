@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,7 @@ def encode_clip(waveform: np.ndarray, sample_rate: int, codec: str = "flac") -> 
         raise FormatError("refusing to encode a non-finite clip")
     buffer = io.BytesIO()
     if audio_extension(codec) == "wav":
-        sf.write(buffer, waveform, sample_rate, format="WAV", subtype="FLOAT")
-        return buffer.getvalue(), 1.0
+        return float_wav(waveform, sample_rate), 1.0
     peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
     gain = peak if peak > 0.0 else 1.0
     # float32 is enough: |scaled| <= 2**23, so rounding costs at most one 24-bit step.
@@ -100,8 +100,26 @@ def encode_clip(waveform: np.ndarray, sample_rate: int, codec: str = "flac") -> 
     return buffer.getvalue(), gain
 
 
-def decode_clip(data: bytes, gain: float = 1.0) -> tuple[np.ndarray, int]:
-    """Decode one stored clip and apply its gain; returns ``(float32 waveform, sample_rate)``."""
+def float_wav(waveform: np.ndarray, sample_rate: int) -> bytes:
+    """A mono 32-bit float WAV. Written by hand because libsndfile adds a PEAK chunk that
+    holds the current time, which would make every shard's bytes depend on the clock."""
+    data = np.asarray(waveform, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, sample_rate, sample_rate * 4, 4, 32)  # IEEE float, mono
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def decode_clip(data: bytes, gain: float = 1.0, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Decode one stored clip and apply its gain; returns ``(float32 waveform, sample_rate)``.
+
+    ``out``, a C-contiguous 1-d float32 array (a row of a batch, say), receives the clip
+    instead of a new array: decoded straight into it, the gain applied in place, no
+    temporary arrays or copies. The clip must then be mono and exactly ``len(out)``
+    samples long (FormatError otherwise); ``out`` is returned. After an error its content
+    is undefined.
+    """
+    if out is not None:
+        return _decode_clip_into(data, gain, out)
     try:
         waveform, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     except Exception as error:  # soundfile raises several types for damaged bytes
@@ -109,6 +127,27 @@ def decode_clip(data: bytes, gain: float = 1.0) -> tuple[np.ndarray, int]:
     if waveform.ndim != 1:
         raise FormatError(f"audio must be mono, got {waveform.shape[1]} channels")
     return (waveform * np.float32(gain)).astype(np.float32, copy=False), int(sample_rate)
+
+
+def _decode_clip_into(data: bytes, gain: float, out: np.ndarray) -> tuple[np.ndarray, int]:
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 1 and out.flags.c_contiguous):
+        raise ValueError("out must be a C-contiguous 1-d float32 array")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as sound:
+            if sound.channels != 1:
+                raise FormatError(f"audio must be mono, got {sound.channels} channels")
+            if sound.frames != len(out):
+                raise FormatError(f"{sound.frames} samples, expected {len(out)}")
+            decoded = len(sound.read(out=out))
+            sample_rate = sound.samplerate
+    except FormatError:
+        raise
+    except Exception as error:  # soundfile raises several types for damaged bytes
+        raise FormatError(f"undecodable audio ({error})") from None
+    if decoded != len(out):
+        raise FormatError(f"undecodable audio ({decoded} of {len(out)} samples decoded)")
+    out *= np.float32(gain)
+    return out, int(sample_rate)
 
 
 # --- samples -------------------------------------------------------------------------
@@ -218,12 +257,26 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise FormatError(f"{path}: unreadable manifest ({error})") from None
+    return check_manifest(manifest, str(path))
+
+
+# The recipe fields every reader relies on, and the kind of value each must hold.
+_RECIPE_NUMBERS = {"sample_rate": int, "duration": (int, float), "pairs_per_shard": int, "n_shards": int}
+
+
+def check_manifest(manifest: Any, where: str) -> dict:
+    """Check a parsed manifest's version and the recipe fields readers rely on; raises
+    FormatError naming ``where`` and the field."""
     recipe = manifest.get("recipe") if isinstance(manifest, dict) else None
     if not isinstance(recipe, dict):
-        raise FormatError(f"{path}: manifest has no recipe object")
+        raise FormatError(f"{where}: manifest has no recipe object")
     version = recipe.get("format")
     if version not in SUPPORTED_FORMATS:
-        raise FormatError(f"{path}: unknown format version {version!r} (this reader knows {SUPPORTED_FORMATS})")
+        raise FormatError(f"{where}: unknown format version {version!r} (this reader knows {SUPPORTED_FORMATS})")
+    for field, kind in _RECIPE_NUMBERS.items():
+        value = recipe.get(field)
+        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+            raise FormatError(f"{where}: recipe field {field} must be a positive number, got {value!r}")
     return manifest
 
 

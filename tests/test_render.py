@@ -93,6 +93,10 @@ def test_wav_codec_is_exact(tmp_path):
     for i, pair in enumerate(pairs):
         assert pair.meta["gain"] == [1.0, 1.0]
         assert np.array_equal(pair.a, a[i]) and np.array_equal(pair.b, b[i])
+    # Byte-reproducible too: nothing in a WAV member depends on the clock or the batch.
+    time.sleep(1.1)
+    render_dataset(recipe, tmp_path / "again", batch_size=3, workers=0, progress=False)
+    assert folder_bytes(tmp_path / "again") == folder_bytes(tmp_path)
 
 
 def test_flac_round_trip_of_loud_and_silent_clips():
@@ -369,3 +373,14 @@ def test_usage_errors_are_one_line(args, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("field, value", [("duration", None), ("n_shards", "4"), ("sample_rate", 0), ("pairs_per_shard", True)])
+def test_readers_refuse_a_manifest_with_a_bad_recipe_field(tmp_path, voice_shards, field, value):
+    from doppelgen.format import FormatError
+
+    manifest = json.loads((voice_shards / "manifest.json").read_text())
+    manifest["recipe"][field] = value
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match=f"recipe field {field} must be a positive number"):
+        read_manifest(tmp_path)
