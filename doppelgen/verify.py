@@ -289,6 +289,8 @@ def shard_expectations(folder: Path, manifest: dict | None) -> tuple[list[ShardE
     for name in sorted(n for n in os.listdir(folder) if shard_index(n) is not None and n not in expected_names):
         problems.append(f"{name}: not part of this dataset (the recipe has {n_shards} shards)")
     param_names = record.get("param_names")
+    if not isinstance(param_names, list):
+        problems.append(f"{MANIFEST_NAME}: no param_names list in the record")
     # Views are clipped to [eps, 1] in float32, so eps is compared at float32 precision.
     eps = float(np.float32(recipe.get("eps", 0.0))) if not packed else None
     expectations = []
@@ -299,6 +301,9 @@ def shard_expectations(folder: Path, manifest: dict | None) -> tuple[list[ShardE
             entry = {}
         full = max(0, min(per_shard, per_shard * n_shards - index * per_shard))
         expected_pairs = entry.get("n_pairs") if packed else full
+        missing = [field for field in ("n_pairs", "bytes", "sha256") if entry and field not in entry]
+        if missing:
+            problems.append(f"{MANIFEST_NAME}: the record of {shard_name(index)} lacks {', '.join(missing)}")
         if not packed and entry.get("n_pairs") not in (None, full):
             problems.append(f"{MANIFEST_NAME}: records {entry.get('n_pairs')} pairs in {shard_name(index)}, the recipe makes {full}")
         expectations.append(

@@ -217,3 +217,18 @@ def test_the_installed_command_verifies_and_fails(dataset):
     (dataset / shard_name(2)).unlink()
     failed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1 and failed.stdout == "pairs-000002.tar: missing\n"
+
+
+def test_a_manifest_record_without_checksums_is_a_problem(voice_shards, tmp_path):
+    from doppelgen.verify import verify_dataset
+
+    folder = tmp_path / "d"
+    shutil.copytree(voice_shards, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["record"]["shards"][1]["sha256"]
+    del manifest["record"]["param_names"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_dataset(folder)
+    assert not report.ok
+    assert any("pairs-000001.tar lacks sha256" in p for p in report.problems)
+    assert any("no param_names" in p for p in report.problems)
