@@ -3,8 +3,10 @@
 Shard list -> shard order, a function of (seed, epoch), the same on every rank -> split
 by rank -> split by DataLoader worker -> tar members (local tars by random access, URLs
 through webdataset's gopen) grouped into samples by webdataset -> sample shuffle buffer
-seeded from (seed, epoch, rank, worker) -> decode FLAC/WAV and apply the gain -> batch,
-in the workers. A bad member, sample or shard is logged, counted and skipped.
+seeded from (seed, epoch, rank, worker) -> decode FLAC/WAV straight into the rows of the
+batch and apply the gain there, in the workers; the batch lives in shared memory, in a
+block the worker reuses once the main process has released it. A bad member, sample or
+shard is logged, counted and skipped.
 
 Training: every rank delivers the same number of batches per epoch, computed from the
 manifests' sizes (``total pairs // (batch size * world size)``); each worker makes a share
@@ -19,6 +21,7 @@ order; each worker's last batch may be short.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import json
@@ -34,6 +37,7 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 import webdataset as wds
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
@@ -42,9 +46,10 @@ from doppelgen.format import (
     SUPPORTED_FORMATS,
     FormatError,
     complete_shards,
-    decode_pair,
+    decode_clip,
     dump_json,
     n_samples,
+    parse_sample_json,
     read_manifest,
     shard_index,
 )
@@ -310,14 +315,81 @@ class PairBatch(NamedTuple):
     keys: list[str]
 
 
-def collate(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> PairBatch:
-    keys = [key for key, _, _ in pairs]
-    # Both views in one block: one shared-memory transfer per batch instead of two.
-    views = batch_tensor((2, len(pairs), pairs[0][1].shape[0]))
-    rows = views.numpy()
-    for row, (_, view_a, view_b) in enumerate(pairs):
-        rows[0, row], rows[1, row] = view_a, view_b
-    return PairBatch(views[0], views[1], keys)
+class BatchBuilder:
+    """The batch being filled: pairs are decoded straight into its rows (no per-pair arrays
+    or copies); in a worker process it lives in shared memory from the start."""
+
+    def __init__(self, batch_size: int, n_samples: int, pool: BlockPool | None = None):
+        self.batch_size = batch_size
+        self.n_samples = n_samples
+        self.pool = pool
+        self.views: torch.Tensor | None = None  # (2, batch_size, n_samples): views a and b
+        self.slot = -1  # the pool slot of views, -1 if none
+        self.rows: np.ndarray | None = None
+        self.keys: list[str] = []
+
+    def free_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows (a, b) the next pair goes into; the same until :meth:`add` takes them."""
+        if self.views is None:
+            # Both views in one block: one shared-memory transfer per batch instead of two.
+            shape = (2, self.batch_size, self.n_samples)
+            self.slot, self.views = self.pool.acquire(shape) if self.pool is not None else (-1, batch_tensor(shape))
+            self.rows = self.views.numpy()
+        row = len(self.keys)
+        return self.rows[0, row], self.rows[1, row]
+
+    def add(self, key: str) -> bool:
+        """The free rows now hold pair ``key``; True when the batch is full."""
+        self.keys.append(key)
+        return len(self.keys) == self.batch_size
+
+    def take(self) -> PairBatch | PooledBatch:
+        """The batch of the pairs added so far (fewer than batch_size: the first rows); a
+        new one starts. With a pool: the batch and its slot, for the main process."""
+        filled, views, keys, slot = len(self.keys), self.views, self.keys, self.slot
+        self.views, self.rows, self.keys, self.slot = None, None, [], -1
+        batch = PairBatch(views[0, :filled], views[1, :filled], keys)
+        return batch if self.pool is None else PooledBatch(batch, slot)
+
+
+class PooledBatch(NamedTuple):
+    """What a worker with a :class:`BlockPool` sends: the batch and the pool slot it is in
+    (-1: none); :class:`PairLoader` passes the batch on and frees the slot later."""
+
+    batch: PairBatch
+    slot: int
+
+
+# Slot states in the shared flags; only a worker sets BUSY, only the main process FREE.
+_FREE, _BUSY = 0, 1
+SLOTS_PER_WORKER = 6  # the DataLoader's 2 prefetched batches per worker, the trainer's, spare
+POOL_BYTES = 512 << 20  # at most this much kept per worker (fewer slots for huge batches)
+
+
+class BlockPool:
+    """One worker's batch blocks in shared memory, reused once the main process has let go
+    of them. A fresh shared-memory block costs the kernel a zeroed page per 4 KiB, a sixth
+    of the decoding; a reused one costs nothing. ``flags`` (shared, one byte per slot)
+    says which of this worker's slots the main process has released (see
+    :meth:`PairLoader._release_slots`); with none free and all slots taken, a batch gets a
+    block of its own, as it would without a pool."""
+
+    def __init__(self, flags, first: int, count: int):
+        self.flags, self.first, self.count = flags, first, count
+        self.blocks: list[torch.Tensor] = []
+
+    def acquire(self, shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:
+        for index, block in enumerate(self.blocks):
+            slot = self.first + index
+            if self.flags[slot] == _FREE:
+                self.flags[slot] = _BUSY
+                return slot, block
+        if len(self.blocks) < min(self.count, POOL_BYTES // (4 * math.prod(shape))):
+            slot = self.first + len(self.blocks)
+            self.blocks.append(batch_tensor(shape))
+            self.flags[slot] = _BUSY
+            return slot, self.blocks[-1]
+        return -1, batch_tensor(shape)
 
 
 def batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
@@ -328,6 +400,27 @@ def batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape)
     storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape))
     return torch.empty(0).new(storage).view(shape)
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_heap() -> None:
+    """Let this (worker) process's malloc keep freed memory for reuse instead of handing it
+    back to the kernel. The shuffle buffer holds its samples' bytes and empties at the end
+    of every pass; memory given back then comes back as fresh pages, zeroed and faulted
+    in one by one, which cost the pipeline a twentieth of the decoding. Only glibc has
+    mallopt; elsewhere nothing changes."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    # Setting one threshold fixes the other, which glibc would otherwise raise as large
+    # blocks are freed: keep blocks up to its ceiling (32 MiB) on the heap too.
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
 
 
 class PairStream(IterableDataset):
@@ -362,6 +455,14 @@ class PairStream(IterableDataset):
         self.world_size = world_size
         # Shared with the workers so the main process can report what they skipped.
         self.skipped = mp.Value("i", 0)
+        self.slot_flags = self.new_slot_flags()
+
+    def new_slot_flags(self):
+        """Flags for the block pools of the workers about to start (all free): which slots
+        the main process has released. Each set of workers gets its own, so workers of an
+        iteration still running never take a slot on another iteration's word."""
+        self.slot_flags = mp.RawArray("b", self.n_workers * SLOTS_PER_WORKER)
+        return self.slot_flags
 
     # -- the shards this process reads
 
@@ -405,66 +506,90 @@ class PairStream(IterableDataset):
             self._handle(FormatError(f"{path}: unreadable tar ({_one_line(error)})"))
         yield {}  # end of shard: samples never span two shards
 
-    def decode(self, samples: Iterable[dict]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    def decode(self, samples: Iterable[dict], batch: BatchBuilder) -> Iterator[str]:
+        """Decode each sample into ``batch``'s free rows; yields the key of each pair decoded
+        (the caller adds it to the batch). A bad sample is skipped: its rows stay free."""
         for sample in samples:
             key = sample.get("__key__", "?")
             try:
                 members = {name: value for name, value in sample.items() if not name.startswith("__")}
-                pair = decode_pair(key, members)
-                if pair.sample_rate != self.sample_rate:
-                    raise FormatError(f"{key}: {pair.sample_rate} Hz, expected {self.sample_rate} Hz")
-                if pair.a.shape != (self.n_samples,):
-                    raise FormatError(f"{key}: {pair.a.shape[0]} samples, expected {self.n_samples}")
+                self.decode_pair_into(key, members, *batch.free_rows())
             except FormatError as error:
                 self._handle(FormatError(f"{error} @ {sample.get('__url__')}"))
                 continue
-            yield key, pair.a, pair.b
+            yield key
+
+    def decode_pair_into(self, key: str, members: dict[str, bytes], row_a: np.ndarray, row_b: np.ndarray) -> None:
+        """``doppelgen.format.decode_pair`` into two given rows, checked against this stream's
+        sample rate and clip length; FormatError if the sample is unusable."""
+        if "json" not in members:
+            raise FormatError(f"{key}: missing {key}.json")
+        meta = parse_sample_json(members["json"])
+        rates = []
+        for view, gain, row in zip("ab", meta["gain"], (row_a, row_b)):
+            data = members.get(f"{view}.flac", members.get(f"{view}.wav"))
+            if data is None:
+                raise FormatError(f"{key}: missing {key}.{view}.flac")
+            try:
+                rates.append(decode_clip(data, gain, out=row)[1])
+            except FormatError as error:
+                raise FormatError(f"{key}.{view}: {error}") from None
+        if rates[0] != rates[1]:
+            raise FormatError(f"{key}: the two views differ in sample rate or length")
+        if rates[0] != self.sample_rate:
+            raise FormatError(f"{key}: {rates[0]} Hz, expected {self.sample_rate} Hz")
 
     # -- the stream
 
-    def train_pairs(self, epoch: int, worker: int, rng: random.Random) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-        """Decoded pairs of this worker's shards, pass after pass, each pass shuffled through
-        the buffer on its own (a buffer spanning two passes could put a pair twice in a
-        batch). The first pass reads the epoch's shard order, later ones reshuffle it."""
+    def train_pairs(self, epoch: int, worker: int, rng: random.Random, batch: BatchBuilder) -> Iterator[str]:
+        """Pairs of this worker's shards decoded into ``batch`` (their keys), pass after
+        pass, each pass shuffled through the buffer on its own (a buffer spanning two passes
+        could put a pair twice in a batch). The first pass reads the epoch's shard order,
+        later ones reshuffle it."""
         shards = self.my_shards(epoch, worker)
         buffer_size = min(self.shuffle_buffer, sum(shard.n_pairs for shard in shards))
         for n_pass in itertools.count():
             if n_pass > 0:
                 shards = rng.sample(shards, len(shards))
             produced = 0
-            for pair in self.decode(shuffled(self.raw_samples(shards), buffer_size, rng)):
+            for key in self.decode(shuffled(self.raw_samples(shards), buffer_size, rng), batch):
                 produced += 1
-                yield pair
+                yield key
             if produced == 0:  # another pass would not do better
                 raise DataError(f"no readable pairs in {', '.join(shard.url for shard in shards)}")
 
     def __iter__(self) -> Iterator[PairBatch]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
+        pool = None
+        if info is not None:
+            keep_freed_heap()
+            pool = BlockPool(self.slot_flags, worker * SLOTS_PER_WORKER, SLOTS_PER_WORKER)
         epoch = self.epoch_ref.get_value()
+        batch = BatchBuilder(self.batch_size, self.n_samples, pool)
         if not self.train:
-            yield from self._batches(self.decode(self.raw_samples(self.my_shards(epoch, worker))), None, partial=True)
+            keys = self.decode(self.raw_samples(self.my_shards(epoch, worker)), batch)
+            yield from self._batches(keys, batch, None, partial=True)
             return
         rng = random.Random(stream_seed(self.seed, epoch, self.rank, worker))
         worker_pairs = [sum(s.n_pairs for s in self.my_shards(epoch, w)) for w in range(self.n_workers)]
         count = worker_batch_counts(self.n_batches, worker_pairs)[worker]
-        yield from self._batches(self.train_pairs(epoch, worker, rng), count, partial=False)
+        yield from self._batches(self.train_pairs(epoch, worker, rng, batch), batch, count, partial=False)
 
-    def _batches(self, pairs: Iterator, count: int | None, partial: bool) -> Iterator[PairBatch]:
+    def _batches(self, keys: Iterator[str], batch: BatchBuilder, count: int | None, partial: bool) -> Iterator[PairBatch]:
+        """Batches of the pairs ``keys`` decodes into ``batch``: ``count`` full ones (None:
+        until the pairs run out, then the partial one if ``partial``)."""
         made = 0
-        batch: list = []
         if count == 0:
             return
-        for pair in pairs:
-            batch.append(pair)
-            if len(batch) == self.batch_size:
-                yield collate(batch)
-                batch = []
+        for key in keys:
+            if batch.add(key):
+                yield batch.take()
                 made += 1
                 if count is not None and made == count:
                     return
-        if batch and partial:
-            yield collate(batch)
+        if batch.keys and partial:
+            yield batch.take()
 
 
 # --- loader ----------------------------------------------------------------------------
@@ -514,10 +639,11 @@ class PairLoader:
         return self.n_batches
 
     def __iter__(self) -> Iterator[PairBatch]:
+        flags = self.stream.new_slot_flags()  # before the workers start: they inherit them
         batches = iter(self.loader)  # new worker processes, which read the epoch now
         failure = None
         try:
-            yield from itertools.islice(batches, self.n_batches)
+            yield from self._release_slots(itertools.islice(batches, self.n_batches), flags)
         except DataError as error:
             # From a worker process it comes with the worker's traceback in its message.
             failure = str(error).strip().splitlines()[-1].split("DataError: ", 1)[-1]
@@ -525,6 +651,30 @@ class PairLoader:
             stop_workers(batches)
         if failure is not None:
             raise DataError(failure)
+
+
+    @staticmethod
+    def _release_slots(items: Iterator, flags) -> Iterator[PairBatch]:
+        """The batches; a pool slot is handed back to its worker once nothing in this
+        process holds its batch any more (its storage has expired), never before."""
+        held: list[tuple[int, StorageWeakRef]] = []
+        for item in items:
+            if isinstance(item, PooledBatch):
+                batch, slot = item
+                del item
+                if slot >= 0:
+                    held.append((slot, StorageWeakRef(batch.a.untyped_storage())))
+            else:
+                batch = item
+            still = []
+            for slot, ref in held:
+                if ref.expired():
+                    flags[slot] = _FREE
+                else:
+                    still.append((slot, ref))
+            held = still
+            yield batch
+            del batch
 
 
 def stop_workers(batches: Iterator) -> None:

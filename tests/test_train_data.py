@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+import torch
 
+from doppelgen.format import FormatError, decode_clip, encode_clip, iter_shard_pairs
 from doppeltrain.config import TrainConfig
 from doppeltrain.data import (
     DataError,
@@ -331,3 +335,108 @@ def test_shards_with_no_readable_pair_stop_the_epoch_with_a_one_line_error(voice
     loader.set_epoch(1)
     with pytest.raises(DataError, match="^no readable pairs in"):  # new workers, same verdict
         list(loader)
+
+
+def test_decode_clip_into_a_given_row_matches_a_fresh_decode():
+    rng = np.random.default_rng(0)
+    clip = (3.0 * rng.standard_normal(SR)).astype(np.float32)
+    for codec in ("flac", "wav"):
+        data, gain = encode_clip(clip, SR, codec)
+        fresh, rate = decode_clip(data, gain)
+        rows = np.full((2, SR), np.nan, dtype=np.float32)
+        row = rows[1]
+        decoded, rate_out = decode_clip(data, gain, out=row)
+        assert decoded is row and rate_out == rate == SR
+        assert np.array_equal(rows[1], fresh) and np.isnan(rows[0]).all()  # bit for bit, nothing else touched
+    data, gain = encode_clip(clip, SR)
+    with pytest.raises(FormatError, match=f"{SR} samples, expected {SR + 1}"):
+        decode_clip(data, gain, out=np.empty(SR + 1, np.float32))  # never silently cut or padded
+    with pytest.raises(FormatError, match=f"{SR} samples, expected {SR - 1}"):
+        decode_clip(data, gain, out=np.empty(SR - 1, np.float32))
+    with pytest.raises(FormatError, match="undecodable audio"):
+        decode_clip(b"not audio" * 100, 1.0, out=np.empty(SR, np.float32))
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2 :] = bytes(len(damaged) - len(damaged) // 2)
+    with pytest.raises(FormatError):
+        decode_clip(bytes(damaged), gain, out=np.empty(SR, np.float32))
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((SR, 2), np.float32), SR, format="WAV", subtype="FLOAT")
+    with pytest.raises(FormatError, match="mono"):
+        decode_clip(buffer.getvalue(), 1.0, out=np.empty(SR, np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        decode_clip(data, gain, out=np.empty(SR, np.float64))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_decoded_into_place_exactly_as_decode_pair_decodes(voice_shards, workers):
+    expected = {pair.key: pair for shard in sorted(voice_shards.glob("pairs-*.tar")) for pair in iter_shard_pairs(shard)}
+    _, val = split_shards(discover([str(voice_shards)], SR), 2, seed=0)
+    loader = make_loader(val, config(batch_size=5, workers=workers), train=False, epoch_ref=SharedEpoch(0))
+    batches = list(loader)
+    # 16 pairs: one worker 5 + 5 + 5 + 1; two workers 5 + 3 each (the last batch of each short)
+    assert [len(batch.keys) for batch in batches] == ([5, 5, 5, 1] if workers == 0 else [5, 5, 3, 3])
+    for batch in batches:
+        assert batch.a.shape == batch.b.shape == (len(batch.keys), SR) and batch.a.dtype == torch.float32
+        assert batch.a.is_contiguous() and batch.b.is_contiguous()
+        for row, key in enumerate(batch.keys):
+            assert np.array_equal(batch.a[row].numpy(), expected[key].a)
+            assert np.array_equal(batch.b[row].numpy(), expected[key].b)
+    train = make_loader(all_shards(voice_shards), config(workers=workers), train=True, epoch_ref=SharedEpoch(0))
+    for batch in train:
+        for row, key in enumerate(batch.keys):
+            assert np.array_equal(batch.a[row].numpy(), expected[key].a)
+            assert np.array_equal(batch.b[row].numpy(), expected[key].b)
+
+
+def test_a_clip_of_another_length_is_skipped_and_counted(voice_shards, tmp_path):
+    folder = copy_dataset(voice_shards, tmp_path / "short")
+    shard = folder / "pairs-000001.tar"
+    with tarfile.open(shard) as archive:
+        members = [(info, archive.extractfile(info).read()) for info in archive]
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for info, data in members:
+            if info.name == "0000000010.b.flac":
+                data = encode_clip(np.ones(SR // 2, np.float32), SR)[0]  # half a clip
+                info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    val = make_loader(all_shards(folder), config(workers=2), train=False, epoch_ref=SharedEpoch(0))
+    keys = epoch_keys(val, 0)
+    assert val.skipped == 1 and sorted(keys + ["0000000010"]) == ALL_KEYS
+
+
+def test_worker_batch_blocks_are_reused_only_once_released(voice_shards, monkeypatch):
+    import multiprocessing as mp
+
+    import doppeltrain.data as data
+
+    expected = {pair.key: pair for shard in sorted(voice_shards.glob("pairs-*.tar")) for pair in iter_shard_pairs(shard)}
+    allocated = mp.Value("i", 0)
+    fresh_block = data.batch_tensor
+
+    def counting_block(shape):
+        with allocated.get_lock():
+            allocated.value += 1
+        return fresh_block(shape)
+
+    monkeypatch.setattr(data, "batch_tensor", counting_block)  # the forked workers inherit it
+    cfg = config(workers=2)
+    cfg.steps_per_epoch = 40  # 20 batches per worker, more than its pool's slots
+
+    def check(batch):
+        for row, key in enumerate(batch.keys):
+            assert np.array_equal(batch.a[row].numpy(), expected[key].a)
+            assert np.array_equal(batch.b[row].numpy(), expected[key].b)
+
+    loader = make_loader(all_shards(voice_shards), cfg, train=True, epoch_ref=SharedEpoch(0))
+    held = list(loader)  # every batch kept: no block may be written twice
+    assert len(held) == 40 and allocated.value == 40
+    for batch in held:
+        check(batch)
+    order = [batch.keys for batch in held]
+    del held, batch
+    allocated.value = 0
+    seen = []
+    for batch in loader:  # each batch dropped as the next comes: blocks come back
+        check(batch)
+        seen.append(batch.keys)
+    assert seen == order and allocated.value <= 2 * data.SLOTS_PER_WORKER
