@@ -188,18 +188,19 @@ class Pair:
     meta: dict
 
 
-def decode_pair(key: str, members: dict[str, bytes]) -> Pair:
-    """Decode one sample given its members by extension (``a.flac``, ``b.flac``, ``json``)."""
+def decode_pair(key: str, members: dict[str, bytes], out: tuple[np.ndarray, np.ndarray] | None = None) -> Pair:
+    """Decode one sample given its members by extension (``a.flac``, ``b.flac``, ``json``).
+    ``out``: two rows the views are decoded into (see :func:`decode_clip`)."""
     if "json" not in members:
         raise FormatError(f"{key}: missing {key}.json")
     meta = parse_sample_json(members["json"])
     views = []
-    for view, gain in zip("ab", meta["gain"]):
+    for view, gain, row in zip("ab", meta["gain"], out or (None, None)):
         data = members.get(f"{view}.flac", members.get(f"{view}.wav"))
         if data is None:
             raise FormatError(f"{key}: missing {key}.{view}.flac")
         try:
-            views.append(decode_clip(data, gain))
+            views.append(decode_clip(data, gain, out=row))
         except FormatError as error:
             raise FormatError(f"{key}.{view}: {error}") from None
     (a, sr_a), (b, sr_b) = views

@@ -43,13 +43,12 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from doppelgen.format import (
     MANIFEST_NAME,
-    SUPPORTED_FORMATS,
     FormatError,
+    check_manifest,
     complete_shards,
-    decode_clip,
+    decode_pair,
     dump_json,
     n_samples,
-    parse_sample_json,
     read_manifest,
     shard_index,
 )
@@ -124,13 +123,10 @@ def read_url_manifest(location: str) -> dict:
             manifest = json.loads(stream.read().decode("utf-8"))
     except Exception as error:  # gopen raises whatever its scheme's tool raises
         raise DataError(f"{location}: cannot read {MANIFEST_NAME} ({_one_line(error)})") from None
-    recipe = manifest.get("recipe") if isinstance(manifest, dict) else None
-    if not isinstance(recipe, dict):
-        raise DataError(f"{location}: manifest has no recipe object")
-    version = recipe.get("format")
-    if version not in SUPPORTED_FORMATS:
-        raise DataError(f"{location}: unknown format version {version!r} (this reader knows {SUPPORTED_FORMATS})")
-    return manifest
+    try:
+        return check_manifest(manifest, location)
+    except FormatError as error:
+        raise DataError(str(error)) from None
 
 
 def _one_line(error: BaseException) -> str:
@@ -521,23 +517,10 @@ class PairStream(IterableDataset):
 
     def decode_pair_into(self, key: str, members: dict[str, bytes], row_a: np.ndarray, row_b: np.ndarray) -> None:
         """``doppelgen.format.decode_pair`` into two given rows, checked against this stream's
-        sample rate and clip length; FormatError if the sample is unusable."""
-        if "json" not in members:
-            raise FormatError(f"{key}: missing {key}.json")
-        meta = parse_sample_json(members["json"])
-        rates = []
-        for view, gain, row in zip("ab", meta["gain"], (row_a, row_b)):
-            data = members.get(f"{view}.flac", members.get(f"{view}.wav"))
-            if data is None:
-                raise FormatError(f"{key}: missing {key}.{view}.flac")
-            try:
-                rates.append(decode_clip(data, gain, out=row)[1])
-            except FormatError as error:
-                raise FormatError(f"{key}.{view}: {error}") from None
-        if rates[0] != rates[1]:
-            raise FormatError(f"{key}: the two views differ in sample rate or length")
-        if rates[0] != self.sample_rate:
-            raise FormatError(f"{key}: {rates[0]} Hz, expected {self.sample_rate} Hz")
+        sample rate (the rows fix the clip length); FormatError if the sample is unusable."""
+        pair = decode_pair(key, members, out=(row_a, row_b))
+        if pair.sample_rate != self.sample_rate:
+            raise FormatError(f"{key}: {pair.sample_rate} Hz, expected {self.sample_rate} Hz")
 
     # -- the stream
 
