@@ -125,8 +125,10 @@ def redraw_nonfinite(
     audio is not finite. Re-renders use the same batch shape, so nothing recompiles."""
     indices = np.asarray(indices)
     attempts = np.zeros(len(indices), np.uint32)
-    views, a, b = (np.array(x) for x in kernel(indices, attempts))
+    views, a, b = kernel(indices, attempts)
     bad = ~(np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1))
+    if bad.any():  # writable copies to patch; the common case needs none
+        views, a, b = np.array(views), np.array(a), np.array(b)
     while bad.any():
         if attempts.max() + 1 >= max_attempts:
             first = int(indices[np.argmax(bad)])
