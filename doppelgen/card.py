@@ -52,6 +52,8 @@ def size_category(n: int) -> str:
     return "n>1B"
 
 
+# Functions, not constants: yaml.safe_dump writes one object used twice as an anchor and
+# an alias (&id001 / *id001); a fresh dict each time keeps the header plain YAML.
 def float_list() -> dict:
     return {"list": "float64"}
 
@@ -128,7 +130,7 @@ def card_body(desc: dict[str, Any], manifest: dict, title: str) -> str:
         f"Pairs of {duration} s crops of real recordings at {recipe.get('sample_rate')} Hz, made by "
         "`doppelgen pack` as the real-data baseline: " + pack_description(recipe, desc["skipped_files"])
         if packed
-        else f"Pairs of {duration} s sounds at {recipe.get('sample_rate')} Hz from the SynthAX `{recipe['synth']['name']}` "
+        else f"Pairs of {duration} s sounds at {recipe.get('sample_rate')} Hz from the SynthAX `{recipe.get('synth', {}).get('name', '?')}` "
         f"synthesizer: each pair draws random synth parameters and renders two *doppelgängers* whose parameters are "
         f"the draw plus independent Gaussian noise of scale delta = {recipe.get('delta')} (in normalized [0, 1] "
         f"parameter space). Contrastive training on such pairs learns audio representations ({PAPER})."

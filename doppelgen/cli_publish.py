@@ -48,8 +48,6 @@ def verify(
     """Check every shard against the manifest and FORMAT.md; exit 1 with one line per problem."""
     from .verify import verify_dataset
 
-    if rerender < 0 or workers < 0:
-        _fail("--rerender and --workers must be >= 0")
     try:
         report = verify_dataset(folder, rerender=rerender, workers=workers, seed=seed)
     except _input_errors() as error:
@@ -88,8 +86,6 @@ def export(
     """WAV files and a log-mel picture of N pairs, to hear and see what delta does."""
     from .export import export_pairs
 
-    if n < 1:
-        _fail(f"--n must be >= 1, got {n}")
     try:
         result = export_pairs(folder, to, n=n)
     except _input_errors() as error:
@@ -134,7 +130,7 @@ def pack(
         config = PackConfig(
             temporal_jitter=temporal_jitter, n_layers=n_layers, max_n=max_n,
             pairs_per_shard=pairs_per_shard, seed=seed, codec=codec,
-        ).validate()
+        )
         summary = pack_folder(audio_dir, out, config, workers=workers, overwrite=overwrite, progress=not quiet)
     except _input_errors() as error:
         _fail(str(error))

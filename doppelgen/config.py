@@ -153,6 +153,8 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
         return value
     if isinstance(value, str):
         raise RecipeError(f"recipe field {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise RecipeError(f"recipe field {name} must be finite, got {value!r}")
     if kind is int:
         if float(value) != int(value):
             raise RecipeError(f"recipe field {name} must be a whole number, got {value!r}")

@@ -169,7 +169,8 @@ def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = DEF
         raise ExportError(str(error)) from None
     recipe = manifest["recipe"]
     record = manifest.get("record") if isinstance(manifest.get("record"), dict) else {}
-    names = [str(p.get("name", "?")) for p in record.get("param_names") or [] if isinstance(p, dict)]
+    param_names = record.get("param_names") if isinstance(record.get("param_names"), list) else []
+    names = [str(p.get("name", "?")) for p in param_names if isinstance(p, dict)]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .format import complete_shards, read_manifest
+from .format import MANIFEST_NAME, FormatError, complete_shards, read_manifest
 from .pack import is_packed_recipe
 
 # Per-shard record fields summarised across shards (FORMAT.md ``record.shards``).
@@ -37,7 +37,11 @@ def describe_dataset(folder: str | os.PathLike) -> dict[str, Any]:
     recipe = manifest["recipe"]
     record = manifest.get("record") if isinstance(manifest.get("record"), dict) else {}
     shards = [s for s in record.get("shards") or [] if isinstance(s, dict)]
-    n_pairs = sum(int(s.get("n_pairs", 0)) for s in shards)
+    try:
+        n_pairs, n_bytes, redraws = [sum(int(s.get(name, 0)) for s in shards) for name in ("n_pairs", "bytes", "redraws")]
+    except (TypeError, ValueError):
+        raise FormatError(f"{folder / MANIFEST_NAME}: a shard record's n_pairs, bytes or redraws is not a number") from None
+    param_names = record.get("param_names")
     duration = float(recipe.get("duration", 0.0))
     return {
         "folder": str(folder),
@@ -50,14 +54,14 @@ def describe_dataset(folder: str | os.PathLike) -> dict[str, Any]:
             # Each pair holds two clips; "hours" counts both, "pair_hours" one view.
             "pair_hours": n_pairs * duration / 3600.0,
             "hours": 2 * n_pairs * duration / 3600.0,
-            "bytes": sum(int(s.get("bytes", 0)) for s in shards),
-            "redraws": sum(int(s.get("redraws", 0)) for s in shards),
+            "bytes": n_bytes,
+            "redraws": redraws,
         },
         "software": record.get("software", {}),
         "platform": record.get("platform", {}),
         "created": record.get("created"),
         "render_seconds": record.get("render_seconds"),
-        "n_params": len(record.get("param_names") or []),
+        "n_params": len(param_names) if isinstance(param_names, list) else 0,
         "shard_stats": {name: summarize([s.get(name) for s in shards]) for name in SHARD_STATS},
         "skipped_files": len(record.get("skipped") or []),
     }

@@ -38,8 +38,8 @@ from typing import Any, Iterator
 import numpy as np
 import soundfile as sf
 
-from .format import CODECS, FORMAT_VERSION, MANIFEST_NAME, complete_shards, dump_json, n_samples
-from .manifest import software_versions, write_manifest
+from .format import CODECS, FORMAT_VERSION, MANIFEST_NAME, n_samples
+from .manifest import recipe_sha256, software_versions, write_manifest
 from .shard_writer import SILENCE_RMS, pair_sample, remove_temporaries, write_samples
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -358,7 +358,7 @@ def prepare_pack_output(out: Path, overwrite: bool) -> None:
     except OSError as error:
         raise PackError(f"cannot write to {out}: {error.strerror or error}") from None
     remove_temporaries(out)
-    held = (out / MANIFEST_NAME).exists() or complete_shards(out) or any(e.name.startswith("pairs-") for e in out.iterdir())
+    held = (out / MANIFEST_NAME).exists() or any(e.name.startswith("pairs-") for e in out.iterdir())
     if held:
         if not overwrite:
             raise PackError(f"{out} already holds a dataset; choose another folder or pass --overwrite")
@@ -395,7 +395,7 @@ def pack_folder(
     summary = PackSummary(out=out)
     # Shards are written before their number is known, so their stats files carry the
     # hash of the recipe with n_shards unset.
-    pending_hash = hashlib.sha256(dump_json(pack_recipe(config, root, files, None))).hexdigest()
+    pending_hash = recipe_sha256(pack_recipe(config, root, files, None))
     entries, batch = [], []
     limit = config.max_n if config.max_n is not None else len(files)
     from tqdm import tqdm

@@ -20,9 +20,10 @@ USAGE_EXIT = 2
 # Option defaults come from the typed config and the API, so they live in one place.
 PROBE_DEFAULTS = probe.ProbeConfig(checkpoint="", data="")
 
-# Errors that mean "your input is wrong", reported in one line. Anything else is a bug
-# and keeps its traceback.
-INPUT_ERRORS = (ValueError, DistributedError, FileNotFoundError, PermissionError, IsADirectoryError)
+# Errors that mean "your input is wrong", reported in one line: bad options and files,
+# and paths that cannot be read or written (OSError: e.g. --out under a file, or a full
+# disk). Anything else is a bug and keeps its traceback.
+INPUT_ERRORS = (ValueError, DistributedError, OSError)
 
 
 def _run(action: Callable[[], T]) -> T:

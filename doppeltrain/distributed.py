@@ -105,15 +105,6 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return torch.cat(slots, dim=0)
 
 
-def all_reduce_mean(x: Tensor) -> Tensor:
-    """The mean of ``x`` over ranks, without gradient (for metrics)."""
-    if world_size() == 1:
-        return x.detach()
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return x / dist.get_world_size()
-
-
 def barrier() -> None:
     if world_size() > 1:
         # NCCL otherwise guesses the device from the rank and warns.

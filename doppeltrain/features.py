@@ -55,6 +55,11 @@ def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
     return 0 if n_samples < cfg.window_length else 1 + (n_samples - cfg.window_length) // cfg.hop_length
 
 
+def example_samples(cfg: FeatureConfig) -> int:
+    """Samples the frames of one example read: 400 + 95 * 160 = 15,600 by default."""
+    return cfg.window_length + (cfg.example_frames - 1) * cfg.hop_length
+
+
 def n_examples(n_samples: int, cfg: FeatureConfig) -> int:
     """Whole ``example_frames`` examples of a clip of ``n_samples``."""
     frames = n_frames(n_samples, cfg)
@@ -118,7 +123,7 @@ class LogMelFrontend(torch.nn.Module):
         if waveform.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, samples), got {tuple(waveform.shape)}")
         if n_examples(waveform.shape[-1], self.cfg) == 0:
-            needed = self.cfg.window_length + (self.cfg.example_frames - 1) * self.cfg.hop_length
+            needed = example_samples(self.cfg)
             raise ValueError(f"clips of {waveform.shape[-1]} samples are shorter than one example ({needed} samples)")
         return _log_mel(waveform, self.window, self.filterbank, self.cfg)
 
@@ -128,9 +133,6 @@ class LogMelFrontend(torch.nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(B, T)`` -> ``(B, 1, 96, 64)``: the first example of each clip."""
-        spectrogram = self.spectrogram(waveform[:, : self._first_example_samples()])
-        return spectrogram[:, None, : self.cfg.example_frames]
-
-    def _first_example_samples(self) -> int:
         # Only the samples the first example's frames read: longer clips cost nothing extra.
-        return self.cfg.window_length + (self.cfg.example_frames - 1) * self.cfg.hop_length
+        spectrogram = self.spectrogram(waveform[:, : example_samples(self.cfg)])
+        return spectrogram[:, None, : self.cfg.example_frames]

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from doppeltrain import checkpoint as checkpoint_io
 from doppeltrain.config import TrainConfig
 from doppeltrain.distributed import resolve_device
-from doppeltrain.features import LogMelFrontend
+from doppeltrain.features import LogMelFrontend, example_samples
 
 # A folder contributes the files with these extensions; a file named explicitly is read
 # whatever its name, since soundfile identifies formats by content.
@@ -63,8 +63,7 @@ class Framing:
 def framing_for(config: TrainConfig) -> Framing:
     """The framing that reproduces the training input of `config`."""
     f = config.features
-    span = (f.example_frames - 1) * f.hop_length + f.window_length  # samples under 96 frames
-    return Framing(window=f.sample_rate, hop=f.example_frames * f.hop_length, centre=span // 2)
+    return Framing(window=f.sample_rate, hop=f.example_frames * f.hop_length, centre=example_samples(f) // 2)
 
 
 class AudioEmbedder(nn.Module):

@@ -61,7 +61,3 @@ def _set_width(model: ResNet, blocks: tuple[int, ...], width: int, embedding_dim
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.constant_(module.weight, 1)
             nn.init.constant_(module.bias, 0)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

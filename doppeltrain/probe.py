@@ -27,7 +27,6 @@ from doppeltrain.distributed import resolve_device
 from doppeltrain.inference import DEFAULT_BATCH_SIZE, AudioEmbedder, embed_files, expand_inputs, load_model
 from doppeltrain.model import build_model
 
-FEATURES = ("checkpoint", "logmel", "random")
 BASELINES = ("logmel", "random")
 
 

@@ -7,8 +7,8 @@ learning rate follows a MultiStepLR stepped once per epoch.
 
 Everything random is a function of ``(seed, epoch, step, rank)`` (augmentation draws),
 ``(seed, epoch, rank, worker)`` (data order) or ``(seed, epoch, rank)`` (the global
-RNGs, e.g. for dropout), never of how long the process has lived: a run resumed at an epoch boundary ends with the same weights
-as one that was never interrupted.
+RNGs, e.g. for dropout), never of how long the process has lived: a run resumed at an
+epoch boundary ends with the same weights as one that was never interrupted.
 
 A run folder ``runs_dir/run/`` holds ``config.json``, ``metrics.jsonl``,
 ``tensorboard/`` and ``checkpoints/`` (``latest.pt`` every epoch, ``epoch-NNNN.pt``

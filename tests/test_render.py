@@ -345,6 +345,7 @@ def test_recipe_values_are_canonical_and_checked(voice_recipe):
         ("seed", True, "must be int"),
         ("duration", 0.33333, "not a whole number of samples"),
         ("codec", 3, "must be a string"),
+        ("n_layers", float("nan"), "must be finite"),
         ("volume", 1, "unknown recipe fields: volume"),
     ]:
         with pytest.raises(RecipeError, match=message):
