@@ -13,21 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import train_fit
 import train_pipeline
-
-
-def render_dataset_in_subprocess(out: Path, n_shards: int, pairs_per_shard: int) -> Path:
-    # Rendering here would load JAX's threads into this process before the loader forks.
-    command = [sys.executable, "-m", "doppelgen", "render", str(out), "--synth", "voice", "--shards", str(n_shards),
-               "--pairs-per-shard", str(pairs_per_shard), "--quiet"]
-    subprocess.run(command, check=True)
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="doppeltrain-bench-") as scratch:
-        dataset = Path(args.dataset_dir) if args.dataset_dir else render_dataset_in_subprocess(Path(scratch) / "voice", 8, 128)
+        dataset = Path(args.dataset_dir) if args.dataset_dir else train_pipeline.render_benchmark_dataset(Path(scratch) / "voice")
         pipeline = train_pipeline.compare(dataset, args.workers, args.batch_size, args.seconds, args.rounds)
         print(f"input pipeline ({args.workers} workers)  {pipeline['pipeline_pairs_per_s']:10.1f} pairs/s", flush=True)
         print(f"raw read + decode            {pipeline['raw_pairs_per_s']:10.1f} pairs/s", flush=True)

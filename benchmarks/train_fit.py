@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -57,14 +55,6 @@ def measure_fit_wait_fraction(dataset_dir: str | Path, **options: Any) -> float:
     return measure_fit(dataset_dir, **options)["data_wait_fraction"]
 
 
-def _render_demo_dataset(out_dir: Path) -> Path:
-    # In another process: JAX's threads in this one would be forked into the loader workers.
-    command = [sys.executable, "-m", "doppelgen", "render", str(out_dir), "--synth", "voice", "--shards", "4",
-               "--pairs-per-shard", "64", "--batch-size", "64", "--quiet"]
-    subprocess.run(command, check=True)
-    return out_dir
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", nargs="?", help="a pair dataset folder (default: render a small one)")
@@ -75,7 +65,9 @@ def main() -> None:
     parser.add_argument("--no-augment", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="doppeltrain-bench-data-") as scratch:
-        dataset = args.dataset or _render_demo_dataset(Path(scratch) / "shards")
+        from train_pipeline import render_benchmark_dataset  # beside this script
+
+        dataset = args.dataset or render_benchmark_dataset(Path(scratch) / "shards", n_shards=4, pairs_per_shard=64)
         summary = measure_fit(
             dataset, steps=args.steps, batch_size=args.batch_size, workers=args.workers,
             width=args.width, augment=not args.no_augment,
