@@ -17,9 +17,8 @@ from typing import Any
 
 import yaml
 
-from .format import AUDIO_MEMBERS, FormatError, read_manifest
+from .format import AUDIO_MEMBERS, FormatError, is_packed_recipe, read_manifest
 from .info import describe_dataset, human_bytes, human_duration
-from .pack import is_packed_recipe
 from .shard_writer import write_atomic
 
 CARD_NAME = "README.md"

@@ -15,8 +15,7 @@ from typing import Iterator
 import numpy as np
 import soundfile as sf
 
-from .format import FormatError, Pair, iter_shard_pairs, read_manifest, shard_name
-from .pack import is_packed_recipe
+from .format import FormatError, Pair, is_packed_recipe, iter_shard_pairs, read_manifest, shard_name
 
 # The log-mel front end of the paper's network (REFERENCE.md, VGGish input), so the
 # pictures show what the model sees.

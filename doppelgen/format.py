@@ -281,6 +281,12 @@ def check_manifest(manifest: Any, where: str) -> dict:
     return manifest
 
 
+def is_packed_recipe(recipe: dict) -> bool:
+    """Whether a manifest recipe is a packed one (``doppelgen pack``): a ``source`` in place
+    of a ``synth``."""
+    return "source" in recipe and "synth" not in recipe
+
+
 def complete_shards(folder: str | os.PathLike) -> list[int]:
     """Indices of the shards whose tar and stats file both exist under their final names."""
     folder = Path(folder)

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .format import MANIFEST_NAME, FormatError, complete_shards, read_manifest
-from .pack import is_packed_recipe
+from .format import MANIFEST_NAME, FormatError, complete_shards, is_packed_recipe, read_manifest
 
 # Per-shard record fields summarised across shards (FORMAT.md ``record.shards``).
 SHARD_STATS = ("n_pairs", "bytes", "peak", "mean_rms", "silent_fraction", "nonfinite_fraction", "redraws")

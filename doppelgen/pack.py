@@ -112,10 +112,6 @@ class PackSummary:
     seconds: float = 0.0
 
 
-def is_packed_recipe(recipe: dict) -> bool:
-    """Whether a manifest recipe is a packed one: a ``source`` in place of a ``synth``."""
-    return "source" in recipe and "synth" not in recipe
-
 
 # --- the listing ---------------------------------------------------------------------
 

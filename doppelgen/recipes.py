@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .config import Recipe, RecipeError, make_recipe
-from .pack import is_packed_recipe
+from .format import is_packed_recipe
 
 # The paper's configurations (Cherep & Singh, ICLR 2025): three synths at delta 0.25,
 # and the voice synth over the delta sweep. All share seed 0, so the voice sweep draws

@@ -27,6 +27,7 @@ from .format import (
     MANIFEST_NAME,
     FormatError,
     decode_clip,
+    is_packed_recipe,
     member_names,
     n_samples,
     pair_key,
@@ -38,7 +39,6 @@ from .format import (
     stats_name,
     iter_tar_members,
 )
-from .pack import is_packed_recipe
 from .shard_writer import pair_sample
 
 # Audio rendered on another platform (CPU vs GPU) or with other software versions must
