@@ -191,10 +191,11 @@ def render_dataset(
         _render_shards(recipe, out, todo, batch_size, workers, progress, summary)
     summary.seconds = time.perf_counter() - started
 
-    if len(complete_shards(out)) >= recipe.n_shards and (summary.rendered or not (out / MANIFEST_NAME).exists()):
+    all_shards = len(complete_shards(out)) >= recipe.n_shards
+    if all_shards and (summary.rendered or not (out / MANIFEST_NAME).exists()):
         _finish_manifest(recipe, out, summary.seconds)
         summary.manifest_written = True
-    summary.complete = (out / MANIFEST_NAME).exists() and len(complete_shards(out)) >= recipe.n_shards
+    summary.complete = all_shards and (out / MANIFEST_NAME).exists()
     return summary
 
 
