@@ -42,7 +42,7 @@ def measure_fit(
         cfg.data.workers = workers
         cfg.data.val_shards = 0  # every shard trains; validation is not what is measured
         cfg.model.model, cfg.model.width = "small", width
-        cfg.augment.enabled = augment
+        cfg.augment.mode = "waveform" if augment else "none"
         cfg.epochs, cfg.steps_per_epoch = 1, steps
         cfg.val_every, cfg.log_every = 0, steps
         cfg.device, cfg.progress = device, False

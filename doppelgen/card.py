@@ -19,7 +19,7 @@ import yaml
 
 from .format import AUDIO_MEMBERS, FormatError, is_packed_recipe, read_manifest
 from .info import describe_dataset, human_bytes, human_duration
-from .shard_writer import write_atomic
+from .files import write_atomic
 
 CARD_NAME = "README.md"
 SYNTH_LICENSE = "cc-by-4.0"

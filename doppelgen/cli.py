@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import List, Optional
 
 import typer
-from typer.exceptions import TyperException
 
 from .config import PARAMETRIC_DEFAULTS, Recipe, RecipeError, make_recipe
+from .console import EXIT_FAILURE, EXIT_INTERRUPTED, fail, run_app
 from .format import FormatError
 
 app = typer.Typer(
@@ -23,15 +23,6 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Render, verify, inspect and publish doppelgänger pair datasets."""
-
-
-# Exit codes: 2 for input refused before any work, 1 for a failure during it.
-EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def recipe_from_options(manifest: Optional[Path], overrides: dict, synth_args: dict) -> Recipe:
@@ -100,23 +91,6 @@ def render(
 from .cli_publish import register as register_publish_commands  # noqa: E402  (needs `app`)
 
 register_publish_commands(app)
-
-
-def run_app(typer_app: typer.Typer, argv: Optional[List[str]], prog_name: str) -> int:
-    """Run a typer app; a usage error (unknown option, bad value, missing argument) is one
-    line on stderr instead of click's box. Returns the exit status."""
-    try:
-        status = typer_app(args=argv, prog_name=prog_name, standalone_mode=False)
-    except TyperException as error:
-        if type(error).__name__ == "NoArgsIsHelpError":  # a bare command: its help, as usual
-            typer.echo(error.format_message(), err=True)
-        else:
-            typer.echo(f"error: {error.format_message()}", err=True)
-        status = getattr(error, "exit_code", EXIT_USAGE)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
-        status = EXIT_INTERRUPTED
-    return status if isinstance(status, int) else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:

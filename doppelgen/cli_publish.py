@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import typer
 
+from .console import EXIT_FAILURE, fail
 from .export import DEFAULT_EXPORT_PAIRS
 from .pack import PackConfig
-from .verify import default_workers
+from .verify import default_verify_workers
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
 PACK_DEFAULTS = PackConfig()  # quoted by the options below; the values live in pack.py only
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -43,7 +38,7 @@ def verify(
     folder: Path = typer.Argument(..., help="Dataset folder (holds manifest.json and pairs-*.tar)."),
     rerender: int = typer.Option(0, "--rerender", help="Render this many sampled pairs again and compare them with the shards."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --rerender sample."),
-    workers: int = typer.Option(default_workers(), "--workers", help="Processes checking shards (0: this one)."),
+    workers: int = typer.Option(default_verify_workers(), "--workers", help="Processes checking shards (0: this one)."),
 ) -> None:
     """Check every shard against the manifest and FORMAT.md; exit 1 with one line per problem."""
     from .verify import verify_dataset
@@ -51,7 +46,7 @@ def verify(
     try:
         report = verify_dataset(folder, rerender=rerender, workers=workers, seed=seed)
     except _input_errors() as error:
-        _fail(str(error))
+        fail(str(error))
     for problem in report.problems:
         typer.echo(problem)
     checked = f"{report.shards_checked} shards, {report.pairs_checked} pairs"
@@ -61,7 +56,7 @@ def verify(
         typer.echo(f"ok: {folder}: {checked}", err=True)
         return
     typer.echo(f"FAILED: {folder}: {len(report.problems)} problems ({checked})", err=True)
-    raise typer.Exit(EXIT_FAILED)
+    raise typer.Exit(EXIT_FAILURE)
 
 
 def info(
@@ -74,7 +69,7 @@ def info(
     try:
         description = describe_dataset(folder)
     except _input_errors() as error:
-        _fail(str(error))
+        fail(str(error))
     typer.echo(json.dumps(description, indent=1) if as_json else format_description(description))
 
 
@@ -89,9 +84,9 @@ def export(
     try:
         result = export_pairs(folder, to, n=n)
     except _input_errors() as error:
-        _fail(str(error))
+        fail(str(error))
     except OSError as error:
-        _fail(f"writing {to} failed: {error.strerror or error}", EXIT_FAILED)
+        fail(f"writing {to} failed: {error.strerror or error}", EXIT_FAILURE)
     typer.echo(f"{len(result.keys)} pairs exported to {result.out} ({len(result.files)} files)")
 
 
@@ -106,7 +101,7 @@ def card(
     try:
         path = write_card(folder, license=license, title=title)
     except _input_errors() as error:
-        _fail(str(error))
+        fail(str(error))
     typer.echo(f"wrote {path}")
 
 
@@ -133,9 +128,9 @@ def pack(
         )
         summary = pack_folder(audio_dir, out, config, workers=workers, overwrite=overwrite, progress=not quiet)
     except _input_errors() as error:
-        _fail(str(error))
+        fail(str(error))
     except OSError as error:
-        _fail(f"writing {out} failed: {error.strerror or error}", EXIT_FAILED)
+        fail(f"writing {out} failed: {error.strerror or error}", EXIT_FAILURE)
     skipped = f", {len(summary.skipped)} unreadable recordings skipped (listed in manifest.json)" if summary.skipped else ""
     typer.echo(f"{summary.pairs} pairs in {summary.shards} shards in {summary.seconds:.1f} s: {out}{skipped}")
 

@@ -16,9 +16,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import Recipe
+from .files import default_workers, remove_dead_temporaries
 from .format import MANIFEST_NAME, complete_shards, shard_index
 from .manifest import build_manifest, existing_recipe_hashes, recipe_sha256, write_manifest
-from .shard_writer import ShardPairs, SlotLayout, ignore_interrupts, remove_temporaries, write_shard, write_shard_from_slot
+from .shard_writer import ShardPairs, SlotLayout, ignore_interrupts, write_shard, write_shard_from_slot
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -36,10 +37,6 @@ class RenderSummary:
     seconds: float = 0.0
     manifest_written: bool = False
     complete: bool = False  # every shard of the recipe is complete and manifest.json exists
-
-
-def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
 
 
 def parse_shard_range(text: str | None, n_shards: int) -> range:
@@ -68,7 +65,7 @@ def prepare_output(recipe: Recipe, out: Path, overwrite: bool) -> None:
         probe.unlink()
     except OSError as error:
         raise DatasetError(f"cannot write to {out}: {error.strerror or error}") from None
-    remove_temporaries(out)
+    remove_dead_temporaries(out)
     held = existing_recipe_hashes(out)
     if held and held != {recipe_sha256(recipe.to_dict())}:
         if not overwrite:
@@ -248,7 +245,7 @@ def write_batches(recipe: Recipe, out: Path, todo: list[int], batches: Iterable,
         writer.drain()
     finally:
         writer.close()
-        remove_temporaries(out)
+        remove_dead_temporaries(out)
     return written
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import Recipe
 from .format import MANIFEST_NAME, FormatError, dump_json, stats_name
-from .shard_writer import write_atomic
+from .files import write_atomic
 
 
 def recipe_sha256(recipe_dict: dict) -> str:

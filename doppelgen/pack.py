@@ -38,9 +38,11 @@ from typing import Any, Iterator
 import numpy as np
 import soundfile as sf
 
+from .console import one_line
+from .files import remove_dead_temporaries
 from .format import CODECS, FORMAT_VERSION, MANIFEST_NAME, n_samples
 from .manifest import recipe_sha256, software_versions, write_manifest
-from .shard_writer import SILENCE_RMS, pair_sample, remove_temporaries, write_samples
+from .shard_writer import SILENCE_RMS, pair_sample, write_samples
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # Divisor guard of the layered mix (REFERENCE.md).
@@ -227,12 +229,6 @@ def fit(audio: np.ndarray, clip: int) -> np.ndarray:
     return np.pad(audio, (0, clip - len(audio))) if len(audio) < clip else audio
 
 
-def one_line(error: BaseException, path: Path | None = None) -> str:
-    """The error in one line, without the machine-specific path (the manifest names the file)."""
-    text = str(error).replace(f"'{path}'", "file").replace(str(path), "file") if path is not None else str(error)
-    return " ".join(text.split()) or type(error).__name__
-
-
 def load_pair(root: str, rel: str, file_index: int, config: PackConfig) -> PackedPair:
     """The pair of one recording; raises UnreadableRecording. Pure given the file."""
     path = Path(root) / rel
@@ -353,7 +349,7 @@ def prepare_pack_output(out: Path, overwrite: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise PackError(f"cannot write to {out}: {error.strerror or error}") from None
-    remove_temporaries(out)
+    remove_dead_temporaries(out)
     held = (out / MANIFEST_NAME).exists() or any(e.name.startswith("pairs-") for e in out.iterdir())
     if held:
         if not overwrite:
@@ -411,7 +407,7 @@ def pack_folder(
             entries.append(write_packed_shard(out, len(entries), batch, config, summary.pairs - len(batch), pending_hash))
     finally:
         bar.close()
-        remove_temporaries(out)
+        remove_dead_temporaries(out)
     if not entries:
         raise PackError(f"{root}: none of the {len(files)} recordings could be read")
     summary.shards = len(entries)

@@ -10,13 +10,13 @@ import io
 import json
 import os
 import signal
-import socket
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .files import write_atomic
 from .format import (
     TAR_MODE,
     TAR_MTIME,
@@ -30,7 +30,6 @@ from .format import (
 
 # A clip whose RMS is below this (relative to full scale 1.0) counts as near-silent.
 SILENCE_RMS = 1e-3
-TEMP_MARK = ".tmp-"
 
 
 @dataclass
@@ -99,26 +98,6 @@ def audio_stats(pairs: ShardPairs) -> dict:
     }
 
 
-def temporary_path(path: Path) -> Path:
-    """Where ``path`` is written before it is moved into place. Host and pid in the name
-    let machines that render shard ranges into one shared folder tell theirs apart."""
-    return path.with_name(f".{path.name}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a temporary name in the same folder, then move into place."""
-    temporary = temporary_path(path)
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def write_shard(out_dir: str | os.PathLike, pairs: ShardPairs, *, seed: int, sample_rate: int, codec: str, recipe_sha256: str) -> dict:
     """Encode and write one complete shard; returns its manifest entry.
 
@@ -149,33 +128,6 @@ def write_samples(out_dir: str | os.PathLike, shard: int, samples: list[dict], s
     record = dict(entry, recipe_sha256=recipe_sha256)
     write_atomic(out_dir / stats_name(shard), json.dumps(record, indent=1, sort_keys=True).encode())
     return entry
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_temporaries(out_dir: str | os.PathLike) -> int:
-    """Delete the temporaries of writers on this host that are no longer running (a killed
-    run's); those of live processes and of other hosts are left alone. Returns how many."""
-    out_dir = Path(out_dir)
-    host = socket.gethostname()
-    removed = 0
-    if out_dir.is_dir():
-        for entry in out_dir.iterdir():
-            if not entry.name.startswith(".") or TEMP_MARK not in entry.name:
-                continue
-            writer_host, _, pid = entry.name.rsplit(TEMP_MARK, 1)[1].rpartition("-")
-            if writer_host == host and pid.isdigit() and not _process_alive(int(pid)):
-                entry.unlink(missing_ok=True)
-                removed += 1
-    return removed
 
 
 # --- shared-memory hand-off to encoding workers ---------------------------------------

@@ -11,7 +11,6 @@ Problems are one line each, naming the shard and member, so a person can grep th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from .format import (
     stats_name,
     iter_tar_members,
 )
+from .files import default_workers, file_sha256
 from .shard_writer import pair_sample
 
 # Audio rendered on another platform (CPU vs GPU) or with other software versions must
@@ -53,9 +53,9 @@ BYTE_EXACT_SOFTWARE = ("jax", "jaxlib", "synthax", "numpy", "libsndfile")
 MAX_PROBLEMS_PER_SHARD = 20
 
 
-def default_workers() -> int:
+def default_verify_workers() -> int:
     """Processes checking shards: reading and decoding is CPU-bound, a few cores suffice."""
-    return min(4, os.cpu_count() or 1)
+    return default_workers(cap=4)
 
 
 class VerifyError(ValueError):
@@ -100,15 +100,6 @@ class VerifyReport:
 
 
 # --- one shard -----------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 def group_members(members: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
@@ -207,7 +198,7 @@ def check_shard(folder: str, exp: ShardExpectation) -> tuple[list[str], int]:
         return [f"{exp.name}: missing"], 0
     problems: list[str] = []
     try:
-        digest, size = sha256_file(tar)
+        digest, size = file_sha256(tar)
     except OSError as error:
         return [f"{exp.name}: unreadable ({error.strerror or error})"], 0
     if exp.sha256 is not None and digest != exp.sha256:

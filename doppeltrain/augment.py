@@ -279,7 +279,7 @@ class WaveformAugment(torch.nn.Module):
     def forward(self, waves: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if waves.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, samples), got {tuple(waves.shape)}")
-        if not self.cfg.enabled:
+        if self.cfg.mode != "waveform":
             return waves
         cfg, count = self.cfg, waves.shape[0]
         # Every draw happens, applied or not, so each transform's numbers stay put when
@@ -353,7 +353,7 @@ class SpecAugment(torch.nn.Module):
     def forward(self, spec: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if spec.dim() != 4 or spec.shape[1] != 1:
             raise ValueError(f"expected log-mel of shape (batch, 1, frames, mels), got {tuple(spec.shape)}")
-        if not self.cfg.enabled:
+        if self.cfg.mode != "specaugment":
             return spec
         cfg, count = self.cfg, spec.shape[0]
         n_frames, n_mels = spec.shape[-2:]
@@ -361,9 +361,9 @@ class SpecAugment(torch.nn.Module):
         def uniforms(n_masks: int) -> torch.Tensor:
             return draw(generator, count * n_masks).reshape(count, n_masks).to(spec.device)
 
-        chosen = (draw(generator, count) < cfg.p_specaugment).to(spec.device)
-        time_mask = band_masks(uniforms(cfg.time_masks), uniforms(cfg.time_masks), cfg.time_mask_width, n_frames)
-        freq_mask = band_masks(uniforms(cfg.freq_masks), uniforms(cfg.freq_masks), cfg.freq_mask_width, n_mels)
+        chosen = (draw(generator, count) < cfg.specaugment_p).to(spec.device)
+        time_mask = band_masks(uniforms(cfg.specaugment_time_masks), uniforms(cfg.specaugment_time_masks), cfg.specaugment_time_width, n_frames)
+        freq_mask = band_masks(uniforms(cfg.specaugment_freq_masks), uniforms(cfg.specaugment_freq_masks), cfg.specaugment_freq_width, n_mels)
         mask = (time_mask[:, :, None] | freq_mask[:, None, :]) & chosen[:, None, None]
         fill = spec.mean(dim=(1, 2, 3), keepdim=True)
         return torch.where(mask[:, None], fill, spec)

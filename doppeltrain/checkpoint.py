@@ -17,7 +17,6 @@ and, from ``fit``, ``world_size`` (processes that trained it; optional when load
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from pathlib import Path
 from typing import Any, Iterable, Union
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from doppelgen.files import atomic_writer, file_sha256
 from doppelgen.format import MANIFEST_NAME, dump_json
 
 from .config import TrainConfig
@@ -51,16 +51,8 @@ def save_checkpoint(state: dict[str, Any], path: Union[str, Path]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_writer(path) as handle:
+        torch.save(state, handle)
     return path
 
 
@@ -95,14 +87,6 @@ def load_model(checkpoint_path: Union[str, Path], device: Union[str, torch.devic
 # --- what a checkpoint records -------------------------------------------------------
 
 
-def file_sha256(path: Union[str, Path]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest_digests(datasets: Iterable[tuple[str, dict]]) -> dict[str, str]:
     """``{location: sha256}`` of each dataset's manifest, from ``(location, manifest)`` pairs.
 
@@ -114,7 +98,7 @@ def manifest_digests(datasets: Iterable[tuple[str, dict]]) -> dict[str, str]:
     for location, manifest in datasets:
         path = Path(location) / MANIFEST_NAME
         if "://" not in str(location) and path.is_file():
-            digests[str(location)] = file_sha256(path)
+            digests[str(location)] = file_sha256(path)[0]
         else:
             digests[str(location)] = hashlib.sha256(dump_json(manifest)).hexdigest()
     return digests

@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from doppelgen.cli import run_app
+from doppelgen.console import run_app
 
 from .augment import AugmentError
 from .checkpoint import CheckpointError
@@ -88,7 +88,8 @@ def fit_command(
     model: Optional[str] = typer.Option(None, help=f"resnet18 (the paper's) or small (one block per stage). (default: {DEFAULTS.model.model})"),
     width: Optional[int] = typer.Option(None, help=f"Channels of the first stage; e.g. 16 with --model small for CPU. (default: {DEFAULTS.model.width})"),
     embedding_dim: Optional[int] = typer.Option(None, help=f"Embedding size. (default: {DEFAULTS.model.embedding_dim})"),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Waveform and SpecAugment augmentations. (default: on)"),
+    augment: Optional[str] = typer.Option(None, "--augment", help=f"Augmentation mode: waveform, specaugment, masking or none. (default: {DEFAULTS.augment.mode})"),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Same as --augment none."),
     ir_dir: Optional[str] = typer.Option(None, help="Folder of impulse responses for the convolution augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUNS_DIR/RUN from its latest checkpoint."),
     device: Optional[str] = typer.Option(None, help=f"auto (cuda, then mps, then cpu), cpu, cuda or mps. (default: {DEFAULTS.device})"),
@@ -118,7 +119,7 @@ def fit_command(
         "model.model": model,
         "model.width": width,
         "model.embedding_dim": embedding_dim,
-        "augment.enabled": augment,
+        "augment.mode": "none" if no_augment else augment,
         "augment.ir_dir": ir_dir,
         "device": device,
         "precision": precision,

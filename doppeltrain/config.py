@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+# The reference's epoch: 117 steps of 768 pairs (REFERENCE.md, 'Pair generation').
+REFERENCE_PAIRS_PER_EPOCH = 117 * 768
+
+
 @dataclass
 class DataConfig:
     datasets: list[str] = field(default_factory=list)  # folders or WebDataset URLs, mixed freely
@@ -37,11 +41,22 @@ class FeatureConfig:
     example_frames: int = 96  # 0.96 s
 
 
+AUGMENT_MODES = ("waveform", "specaugment", "masking", "none")
+
+
 @dataclass
 class AugmentConfig:
-    """Waveform augmentations drawn per example and per view, then spectrogram masking."""
+    """Exactly one augmentation mode (REFERENCE.md, 'Augmentations').
 
-    enabled: bool = True
+    ``waveform`` (the reference's default): high-pass, low-pass, pitch shift, time shift
+    and impulse-response convolution, each with its own probability, drawn per example
+    and per view. ``specaugment`` and ``masking`` are the reference's two log-mel
+    alternatives, with torchaudio's meaning of ``p`` (the largest fraction of the axis
+    one mask may cover; every example is masked). ``none``: no augmentation.
+    """
+
+    mode: str = "waveform"
+    # waveform mode
     p_highpass: float = 0.5
     highpass_hz: tuple[float, float] = (20.0, 800.0)
     p_lowpass: float = 0.5
@@ -51,12 +66,19 @@ class AugmentConfig:
     p_time_shift: float = 0.5
     time_shift_fraction: float = 0.25
     p_impulse_response: float = 0.5
-    ir_dir: Optional[str] = None  # impulse responses; convolution skipped when None
-    p_specaugment: float = 0.4
-    time_masks: int = 4
-    time_mask_width: int = 40
-    freq_masks: int = 2
-    freq_mask_width: int = 20
+    # Folder of impulse responses; None: the default set (doppelgen irs), rendered into
+    # the cache on first use.
+    ir_dir: Optional[str] = None
+    # specaugment mode: torchaudio.transforms.SpecAugment
+    specaugment_time_masks: int = 4
+    specaugment_time_width: int = 40
+    specaugment_freq_masks: int = 2
+    specaugment_freq_width: int = 20
+    specaugment_p: float = 0.4
+    # masking mode: FrequencyMasking then TimeMasking
+    masking_freq_width: int = 40
+    masking_time_width: int = 40
+    masking_time_p: float = 0.2
 
 
 @dataclass
@@ -82,7 +104,10 @@ class OptimConfig:
     lr: Optional[float] = None
     # None: SGD 1e-6, Adam 1e-4.
     weight_decay: Optional[float] = None
-    milestones: tuple[float, ...] = (0.775, 0.85, 0.925)  # fractions of the epochs
+    # Fractions of the run's total steps after which the lr is multiplied by gamma: at
+    # the reference's epoch length these are its per-epoch milestones (155, 170, 185 of
+    # 200 epochs), and any run length keeps the schedule's shape.
+    milestones: tuple[float, ...] = (0.775, 0.85, 0.925)
     gamma: float = 0.1
 
 
@@ -102,7 +127,12 @@ class TrainConfig:
     checkpoint_every: int = 10
     device: str = "auto"  # auto: cuda, then mps, then cpu
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "fp32", "bf16"
-    steps_per_epoch: Optional[int] = None  # None: pairs in the training shards // global batch
+    # Pairs an epoch trains on (the reference's 117 batches of 768); None: one pass over
+    # the training shards. Each epoch reads them from a fresh shuffled shard order.
+    pairs_per_epoch: Optional[int] = REFERENCE_PAIRS_PER_EPOCH
+    steps_per_epoch: Optional[int] = None  # overrides pairs_per_epoch // global batch when set
+    # Validation retrieval (view a -> view b) is measured within groups of this many pairs.
+    retrieval_group: int = 512
     log_every: int = 10
     # Continue runs_dir/run from its latest checkpoint; the options must match the run's
     # (only the fields in train.RESUME_MAY_CHANGE may differ).

@@ -41,6 +41,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
+from doppelgen.console import one_line
 from doppelgen.format import (
     MANIFEST_NAME,
     FormatError,
@@ -122,15 +123,11 @@ def read_url_manifest(location: str) -> dict:
         with wds.gopen(url, "rb") as stream:
             manifest = json.loads(stream.read().decode("utf-8"))
     except Exception as error:  # gopen raises whatever its scheme's tool raises
-        raise DataError(f"{location}: cannot read {MANIFEST_NAME} ({_one_line(error)})") from None
+        raise DataError(f"{location}: cannot read {MANIFEST_NAME} ({one_line(error)})") from None
     try:
         return check_manifest(manifest, location)
     except FormatError as error:
         raise DataError(str(error)) from None
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _record_shards(location: str, manifest: dict) -> list[dict]:
@@ -163,7 +160,7 @@ def discover_dataset(location: str, sample_rate: int) -> DatasetInfo:
         try:
             manifest = read_manifest(folder)
         except FormatError as error:
-            raise DataError(_one_line(error)) from None
+            raise DataError(one_line(error)) from None
         entries = []
         for entry in _record_shards(location, manifest):
             if shard_index(entry["name"]) in complete:
@@ -473,7 +470,7 @@ class PairStream(IterableDataset):
         """webdataset's error handler: log, count, carry on with the next member or shard."""
         with self.skipped.get_lock():
             self.skipped.value += 1
-        logger.warning("skipped unreadable data: %s", _one_line(error))
+        logger.warning("skipped unreadable data: %s", one_line(error))
         return True
 
     def raw_samples(self, shards: Sequence[ShardRef]) -> Iterator[dict]:
@@ -499,7 +496,7 @@ class PairStream(IterableDataset):
                             raise OSError(f"{info.name} is truncated")
                         yield {"fname": info.name, "data": data, "__url__": path}
         except (tarfile.TarError, EOFError, OSError) as error:
-            self._handle(FormatError(f"{path}: unreadable tar ({_one_line(error)})"))
+            self._handle(FormatError(f"{path}: unreadable tar ({one_line(error)})"))
         yield {}  # end of shard: samples never span two shards
 
     def decode(self, samples: Iterable[dict], batch: BatchBuilder) -> Iterator[str]:

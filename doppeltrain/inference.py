@@ -15,11 +15,9 @@ and the HEAR module are built on them.
 from __future__ import annotations
 
 import functools
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import soundfile as sf
@@ -27,6 +25,9 @@ import torch
 import torchaudio
 from torch import nn
 from tqdm.auto import tqdm
+
+from doppelgen.console import one_line
+from doppelgen.files import atomic_writer, write_atomic
 
 from doppeltrain import checkpoint as checkpoint_io
 from doppeltrain.config import TrainConfig
@@ -136,7 +137,7 @@ def load_audio(path: Union[str, Path], sample_rate: int) -> torch.Tensor:
     try:
         data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as error:
-        raise AudioReadError(f"cannot read audio file {path}: {_one_line(error)}") from None
+        raise AudioReadError(f"cannot read audio file {path}: {one_line(error)}") from None
     if data.shape[0] == 0:
         raise AudioReadError(f"cannot read audio file {path}: it holds no samples")
     return resample(to_mono(torch.from_numpy(data)), int(file_sr), sample_rate)
@@ -147,13 +148,9 @@ def check_readable(path: Union[str, Path]) -> None:
     try:
         info = sf.info(str(path))
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as error:
-        raise AudioReadError(f"cannot read audio file {path}: {_one_line(error)}") from None
+        raise AudioReadError(f"cannot read audio file {path}: {one_line(error)}") from None
     if info.frames == 0:
         raise AudioReadError(f"cannot read audio file {path}: it holds no samples")
-
-
-def _one_line(error: BaseException) -> str:
-    return re.sub(r"\s+", " ", str(error)).strip() or type(error).__name__
 
 
 def expand_inputs(inputs: Iterable[Union[str, Path]]) -> list[Path]:
@@ -360,14 +357,8 @@ def embed_command(
     embeddings = embed_files(model, paths, batch_size, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths_file = out.with_suffix(".txt")
-    _write_atomically(out, lambda f: np.save(f, embeddings))
-    _write_atomically(paths_file, lambda f: f.write("".join(f"{p}\n" for p in paths).encode()))
-    return EmbedResult(out, paths_file, tuple(embeddings.shape))
-
-
-def _write_atomically(path: Path, write: Callable) -> None:
     # A crashed run must not leave a truncated .npy that looks finished.
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
+    with atomic_writer(out) as handle:
+        np.save(handle, embeddings)
+    write_atomic(paths_file, "".join(f"{p}\n" for p in paths).encode())
+    return EmbedResult(out, paths_file, tuple(embeddings.shape))

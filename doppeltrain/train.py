@@ -45,7 +45,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import OptimConfig, TrainConfig
+from .config import AUGMENT_MODES, OptimConfig, TrainConfig
 from .features import LogMelFrontend
 from .loss import contrastive_loss
 from .model import MODEL_BLOCKS, build_model
@@ -79,6 +79,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.data.batch_size >= 2, f"--batch-size must be at least 2 (uniformity needs pairs), got {cfg.data.batch_size}"),
         (cfg.data.workers >= 0, f"--workers must be 0 or more, got {cfg.data.workers}"),
         (cfg.data.val_shards >= 0, f"--val-shards must be 0 (none) or more, got {cfg.data.val_shards}"),
+        (cfg.augment.mode in AUGMENT_MODES, f"unknown augmentation mode {cfg.augment.mode!r}: expected one of {', '.join(AUGMENT_MODES)}"),
         (cfg.optim.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optim.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"),
         (cfg.optim.lr is None or cfg.optim.lr > 0, f"--lr must be positive, got {cfg.optim.lr}"),
         (cfg.optim.weight_decay is None or cfg.optim.weight_decay >= 0, "weight decay must be 0 or more"),
@@ -99,7 +100,7 @@ def validate_config(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise TrainError(message)
-    if cfg.augment.enabled and cfg.augment.ir_dir is not None and not Path(cfg.augment.ir_dir).is_dir():
+    if cfg.augment.mode == "waveform" and cfg.augment.ir_dir is not None and not Path(cfg.augment.ir_dir).is_dir():
         raise TrainError(f"--ir-dir {cfg.augment.ir_dir}: no such folder")
     try:
         dist_utils.resolve_device(cfg.device)
@@ -248,7 +249,7 @@ class _Pipeline(nn.Module):
     def __init__(self, cfg: TrainConfig):
         super().__init__()
         self.frontend = LogMelFrontend(cfg.features)
-        self.augment = cfg.augment.enabled
+        self.augment = cfg.augment.mode != "none"
         if self.augment:
             self.waveform_augment = WaveformAugment(cfg.augment, cfg.data.sample_rate)
             self.spec_augment = SpecAugment(cfg.augment)

@@ -98,7 +98,7 @@ def test_nothing_happens_when_disabled_or_improbable():
     x = waves()
     zero = AugmentConfig(**{f"p_{name}": 0.0 for name in TRANSFORMS})
     assert torch.equal(WaveformAugment(zero, SR)(x, make_generator(0, 0, 0, 0)), x)
-    assert torch.equal(WaveformAugment(AugmentConfig(enabled=False), SR)(x, make_generator(0, 0, 0, 0)), x)
+    assert torch.equal(WaveformAugment(AugmentConfig(mode="none"), SR)(x, make_generator(0, 0, 0, 0)), x)
 
 
 def test_no_ir_dir_skips_the_convolution():
@@ -195,7 +195,7 @@ def spectrograms(batch: int = 8) -> torch.Tensor:
 
 def test_specaugment_masks_bands_with_the_example_mean():
     spec = spectrograms()
-    config = AugmentConfig(p_specaugment=1.0, time_masks=1, time_mask_width=40, freq_masks=0)
+    config = AugmentConfig(mode="specaugment", specaugment_p=1.0, specaugment_time_masks=1, specaugment_time_width=40, specaugment_freq_masks=0)
     out = SpecAugment(config)(spec, make_generator(0, 0, 0, 0))
     assert out.shape == spec.shape
     for row in range(spec.shape[0]):
@@ -209,7 +209,7 @@ def test_specaugment_masks_bands_with_the_example_mean():
 
 def test_specaugment_draws_per_example_and_is_deterministic():
     spec = spectrograms(1).repeat(16, 1, 1, 1)
-    augment = SpecAugment(AugmentConfig(p_specaugment=1.0))
+    augment = SpecAugment(AugmentConfig(mode="specaugment", specaugment_p=1.0))
     out = augment(spec, make_generator(0, 0, 0, 0))
     torch.testing.assert_close(out, augment(spec, make_generator(0, 0, 0, 0)), rtol=0, atol=0)
     masks = {tuple((row != spec[0]).flatten().tolist()) for row in out}
@@ -220,11 +220,11 @@ def test_specaugment_draws_per_example_and_is_deterministic():
 
 def test_specaugment_probability_and_switch():
     spec = spectrograms(64)
-    out = SpecAugment(AugmentConfig(p_specaugment=0.4))(spec, make_generator(0, 0, 0, 0))
+    out = SpecAugment(AugmentConfig(mode="specaugment", specaugment_p=0.4))(spec, make_generator(0, 0, 0, 0))
     touched = (out != spec).flatten(1).any(dim=1).float().mean().item()
     assert 0.2 < touched < 0.6
-    assert torch.equal(SpecAugment(AugmentConfig(p_specaugment=0.0))(spec, make_generator(0, 0, 0, 0)), spec)
-    assert torch.equal(SpecAugment(AugmentConfig(enabled=False))(spec, make_generator(0, 0, 0, 0)), spec)
+    assert torch.equal(SpecAugment(AugmentConfig(mode="specaugment", specaugment_p=0.0))(spec, make_generator(0, 0, 0, 0)), spec)
+    assert torch.equal(SpecAugment(AugmentConfig(mode="none"))(spec, make_generator(0, 0, 0, 0)), spec)
 
 
 def test_make_generator_is_a_function_of_its_arguments():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from doppelgen import shard_writer
+from doppelgen import files, shard_writer
 from doppelgen.cli import app
 from doppelgen.config import Recipe, RecipeError, make_recipe
 from doppelgen.dataset import DatasetError, render_dataset
@@ -211,7 +211,7 @@ def test_rerun_renders_only_missing_shards(tmp_path, voice_shards, voice_recipe)
     (out / stats_name(1)).unlink()  # a kill between the tar and its stats file
     (out / shard_name(2)).write_bytes(b"partial")  # a tar without stats is not complete
     (out / stats_name(2)).unlink()
-    killed_writer = shard_writer.temporary_path(out / shard_name(3)).name.rsplit("-", 1)[0] + "-999999999"
+    killed_writer = files.temporary_path(out / shard_name(3)).name.rsplit("-", 1)[0] + "-999999999"
     (out / killed_writer).write_bytes(b"junk")  # a killed writer's temporary on this host
     other_host = out / f".{shard_name(3)}.tmp-another-machine-12"
     other_host.write_bytes(b"in flight")  # another machine rendering into the same folder
