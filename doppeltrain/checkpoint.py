@@ -4,7 +4,7 @@ A checkpoint is one ``torch.save`` dict with these keys:
 
 - ``model``: state_dict of the bare network (never the DDP wrapper), loadable into
   ``build_model(config.model)``
-- ``optimizer``, ``scheduler``: their state_dicts
+- ``optimizer``: its state_dict (the learning rate is a function of ``step``)
 - ``epoch``: epochs completed; ``step``: optimizer steps taken
 - ``rng``: the saving process's RNG states (python, numpy, torch CPU, CUDA)
 - ``config``: ``TrainConfig.to_dict()``
@@ -31,7 +31,7 @@ from doppelgen.format import MANIFEST_NAME, dump_json
 from .config import TrainConfig
 from .model import build_model
 
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "rng", "config", "manifests")
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "rng", "config", "manifests")
 LATEST_NAME = "latest.pt"
 
 

@@ -61,8 +61,23 @@ def build_config(overrides: dict[str, Any], resume: bool) -> TrainConfig:
         *parents, name = dotted.split(".")
         for parent in parents:
             target = getattr(target, parent)
-        setattr(target, name, value)
+        setattr(target, name, None if value is _ALL_PAIRS else value)
     return config
+
+
+# "all" is stored as None (one pass over the training shards); None here means not given.
+_ALL_PAIRS = object()
+
+
+def _pairs_per_epoch(text: Optional[str]):
+    if text is None:
+        return None
+    if text.strip().lower() == "all":
+        return _ALL_PAIRS
+    try:
+        return int(text)
+    except ValueError:
+        raise _error(f"--pairs-per-epoch must be a whole number or 'all', got {text!r}") from None
 
 
 @app.command("fit")
@@ -75,7 +90,9 @@ def fit_command(
     runs_dir: Optional[str] = typer.Option(None, help=f"Folder of runs. (default: {DEFAULTS.runs_dir})"),
     epochs: Optional[int] = typer.Option(None, help=f"Epochs of the schedule. (default: {DEFAULTS.epochs})"),
     until_epoch: Optional[int] = typer.Option(None, help="Stop this invocation after this many epochs; continue later with --resume."),
-    steps_per_epoch: Optional[int] = typer.Option(None, help="Batches per epoch per rank. (default: training pairs // global batch)"),
+    pairs_per_epoch: Optional[str] = typer.Option(None, help=f"Pairs per epoch, or 'all' for one pass over the training shards; steps per epoch = this // global batch. (default: {DEFAULTS.pairs_per_epoch}, the reference's 117 x 768)"),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="Batches per epoch per rank; overrides --pairs-per-epoch."),
+    retrieval_group: Optional[int] = typer.Option(None, help=f"Validation retrieval ranks each pair among groups of this many. (default: {DEFAULTS.retrieval_group})"),
     batch_size: Optional[int] = typer.Option(None, help=f"Pairs per batch per rank. (default: {DEFAULTS.data.batch_size})"),
     workers: Optional[int] = typer.Option(None, help=f"Data-loader worker processes per rank. (default: {DEFAULTS.data.workers})"),
     shuffle_buffer: Optional[int] = typer.Option(None, help=f"Pairs in each worker's shuffle buffer. (default: {DEFAULTS.data.shuffle_buffer})"),
@@ -106,7 +123,9 @@ def fit_command(
         "runs_dir": runs_dir,
         "epochs": epochs,
         "until_epoch": until_epoch,
+        "pairs_per_epoch": _pairs_per_epoch(pairs_per_epoch),
         "steps_per_epoch": steps_per_epoch,
+        "retrieval_group": retrieval_group,
         "data.batch_size": batch_size,
         "data.workers": workers,
         "data.shuffle_buffer": shuffle_buffer,
@@ -134,12 +153,23 @@ def fit_command(
     except INPUT_ERRORS as error:
         raise _error(str(error)) from None
     if int(os.environ.get("RANK", "0")) == 0:
-        val = summary["val"]
-        typer.echo(
-            f"{summary['run_dir']}: {summary['epochs_completed']} epochs, {summary['step']} steps, "
-            f"loss {summary['loss']:.4f}" + (f", val loss {val['loss']:.4f}" if val else "")
-            + f"; checkpoint {summary['checkpoint']}"
+        typer.echo(fit_summary_line(summary))
+
+
+def fit_summary_line(summary: dict) -> str:
+    """The run in one line, ending with what the network learned: held-out recall@1 of
+    the untrained and the trained network side by side."""
+    val, untrained = summary["val"], summary.get("val_untrained")
+    text = f"{summary['run_dir']}: {summary['epochs_completed']} epochs, {summary['step']} steps, loss {summary['loss']:.4f}"
+    if val:
+        text += f", val loss {val['loss']:.4f}"
+    text += f"; checkpoint {summary['checkpoint']}"
+    if val and untrained:
+        text += (
+            f"\nheld-out recall@1 (view a finds its view b among {val['group']}; chance {1 / val['group']:.4f}): "
+            f"untrained {untrained['recall_at_1']:.4f}, trained {val['recall_at_1']:.4f}"
         )
+    return text
 
 
 register_use_commands(app)  # embed and probe, defined with the inference code

@@ -61,3 +61,20 @@ def _set_width(model: ResNet, blocks: tuple[int, ...], width: int, embedding_dim
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.constant_(module.weight, 1)
             nn.init.constant_(module.bias, 0)
+
+
+class TwoViewEncoder(nn.Module):
+    """Both views of a batch of pairs through one network, in two forward passes.
+
+    The reference calls its network once per view, so BatchNorm normalizes each view's
+    batch with that view's own statistics (under DDP, SyncBatchNorm syncs each pass
+    across ranks). One pass over both views would mix them. Wrapping the two passes in
+    one module keeps one DDP forward per backward.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, view_a, view_b):
+        return self.encoder(view_a), self.encoder(view_b)

@@ -1,9 +1,9 @@
 """The training loop: ``fit(cfg)`` trains, validates, logs and checkpoints one run.
 
-Each step: a batch of pairs ``(a, b)`` -> device -> waveform augmentation (each view
-drawn separately) -> log-mel -> SpecAugment -> the network on both views at once ->
-L2-normalize -> gather over ranks -> alignment + uniformity -> optimizer step. The
-learning rate follows a MultiStepLR stepped once per epoch.
+Each step: a batch of pairs ``(a, b)`` -> device -> each view augmented on its own (one
+mode: waveform, specaugment or masking) -> log-mel -> the network, one forward pass per
+view (as the reference: BatchNorm statistics per view) -> L2-normalize -> gather over
+ranks -> alignment + uniformity -> optimizer step at the learning rate of that step.
 
 Everything random is a function of ``(seed, epoch, step, rank)`` (augmentation draws),
 ``(seed, epoch, rank, worker)`` (data order) or ``(seed, epoch, rank)`` (the global
@@ -21,21 +21,23 @@ import hashlib
 import json
 import math
 import random
+import signal
+import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import data
 from . import distributed as dist_utils
-from .augment import SpecAugment, WaveformAugment, make_generator
+from .augment import make_generator
 from .checkpoint import (
     LATEST_NAME,
     epoch_checkpoint_name,
@@ -45,17 +47,15 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import AUGMENT_MODES, OptimConfig, TrainConfig
-from .features import LogMelFrontend
+from .config import AUGMENT_MODES, TrainConfig
+from .evaluate import embed_views, evaluate
 from .loss import contrastive_loss
-from .model import MODEL_BLOCKS, build_model
+from .model import MODEL_BLOCKS, TwoViewEncoder, build_model
+from .run_log import RunLogger, epoch_line, log_pairs, validation_text
+from .schedule import OPTIMIZERS, base_learning_rate, build_optimizer, learning_rate_at, milestone_steps, set_learning_rate
+from .views import ViewPipeline
 
-OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("auto", "fp32", "bf16")
-REFERENCE_BATCH = 256  # the batch the reference's SGD learning rate is quoted for
-SGD_BASE_LR = 0.12
-ADAM_LR = 1e-3
-DEFAULT_WEIGHT_DECAY = {"sgd": 1e-6, "adam": 1e-4}
 # Options a resumed run may change: they affect speed, logging or when to stop, not the
 # weights. Not data.workers: it decides which worker reads which shard, hence the order.
 # Datasets may move: their manifests' digests must still match the checkpoint's.
@@ -83,7 +83,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.optim.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optim.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"),
         (cfg.optim.lr is None or cfg.optim.lr > 0, f"--lr must be positive, got {cfg.optim.lr}"),
         (cfg.optim.weight_decay is None or cfg.optim.weight_decay >= 0, "weight decay must be 0 or more"),
-        (all(0 < m <= 1 for m in cfg.optim.milestones), "milestones must be fractions of the epochs in (0, 1]"),
+        (all(0 < m <= 1 for m in cfg.optim.milestones), "milestones must be fractions of the run's steps in (0, 1]"),
         (cfg.model.model in MODEL_BLOCKS, f"unknown model {cfg.model.model!r}: expected one of {', '.join(MODEL_BLOCKS)}"),
         (cfg.model.width >= 1, f"--width must be at least 1, got {cfg.model.width}"),
         (cfg.model.embedding_dim >= 1, f"--embedding-dim must be at least 1, got {cfg.model.embedding_dim}"),
@@ -91,7 +91,9 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {cfg.checkpoint_every}"),
         (cfg.log_every >= 1, f"--log-every must be at least 1, got {cfg.log_every}"),
         (cfg.precision in PRECISIONS, f"unknown precision {cfg.precision!r}: expected one of {', '.join(PRECISIONS)}"),
+        (cfg.pairs_per_epoch is None or cfg.pairs_per_epoch >= 1, f"--pairs-per-epoch must be at least 1 (or all), got {cfg.pairs_per_epoch}"),
         (cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1, f"--steps-per-epoch must be at least 1, got {cfg.steps_per_epoch}"),
+        (cfg.retrieval_group >= 2, f"--retrieval-group must be at least 2, got {cfg.retrieval_group}"),
         (cfg.until_epoch is None or 1 <= cfg.until_epoch <= cfg.epochs, f"--until-epoch must be within 1..{cfg.epochs}, got {cfg.until_epoch}"),
         (cfg.val_audio_pairs >= 0, f"val_audio_pairs must be 0 or more, got {cfg.val_audio_pairs}"),
         (bool(cfg.run) and "/" not in cfg.run and cfg.run not in (".", ".."), f"--run must be a plain folder name, got {cfg.run!r}"),
@@ -106,43 +108,6 @@ def validate_config(cfg: TrainConfig) -> None:
         dist_utils.resolve_device(cfg.device)
     except dist_utils.DistributedError as error:
         raise TrainError(str(error)) from None
-
-
-def learning_rate(optim: OptimConfig, batch_size: int, world_size: int) -> float:
-    """The initial learning rate: ``optim.lr`` if set, else the reference's rule.
-
-    SGD: ``0.12 * batch_size / 256 * world_size``, the linear scaling rule. The
-    reference writes ``batch // 256``, which is 0 below 256 and a staircase above; the
-    two agree at every multiple of 256 (the paper's 768 gives 0.36 on one GPU), and the
-    ratio keeps small CPU batches trainable. Adam: 1e-3.
-    """
-    if optim.lr is not None:
-        return optim.lr
-    if optim.optimizer == "adam":
-        return ADAM_LR
-    return SGD_BASE_LR * batch_size / REFERENCE_BATCH * world_size
-
-
-def weight_decay(optim: OptimConfig) -> float:
-    return optim.weight_decay if optim.weight_decay is not None else DEFAULT_WEIGHT_DECAY[optim.optimizer]
-
-
-def milestone_epochs(epochs: int, fractions: tuple[float, ...]) -> list[int]:
-    """Epochs after which the learning rate drops: 155, 170, 185 for 200 epochs."""
-    return [int(fraction * epochs) for fraction in fractions]
-
-
-def build_optimizer(params, cfg: TrainConfig, world_size: int) -> torch.optim.Optimizer:
-    lr = learning_rate(cfg.optim, cfg.data.batch_size, world_size)
-    if cfg.optim.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay(cfg.optim))
-    # The reference gives SGD no momentum.
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay(cfg.optim))
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.MultiStepLR:
-    milestones = milestone_epochs(cfg.epochs, cfg.optim.milestones)
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.optim.gamma)
 
 
 def derive_seed(*parts: int) -> int:
@@ -193,76 +158,6 @@ def config_differences(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
     )
 
 
-# --- the loop --------------------------------------------------------------------------
-
-
-class _Logger:
-    """metrics.jsonl and TensorBoard, on rank 0 only (other ranks get a silent one)."""
-
-    def __init__(self, run_dir: Path, active: bool, start_epoch: int, start_step: int):
-        self.active = active
-        self.metrics_path = run_dir / "metrics.jsonl"
-        self.writer = None
-        if not active:
-            return
-        # Drop what an earlier invocation logged after the checkpoint this one starts
-        # from (all of it for a fresh start): those steps are trained again now.
-        kept = []
-        if start_epoch > 0 and self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines() if _logged_before(line, start_epoch)]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
-        from torch.utils.tensorboard import SummaryWriter
-
-        # TensorBoard hides the earlier invocation's events from start_step on.
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step)
-
-    def log(self, record: dict[str, Any], prefix: str) -> None:
-        if not self.active:
-            return
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key not in ("step", "epoch", "split") and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
-
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.active:
-            self.writer.add_scalar(tag, value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _logged_before(line: str, epoch: int) -> bool:
-    """Whether a metrics.jsonl line is a record of an epoch before ``epoch``; a line cut
-    short by a kill is not."""
-    try:
-        return json.loads(line)["epoch"] < epoch
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return False
-
-
-class _Pipeline(nn.Module):
-    """Waveform augmentation, log-mel, SpecAugment: (B, T) waveforms -> (B, 1, 96, 64)."""
-
-    def __init__(self, cfg: TrainConfig):
-        super().__init__()
-        self.frontend = LogMelFrontend(cfg.features)
-        self.augment = cfg.augment.mode != "none"
-        if self.augment:
-            self.waveform_augment = WaveformAugment(cfg.augment, cfg.data.sample_rate)
-            self.spec_augment = SpecAugment(cfg.augment)
-
-    def forward(self, waves: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        if self.augment and generator is not None:
-            waves = self.waveform_augment(waves, generator)
-        spec = self.frontend(waves)
-        if self.augment and generator is not None:
-            spec = self.spec_augment(spec, generator)
-        return spec
-
-
 def weights_digest(model: nn.Module) -> str:
     """sha256 over the state_dict tensors, in key order."""
     digest = hashlib.sha256()
@@ -272,17 +167,40 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _embed(model: nn.Module, pipeline: _Pipeline, a, b, generator, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalized embeddings of both views (augmented when ``generator`` is given).
+@contextmanager
+def interrupt_between_steps() -> Any:
+    """Ctrl-C stops the run at the next step boundary instead of wherever it lands.
 
-    One forward over ``cat(a, b)``, as Wang & Isola's reference trainer does: BatchNorm
-    statistics span both views.
+    Decoding calls Python back from C (soundfile's virtual I/O through cffi), and an
+    interrupt raised inside such a callback is printed and dropped: the run went on. The
+    handler only records the request (``yield``s a callable that raises
+    KeyboardInterrupt once one came); a second Ctrl-C interrupts at once. Outside the
+    main thread (signal handlers cannot be set there) it does nothing.
     """
-    spec_a = pipeline(a, generator)
-    spec_b = pipeline(b, generator)
-    with autocast:
-        embeddings = model(torch.cat([spec_a, spec_b]))
-    return F.normalize(embeddings.float(), dim=1).chunk(2)
+    requested = threading.Event()
+
+    def check() -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield check
+        return
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print("interrupt: stopping after this step (Ctrl-C again to stop now)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# --- the run ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -292,20 +210,23 @@ class _Run:
     cfg: TrainConfig
     env: dist_utils.DistributedEnv
     run_dir: Path
-    model: nn.Module  # DDP-wrapped under torchrun
-    pipeline: _Pipeline
+    network: nn.Module  # the bare embedding network: what checkpoints hold
+    encoder: nn.Module  # TwoViewEncoder(network), DDP-wrapped under torchrun
+    pipeline: ViewPipeline
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    base_lr: float
+    milestones: list[int]  # steps
     epoch_ref: data.SharedEpoch
     train_loader: Any
     val_loader: Any  # None: rank > 0, no validation shards, or val_every 0
     autocast: Any
-    logger: _Logger
+    logger: RunLogger
     audit: Any  # an open audit-rank{r}.jsonl, or None
     manifests: dict[str, str]
     start_epoch: int
     step: int
     timing: dict[str, float] = field(default_factory=lambda: {"wait": 0.0, "total": 0.0, "steps": 0})
+    check_interrupt: Any = lambda: None  # raises KeyboardInterrupt once Ctrl-C was pressed
 
     def close(self) -> None:
         self.logger.close()
@@ -321,9 +242,12 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     ``torchrun`` every process calls ``fit`` with the same config.
 
     The summary: ``run_dir``, ``checkpoint`` (latest), ``epochs_completed``, ``step``,
-    ``loss``/``alignment``/``uniformity`` of the last step, ``val`` (last validation
-    losses or None), ``pairs_per_s`` and ``data_wait_fraction`` over this invocation's
-    steps other than each epoch's first (which includes starting the workers),
+    ``loss``/``alignment``/``uniformity``/``lr`` (means over the last epoch), ``val``
+    (the last validation: losses, ``recall_at_1``, ``recall_at_10``, ``median_rank``,
+    ``group``; None without validation), ``val_untrained`` (the same for the network
+    before its first step; None when resumed), ``pairs_per_s`` and ``data_wait_fraction``
+    over this invocation's steps other than each epoch's first (which includes starting
+    the workers), ``data_wait_seconds`` (the waiting those steps did), ``skipped_samples``,
     ``world_size``, ``device``.
     """
     validate_config(cfg)
@@ -331,7 +255,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     try:
         run = _prepare(cfg, env)
         try:
-            return _train(run)
+            with interrupt_between_steps() as run.check_interrupt:
+                return _train(run)
         finally:
             run.close()
     finally:
@@ -349,23 +274,23 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
         raise TrainError(f"{run_dir} already holds a run: pass --resume, or choose another --run")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model)
+    network = build_model(cfg.model)
     if state is not None:
-        model.load_state_dict(state["model"])
+        network.load_state_dict(state["model"])
     if env.distributed:
-        model = dist_utils.convert_sync_batchnorm(model, device)
-    model = model.to(device)
-    pipeline = _Pipeline(cfg).to(device)  # loads the impulse responses: fails early
-    optimizer = build_optimizer(model.parameters(), cfg, env.world_size)
-    scheduler = build_scheduler(optimizer, cfg)
+        network = dist_utils.convert_sync_batchnorm(network, device)
+    network = network.to(device)
+    encoder = TwoViewEncoder(network)
+    pipeline = ViewPipeline(cfg).to(device)  # loads the impulse responses: fails early
+    base_lr = base_learning_rate(cfg.optim, cfg.data.batch_size, env.world_size)
+    optimizer = build_optimizer(network.parameters(), cfg.optim, base_lr)
     start_epoch, step = 0, 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"], state["step"]
         set_rng_state(state["rng"])
     if env.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        encoder = nn.parallel.DistributedDataParallel(encoder, device_ids=[device.index] if device.type == "cuda" else None)
 
     epoch_ref = data.SharedEpoch(start_epoch)
     train_loader = data.make_loader(train_shards, cfg, train=True, epoch_ref=epoch_ref, rank=env.rank, world_size=env.world_size)
@@ -381,10 +306,11 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
     dist_utils.barrier()
     resumed = state is not None
     return _Run(
-        cfg=cfg, env=env, run_dir=run_dir, model=model, pipeline=pipeline, optimizer=optimizer, scheduler=scheduler,
+        cfg=cfg, env=env, run_dir=run_dir, network=network, encoder=encoder, pipeline=pipeline, optimizer=optimizer,
+        base_lr=base_lr, milestones=milestone_steps(cfg.epochs * len(train_loader), cfg.optim.milestones),
         epoch_ref=epoch_ref, train_loader=train_loader, val_loader=val_loader,
         autocast=torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext(),
-        logger=_Logger(run_dir, env.is_main, start_epoch, step),
+        logger=RunLogger(run_dir, env.is_main, start_epoch, step),
         audit=open(run_dir / f"audit-rank{env.rank}.jsonl", "a" if resumed else "w") if cfg.audit else None,
         manifests=manifests, start_epoch=start_epoch, step=step,
     )
@@ -411,28 +337,35 @@ def _checked_resume_state(cfg: TrainConfig, run_dir: Path, manifests: dict[str, 
 def _train(run: _Run) -> dict[str, Any]:
     cfg, env = run.cfg, run.env
     end_epoch = cfg.until_epoch or cfg.epochs
-    last, val_losses = {}, None
+    last, val, val_untrained = {}, None, None
+    if run.step == 0 and run.val_loader is not None:
+        # The same network before its first step: the baseline every later figure is read against.
+        val = val_untrained = validate(run, epoch=0)
+        run.logger.line(f"untrained: {validation_text(val)}" if val else "untrained: no validation batch of 2 pairs")
     for epoch in range(run.start_epoch, end_epoch):
         last = train_one_epoch(run, epoch)
-        run.scheduler.step()
         done = epoch + 1
+        validated = None
         if run.val_loader is not None and (done % cfg.val_every == 0 or done == cfg.epochs):
-            val_losses = evaluate(run, epoch)
+            val = validated = validate(run, epoch)
+        run.logger.line(epoch_line(epoch, cfg.epochs, last, validated))
         if env.is_main:
             _save(run, done)
         dist_utils.barrier()
     if run.audit is not None:
-        run.audit.write(json.dumps({"final_weights_sha256": weights_digest(run.model), "step": run.step}) + "\n")
+        run.audit.write(json.dumps({"final_weights_sha256": weights_digest(run.network), "step": run.step}) + "\n")
     timing = run.timing
     return {
         "run_dir": str(run.run_dir),
         "checkpoint": str(latest_checkpoint(run.run_dir)),
         "epochs_completed": end_epoch,
         "step": run.step,
-        **last,
-        "val": val_losses,
+        **{key: last[key] for key in ("loss", "alignment", "uniformity", "lr") if key in last},
+        "val": val,
+        "val_untrained": val_untrained,
         "pairs_per_s": timing["steps"] * cfg.data.batch_size * env.world_size / timing["total"] if timing["total"] else None,
         "data_wait_fraction": timing["wait"] / timing["total"] if timing["total"] else None,
+        "data_wait_seconds": timing["wait"],
         "skipped_samples": run.train_loader.skipped,
         "world_size": env.world_size,
         "device": str(env.device),
@@ -440,16 +373,18 @@ def _train(run: _Run) -> dict[str, Any]:
 
 
 def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
-    """``len(train_loader)`` optimizer steps; returns the last step's losses."""
+    """``len(train_loader)`` optimizer steps; returns the epoch's mean losses, its last
+    learning rate and its throughput."""
     cfg, env = run.cfg, run.env
     run.epoch_ref.set_value(epoch)
     seed_epoch(cfg.seed, epoch, env.rank)
-    run.model.train()
+    run.encoder.train()
     steps = len(run.train_loader)
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and env.is_main), leave=False)
     batches = iter(run.train_loader)
     window = {"wait": 0.0, "start": time.perf_counter(), "steps": 0}
-    losses_sum, last = 0.0, {}
+    sums = {"loss": 0.0, "alignment": 0.0, "uniformity": 0.0}
+    epoch_wait, epoch_start = 0.0, time.perf_counter()
     for index in range(steps):
         started = time.perf_counter()
         try:
@@ -459,40 +394,51 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
         waited = time.perf_counter() - started
         if run.audit is not None:
             run.audit.write(json.dumps({"epoch": epoch, "step": run.step, "keys": list(keys)}) + "\n")
-        last = train_step(run, a, b, epoch)
-        losses_sum += last["loss"]
+        lr = learning_rate_at(run.step, run.base_lr, run.milestones, cfg.optim.gamma)
+        values = train_step(run, a, b, epoch, lr)
+        run.check_interrupt()
+        run.logger.scalar("train/lr", lr, run.step)  # every step: the schedule is visible whole
+        for key in sums:
+            sums[key] += values[key]
         if index > 0:  # the first batch of an epoch includes starting the workers
             run.timing["wait"] += waited
             run.timing["total"] += time.perf_counter() - started
             run.timing["steps"] += 1
+        epoch_wait += waited
         window["wait"] += waited
         window["steps"] += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{last['loss']:.4f}")
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
         if run.step % cfg.log_every == 0 or index == steps - 1:
             span = time.perf_counter() - window["start"]
             record = {
-                "split": "train", "step": run.step, "epoch": epoch, **last,
-                "lr": run.optimizer.param_groups[0]["lr"],
+                "split": "train", "step": run.step, "epoch": epoch, **values, "lr": lr,
                 "pairs_per_s": window["steps"] * cfg.data.batch_size * env.world_size / span,
                 "data_wait_fraction": window["wait"] / span,
                 "skipped_samples": run.train_loader.skipped,  # unreadable data, so far
             }
-            run.logger.log(record, "train")
+            run.logger.log(record, "train", tensorboard_skip=("lr",))
             window = {"wait": 0.0, "start": time.perf_counter(), "steps": 0}
     bar.close()
-    run.logger.scalar("train/epoch_loss", losses_sum / steps, epoch + 1)
-    return last
+    span = time.perf_counter() - epoch_start
+    means = {key: value / steps for key, value in sums.items()}
+    run.logger.scalar("train/epoch_loss", means["loss"], epoch + 1)
+    return {
+        **means, "lr": lr,
+        "pairs_per_s": steps * cfg.data.batch_size * env.world_size / span,
+        "data_wait_fraction": epoch_wait / span,
+    }
 
 
-def train_step(run: _Run, a: torch.Tensor, b: torch.Tensor, epoch: int) -> dict[str, float]:
-    """One optimizer step on a batch of pairs; returns its (global-batch) losses."""
+def train_step(run: _Run, a: torch.Tensor, b: torch.Tensor, epoch: int, lr: float) -> dict[str, float]:
+    """One optimizer step at learning rate ``lr`` on a batch of pairs; returns its
+    (global-batch) losses."""
     cfg, env, device = run.cfg, run.env, run.env.device
     a, b = a.to(device, non_blocking=True), b.to(device, non_blocking=True)
     # One generator for the step, a function of (seed, epoch, step, rank): view a draws
     # first, then view b.
     generator = make_generator(cfg.seed, epoch, run.step, env.rank, device if device.type == "cuda" else "cpu")
-    za, zb = _embed(run.model, run.pipeline, a, b, generator, run.autocast)
+    za, zb = embed_views(run.encoder, run.pipeline, a, b, generator, run.autocast)
     loss, alignment, uniformity = contrastive_loss(dist_utils.gather_with_grad(za), dist_utils.gather_with_grad(zb), cfg.loss)
     run.optimizer.zero_grad(set_to_none=True)
     # Each rank back-propagates the global loss into its own embeddings only and DDP
@@ -502,17 +448,33 @@ def train_step(run: _Run, a: torch.Tensor, b: torch.Tensor, epoch: int) -> dict[
     values = dict(zip(("loss", "alignment", "uniformity"), torch.stack([loss, alignment, uniformity]).tolist()))
     if not math.isfinite(values["loss"]):
         raise TrainError(f"the loss became {values['loss']} at step {run.step} (epoch {epoch + 1})")
+    set_learning_rate(run.optimizer, lr)
     run.optimizer.step()
     run.step += 1
     return values
 
 
+def validate(run: _Run, epoch: int) -> Optional[dict[str, float]]:
+    """:func:`evaluate` on the validation loader, logged as a ``val`` record."""
+    cfg = run.cfg
+
+    def show_pairs(a, b, spec_a, spec_b):
+        if cfg.val_audio_pairs:
+            log_pairs(run.logger, a, b, spec_a, spec_b, cfg.val_audio_pairs, cfg.data.sample_rate, run.step)
+
+    encoder = TwoViewEncoder(run.network)  # the bare network: no DDP on rank 0 alone
+    result = evaluate(encoder, run.pipeline, run.val_loader, cfg.loss, cfg.retrieval_group, run.env.device, run.autocast, show_pairs)
+    if result is not None:
+        run.logger.log({"split": "val", "step": run.step, "epoch": epoch, **result}, "val")
+    return result
+
+
 def _save(run: _Run, epochs_done: int) -> None:
-    """latest.pt every epoch; epoch-NNNN.pt every checkpoint_every epochs and at the end."""
+    """latest.pt every epoch; epoch-NNNN.pt every checkpoint_every epochs and at the end.
+    The learning rate is a function of the step, so no scheduler state is needed."""
     checkpoint = {
-        "model": dist_utils.unwrap(run.model).state_dict(),
+        "model": run.network.state_dict(),
         "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
         "epoch": epochs_done,
         "step": run.step,
         "rng": rng_state(),
@@ -524,52 +486,3 @@ def _save(run: _Run, epochs_done: int) -> None:
     save_checkpoint(checkpoint, checkpoint_dir / LATEST_NAME)
     if epochs_done % run.cfg.checkpoint_every == 0 or epochs_done == run.cfg.epochs:
         save_checkpoint(checkpoint, checkpoint_dir / epoch_checkpoint_name(epochs_done))
-
-
-@torch.no_grad()
-def evaluate(run: _Run, epoch: int) -> Optional[dict[str, float]]:
-    """Validation losses over the held-out pairs, without augmentation; logs a few pairs.
-
-    Runs on rank 0 alone with the bare network (BatchNorm uses its running statistics,
-    so there is nothing to synchronise). Uniformity is measured within each batch of
-    ``batch_size`` pairs, as in single-process training; batch losses are weighted by
-    their size. Returns None when there is no batch of at least two pairs.
-    """
-    cfg, device = run.cfg, run.env.device
-    model = dist_utils.unwrap(run.model)
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)
-    pairs = 0
-    for a, b, _ in run.val_loader:
-        if a.shape[0] < 2:  # a last partial batch of one pair has no uniformity
-            continue
-        a, b = a.to(device), b.to(device)
-        za, zb = _embed(model, run.pipeline, a, b, None, run.autocast)
-        losses = torch.stack(contrastive_loss(za, zb, cfg.loss)).double().cpu()
-        sums += losses * a.shape[0]
-        if pairs == 0 and cfg.val_audio_pairs:
-            _log_pairs(run.logger, a, b, run.pipeline, cfg, run.step)
-        pairs += a.shape[0]
-    model.train()
-    if pairs == 0:
-        return None
-    result = dict(zip(("loss", "alignment", "uniformity"), (sums / pairs).tolist()))
-    run.logger.log({"split": "val", "step": run.step, "epoch": epoch, **result}, "val")
-    return result
-
-
-def _log_pairs(logger: _Logger, a: torch.Tensor, b: torch.Tensor, pipeline: _Pipeline, cfg: TrainConfig, step: int) -> None:
-    """Audio of up to val_audio_pairs pairs, and their two log-mel images side by side."""
-    count = min(cfg.val_audio_pairs, a.shape[0])
-    spec_a, spec_b = pipeline.frontend(a[:count]), pipeline.frontend(b[:count])
-    for k in range(count):
-        for view, wave in (("a", a[k]), ("b", b[k])):
-            peak = wave.abs().max().clamp_min(1e-8)  # the synth is not bounded to [-1, 1]
-            logger.writer.add_audio(f"val_pair{k}/{view}", (wave / peak).float().cpu()[None], step, sample_rate=cfg.data.sample_rate)
-        # (1, frames, mels) -> (mels, frames), low frequencies at the bottom.
-        images = [spec[k, 0].T.flip(0).float().cpu() for spec in (spec_a, spec_b)]
-        gap = torch.full((images[0].shape[0], 2), float("nan"))
-        image = torch.cat([images[0], gap, images[1]], dim=1)
-        finite = image[torch.isfinite(image)]
-        image = ((image - finite.min()) / (finite.max() - finite.min()).clamp_min(1e-8)).nan_to_num(1.0)
-        logger.writer.add_image(f"val_pair{k}/logmel_a_b", image[None], step, dataformats="CHW")

@@ -11,7 +11,7 @@ from doppeltrain.distributed import gather_with_grad
 from doppeltrain.loss import alignment_loss, contrastive_loss, uniformity_loss
 from doppeltrain.model import build_model
 from doppeltrain.config import TrainConfig
-from doppeltrain.train import build_optimizer, build_scheduler, learning_rate, milestone_epochs
+from doppeltrain.schedule import base_learning_rate, build_optimizer, learning_rate_at, milestone_steps
 
 
 def unit(*rows):
@@ -97,28 +97,48 @@ def test_unknown_model_is_refused():
         build_model(ModelConfig(model="vgg"))
 
 
-def test_learning_rate_rule_and_milestones():
+def test_learning_rate_rule():
     sgd, adam = OptimConfig(), OptimConfig(optimizer="adam")
-    assert learning_rate(sgd, 768, 1) == pytest.approx(0.36)  # the reference: 0.12 * (768 // 256)
-    assert learning_rate(sgd, 768, 4) == pytest.approx(1.44)
-    assert learning_rate(sgd, 32, 1) == pytest.approx(0.015)  # linear below 256, not 0
-    assert learning_rate(adam, 768, 2) == pytest.approx(1e-3)
-    assert learning_rate(OptimConfig(lr=0.5), 768, 2) == 0.5
-    assert milestone_epochs(200, sgd.milestones) == [155, 170, 185]
+    assert base_learning_rate(sgd, 768, 1) == pytest.approx(0.36)  # the reference: 0.12 * (768 // 256)
+    assert base_learning_rate(sgd, 768, 4) == pytest.approx(1.44)
+    assert base_learning_rate(sgd, 32, 1) == pytest.approx(0.015)  # linear below 256, not 0
+    assert base_learning_rate(adam, 768, 2) == pytest.approx(1e-3)
+    assert base_learning_rate(OptimConfig(lr=0.5), 768, 2) == 0.5
 
 
-def test_schedule_drops_tenfold_at_the_milestones_of_200_epochs():
-    cfg = TrainConfig()  # SGD, batch 768, 200 epochs
-    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg, world_size=1)
+def schedule(epochs: int, steps_per_epoch: int, optim: OptimConfig = OptimConfig()) -> list[float]:
+    """The learning rate of every step of a run."""
+    total = epochs * steps_per_epoch
+    milestones = milestone_steps(total, optim.milestones)
+    return [learning_rate_at(step, 0.36, milestones, optim.gamma) for step in range(total)]
+
+
+def test_schedule_of_the_reference_run_drops_at_its_epoch_milestones():
+    # 200 epochs of 117 steps: the reference's MultiStepLR drops after epochs 155, 170, 185.
+    lrs = schedule(200, 117)
+    assert milestone_steps(200 * 117, OptimConfig().milestones) == [18135, 19890, 21645]
+    assert [155 * 117, 170 * 117, 185 * 117] == [18135, 19890, 21645]
+    drops = [step for step in range(1, len(lrs)) if lrs[step] < lrs[step - 1]]
+    assert drops == [18135, 19890, 21645]
+    assert lrs[0] == pytest.approx(0.36) and lrs[18134] == pytest.approx(0.36)
+    assert lrs[18135] == pytest.approx(0.036) and lrs[21645] == pytest.approx(0.00036) and lrs[-1] == pytest.approx(0.00036)
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 200])
+def test_schedule_keeps_its_shape_at_any_run_length(epochs):
+    # The old per-epoch milestones collapsed short runs: int(0.775 * 1) = 0, so a
+    # one-epoch run trained at lr x 0.001 throughout.
+    steps_per_epoch = 40
+    lrs = schedule(epochs, steps_per_epoch)
+    total = epochs * steps_per_epoch
+    fractions = [sum(lr == pytest.approx(0.36 * 0.1**k) for lr in lrs) / total for k in range(4)]
+    assert fractions == pytest.approx([0.775, 0.075, 0.075, 0.075], abs=1.5 / total)
+
+
+def test_optimizers_follow_the_reference():
+    cfg = TrainConfig()  # SGD, batch 768
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim, 0.36)
+    assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.defaults["weight_decay"] == pytest.approx(1e-6) and optimizer.defaults["momentum"] == 0
-    scheduler = build_scheduler(optimizer, cfg)
-    lrs = []  # the rate in force during each epoch; the scheduler steps once per epoch
-    for _ in range(cfg.epochs):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    assert lrs[0] == pytest.approx(0.36) and lrs[154] == pytest.approx(0.36)
-    assert lrs[155] == pytest.approx(0.036) and lrs[169] == pytest.approx(0.036)
-    assert lrs[170] == pytest.approx(0.0036) and lrs[185] == pytest.approx(0.00036) and lrs[199] == pytest.approx(0.00036)
-    adam = build_optimizer([torch.nn.Parameter(torch.zeros(1))], TrainConfig(optim=OptimConfig(optimizer="adam")), 2)
+    adam = build_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimConfig(optimizer="adam"), 1e-3)
     assert isinstance(adam, torch.optim.Adam) and adam.defaults["weight_decay"] == pytest.approx(1e-4)

@@ -59,6 +59,7 @@ def tiny_config(dataset: Path, runs_dir: Path, run: str = "run", **fields) -> Tr
     cfg.data.val_shards = 1
     cfg.model.model, cfg.model.width, cfg.model.embedding_dim = "small", 8, 32
     cfg.epochs = 2
+    cfg.pairs_per_epoch = None  # one pass over the 24 training pairs
     cfg.val_every = 1
     cfg.checkpoint_every = 1
     cfg.log_every = 2
@@ -110,16 +111,23 @@ def test_fit_writes_config_metrics_and_tensorboard(fitted):
     assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12]
     assert all(0.0 <= r["data_wait_fraction"] <= 1.0 and r["pairs_per_s"] > 0 for r in train)
     val = [r for r in records if r["split"] == "val"]
-    assert [(r["epoch"], r["step"]) for r in val] == [(0, 6), (1, 12)]
+    # The untrained network first (step 0), then after each epoch.
+    assert [(r["epoch"], r["step"]) for r in val] == [(0, 0), (0, 6), (1, 12)]
+    # 8 held-out pairs (one shard) form one retrieval group of 8.
+    assert all(r["group"] == 8 and r["groups"] == 1 and 1 <= r["median_rank"] <= 8 for r in val)
+    assert all(0 <= r["recall_at_1"] <= r["recall_at_10"] == 1.0 for r in val)
     assert summary["step"] == 2 * STEPS_PER_EPOCH and math.isfinite(summary["loss"])
-    assert summary["val"] is not None and math.isfinite(summary["val"]["loss"])
+    assert summary["val"] == {k: v for k, v in val[-1].items() if k not in ("split", "step", "epoch")}
+    assert summary["val_untrained"] == {k: v for k, v in val[0].items() if k not in ("split", "step", "epoch")}
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"audio": 0, "images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    assert {"train/loss", "train/alignment", "train/uniformity", "val/loss"} <= set(tags["scalars"])
+    assert {"train/loss", "train/alignment", "train/uniformity", "train/lr", "val/loss", "val/recall_at_1"} <= set(tags["scalars"])
+    # The learning rate of every step, not only of the logged ones.
+    assert [event.step for event in events.Scalars("train/lr")] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     assert {"val_pair0/a", "val_pair0/b", "val_pair1/a"} <= set(tags["audio"])
     assert {"val_pair0/logmel_a_b", "val_pair1/logmel_a_b"} <= set(tags["images"])
 
@@ -135,7 +143,6 @@ def test_fit_checkpoints_hold_the_documented_keys(fitted, voice_shards):
     manifest_sha = hashlib.sha256((voice_shards / "manifest.json").read_bytes()).hexdigest()
     assert state["manifests"] == {str(voice_shards): manifest_sha}
     assert {"python", "numpy", "torch"} <= set(state["rng"])
-    assert state["scheduler"]["last_epoch"] == 2
     first = load_checkpoint(run_dir / "checkpoints" / "epoch-0001.pt")
     assert first["step"] == STEPS_PER_EPOCH
     assert any(not torch.equal(first["model"][k], state["model"][k]) for k in state["model"])
@@ -194,19 +201,22 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(voice_shards,
     assert list(whole["model"]) == list(split["model"])
     for key in whole["model"]:
         assert torch.equal(whole["model"][key], split["model"][key]), key
-    # The schedule went on where it stopped (the next milestone would come from it).
-    assert split["scheduler"] == whole["scheduler"]
-    # The resumed run's log has each step once, as the uninterrupted run's.
-    steps = lambda run: [(r["split"], r["step"]) for r in read_metrics(tmp_path / run)]
+    # The resumed run's log has each step once, as the uninterrupted run's, at the same
+    # learning rates (a function of the step).
+    steps = lambda run: [(r["split"], r["step"], r.get("lr")) for r in read_metrics(tmp_path / run)]
     assert steps("split") == steps("whole")
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(voice_shards, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_weights(voice_shards, tmp_path, stop):
     # Epochs of 30 steps: long enough to be killed in the middle of the second one.
     args = ["fit", str(voice_shards), "--runs-dir", str(tmp_path), "--epochs", "2", "--steps-per-epoch", "30",
             "--val-every", "0", "--log-every", "1", *TINY_CLI]
+    # A shell starts background jobs with SIGINT ignored (pytest may be one): give the run
+    # the default handler a terminal's Ctrl-C meets.
     killed = subprocess.Popen([sys.executable, "-m", "doppeltrain", *args, "--run", "killed"], cwd=REPO, env=ONE_THREAD_ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     latest = tmp_path / "killed" / "checkpoints" / "latest.pt"
 
     def in_second_epoch() -> bool:
@@ -217,10 +227,13 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(voice_shard
         while not in_second_epoch() and killed.poll() is None:
             time.sleep(0.01)
         assert killed.poll() is None, "the run ended before it could be killed"
-        killed.send_signal(signal.SIGKILL)
+        killed.send_signal(stop)
+        status = killed.wait(timeout=60)
     finally:
         killed.kill()
         killed.wait()
+    assert status == (130 if stop == signal.SIGINT else -signal.SIGKILL)
+    assert not [p.name for p in latest.parent.iterdir() if p.name != "latest.pt"]  # no temporaries
     assert load_checkpoint(latest)["epoch"] == 1
     logged = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()  # the last may be cut
     assert 30 < len(logged) < 60  # killed with part of epoch 2 logged
@@ -241,6 +254,7 @@ def test_cli_resume_continues_from_the_checkpoints_config(voice_shards, tmp_path
     assert main(["fit", "--resume", "--runs-dir", str(tmp_path), "--run", "r", "--no-progress"]) == 0
     state = load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")
     assert (state["epoch"], state["step"]) == (2, 2)
+    capsys.readouterr()  # the runs' epoch lines
     # Changing what the weights depend on is refused, in one line.
     assert main(["fit", "--resume", "--runs-dir", str(tmp_path), "--run", "r", "--lr", "0.5"]) == 2
     error = capsys.readouterr().err
@@ -334,6 +348,40 @@ def test_bad_inputs_give_one_line_and_exit_2(voice_shards, tmp_path, capsys, cas
     # Options and data are checked before the run folder is made; unreadable shards show
     # only when read.
     assert not (tmp_path / "runs").exists() or case in ("resume-nothing", "corrupt-shards")
+
+
+class SlowLoader:
+    """A training loader that makes the loop wait ``delay`` seconds for every batch."""
+
+    def __init__(self, loader, delay: float):
+        self.loader, self.delay = loader, delay
+
+    def __len__(self):
+        return len(self.loader)
+
+    @property
+    def skipped(self):
+        return self.loader.skipped
+
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_the_data_wait_fraction_counts_the_time_spent_waiting_for_batches(voice_shards, tmp_path, monkeypatch):
+    from doppeltrain import data
+
+    delay, real_make_loader = 0.3, data.make_loader
+    monkeypatch.setattr(data, "make_loader", lambda *a, **k: SlowLoader(real_make_loader(*a, **k), delay) if k["train"] else real_make_loader(*a, **k))
+    summary = fit(tiny_config(voice_shards, tmp_path, epochs=1, val_every=0, log_every=1))
+    counted = STEPS_PER_EPOCH - 1  # the epoch's first step (starting the workers) is not counted
+    assert summary["data_wait_seconds"] >= counted * delay
+    assert 0 < summary["data_wait_fraction"] < 1
+    # Every logged window (one step each) waited at least the delay: wait = fraction * span.
+    for record in [r for r in read_metrics(Path(summary["run_dir"])) if r["split"] == "train"]:
+        span = 4 / record["pairs_per_s"]
+        assert record["data_wait_fraction"] * span >= delay * 0.999
 
 
 def test_benchmark_measures_the_data_wait_fraction(voice_shards):
