@@ -1,21 +1,58 @@
-"""Augmentations: waveform transforms, then SpecAugment-style masking of the log-mel.
+"""Augmentations: exactly one mode per run (``AugmentConfig.mode``, REFERENCE.md
+'Augmentations'), applied to each view on its own.
 
-REFERENCE.md's waveform augmentations, in its order: high-pass (20-800 Hz), low-pass
-(1.2-8 kHz), pitch shift (+-2 semitones), circular time shift (+-25 %), convolution with
-an impulse response. Each has its own probability and, unlike the reference (one draw per
-chunk of 100 sounds), is drawn per example. The two views of a pair get independent
-draws because the train loop calls the augmentation once on the ``a`` batch and once on
-the ``b`` batch, the generator moving on in between.
+- ``waveform`` (the default), torch-audiomentations' transforms in the reference's order,
+  each applied with its own probability (0.5): a high-pass (cutoff 20-800 Hz) and a
+  low-pass (1200-8000 Hz), julius's windowed-sinc FIRs with cutoffs uniform in mel
+  (:mod:`.sinc_filters`); a pitch shift of up to +-2 semitones (:mod:`.pitch_shift`); a
+  circular time shift of up to +-25 % of the length; a full, truncated convolution with an
+  impulse response from ``ir_dir`` (skipped when there is none).
+- ``specaugment``, ``torchaudio.transforms.SpecAugment(n_time_masks=4,
+  time_mask_param=40, n_freq_masks=2, freq_mask_param=20, p=0.4)``, masks filled with
+  the mean (``zero_masking=False``).
+- ``masking``, ``FrequencyMasking(freq_mask_param=40)`` then ``TimeMasking(
+  time_mask_param=40, p=0.2)``, masks filled with 0 (their default value).
+- ``none``: nothing.
+
+The masks follow torchaudio's draw rule exactly (:mod:`.masking`): ``p`` caps a mask's
+width at that fraction of the axis, it is not a probability, so every example is masked.
+The train loop builds one :class:`Augmenter` and calls it once per view: ``waveform``
+before the log-mel, ``spectrogram`` after; each step is the identity outside its modes.
+
+Deliberate deviations from the reference, and why:
+
+- Draws are per example, and the two views draw independently (the train loop calls the
+  augmenter once per view, the generator moving on in between). The reference draws its
+  waveform transforms once per chunk of 100 sounds, which its authors call not ideal, and
+  its ``FrequencyMasking``/``TimeMasking`` (``iid_masks=False``) put one mask on a whole
+  batch of synthetic sounds. Per-example draws give every pair its own augmentation.
+- ``specaugment`` fills an example's masks with that example's mean. torchaudio fills
+  with the mean of the tensor it is given: the reference's synthetic path gives it the
+  whole batch, its real-data path one example. Per example, an example's augmentation
+  does not depend on its batch mates or on how a batch is split over ranks.
+- Masks lie along the axes their names say: time masks cover frames, frequency masks
+  cover mel bands. The reference hands torchaudio ``(batch, 1, frames, mels)`` tensors,
+  whose last two axes torchaudio reads as ``(freq, time)``, so its "frequency" masks
+  cover frames and its "time" masks mel bands (the ``p`` caps then apply to the other
+  axis: e.g. ``masking``'s time masks are capped at 12 mel bands there, 19 frames here).
+- Low-pass cutoffs above Nyquist act as Nyquist (the identity); julius refuses them.
+  Only a sample rate below 16 kHz reaches this with the default range.
+
+A difference that is not a choice made here: the pitch shift is drawn uniformly in
++-2 semitones (to within 0.07 semitone, see :mod:`.pitch_shift`), as REFERENCE.md states
+the range. torch-audiomentations' ``PitchShift`` picks only among torch-pitch-shift's
+"fast" ratios inside the range, and at 16 kHz those are 128/125 and 125/128: the
+reference shifts by exactly +-0.41 semitone, never more.
 
 Every random number comes from the ``torch.Generator`` the caller passes, and every call
-draws the same amount of numbers whatever the probabilities, so the output is a function
-of the generator's state (and the run's seed, epoch, step and rank when the train loop
+draws the same amount of numbers whatever the probabilities, the data or the mask caps
+(torchaudio skips a mask's draws when its cap is below 1), so the output is a function of
+the generator's state (and of the run's seed, epoch, step and rank when the train loop
 seeds it with :func:`make_generator`).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +60,42 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from .config import AugmentConfig
+from .config import AUGMENT_MODES, AugmentConfig
+from .masking import axis_mask, mask_param
+from .pitch_shift import pitch_shift
+from .sinc_filters import cutoffs_uniform_in_mel, highpass, lowpass
 
 IR_EXTENSIONS = (".wav", ".flac")
-# Butterworth Q, torchaudio's default for its biquads.
-BIQUAD_Q = 0.707
-# A low-pass cutoff at Nyquist puts the biquad's poles on the unit circle.
-MAX_CUTOFF_FRACTION_OF_NYQUIST = 0.99
-PITCH_N_FFT = 512
-PITCH_HOP = 128
-# Bins either side whose loudest one anchors a bin's phase: a Hann main lobe's half-width.
-PEAK_REACH = 2
-# Examples pitch-shifted at once: bounds the memory the phase vocoder's spectra take.
-PITCH_CHUNK = 64
+WAVEFORM_TRANSFORMS = ("highpass", "lowpass", "pitch", "time_shift", "impulse_response")
+SPECTROGRAM_MODES = ("specaugment", "masking")
 
 
 class AugmentError(ValueError):
     """An augmentation option cannot be used; the message is one line."""
+
+
+def check_augment_config(cfg: AugmentConfig) -> None:
+    """Raise :class:`AugmentError` naming the first option that cannot be used."""
+    checks = [(cfg.mode in AUGMENT_MODES, f"unknown augmentation mode {cfg.mode!r}: expected one of {', '.join(AUGMENT_MODES)}")]
+    for name in WAVEFORM_TRANSFORMS:
+        probability = getattr(cfg, f"p_{name}")
+        checks.append((0.0 <= probability <= 1.0, f"augment.p_{name} must be within [0, 1], got {probability}"))
+    for name in ("highpass_hz", "lowpass_hz"):
+        band = tuple(getattr(cfg, name))
+        checks.append((len(band) == 2 and 0.0 < band[0] <= band[1], f"augment.{name} must be (low, high) with 0 < low <= high, got {band}"))
+    checks += [
+        (cfg.pitch_semitones >= 0.0, f"augment.pitch_semitones must be 0 or more, got {cfg.pitch_semitones}"),
+        (0.0 <= cfg.time_shift_fraction <= 1.0, f"augment.time_shift_fraction must be within [0, 1], got {cfg.time_shift_fraction}"),
+    ]
+    for name in ("specaugment_n_time_masks", "specaugment_n_freq_masks", "specaugment_time_mask_param", "specaugment_freq_mask_param", "masking_freq_mask_param", "masking_time_mask_param"):
+        value = getattr(cfg, name)
+        checks.append((isinstance(value, int) and value >= 0, f"augment.{name} must be a whole number, 0 or more, got {value!r}"))
+    for name in ("specaugment_p", "masking_time_p"):
+        value = getattr(cfg, name)
+        checks.append((0.0 <= value <= 1.0, f"augment.{name} must be within [0, 1] (torchaudio's largest fraction of the axis a mask covers), got {value}"))
+    for ok, message in checks:
+        if not ok:
+            raise AugmentError(message)
 
 
 def make_generator(seed: int, epoch: int, step: int, rank: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -52,53 +108,8 @@ def make_generator(seed: int, epoch: int, step: int, rank: int, device: str | to
 
 
 def draw(generator: torch.Generator, count: int) -> torch.Tensor:
-    """``count`` uniforms in [0, 1) on the generator's device."""
+    """``count`` float32 uniforms in [0, 1) on the generator's device."""
     return torch.rand(count, generator=generator, device=generator.device)
-
-
-def hertz_to_mel(frequency: torch.Tensor) -> torch.Tensor:
-    # The O'Shaughnessy mel that torch-audiomentations draws its filter cutoffs in.
-    return 2595.0 * torch.log10(1.0 + frequency / 700.0)
-
-
-def mel_to_hertz(mel: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
-def cutoffs_uniform_in_mel(uniform: torch.Tensor, low_hz: float, high_hz: float) -> torch.Tensor:
-    """Map uniforms to cutoffs spread evenly in mel between ``low_hz`` and ``high_hz``, so
-    low cutoffs are not starved (as the reference's filters draw them)."""
-    low = hertz_to_mel(torch.tensor(float(low_hz), dtype=torch.float64))
-    high = hertz_to_mel(torch.tensor(float(high_hz), dtype=torch.float64))
-    return mel_to_hertz(low + uniform.double() * (high - low))
-
-
-def biquad_coefficients(cutoff_hz: torch.Tensor, sample_rate: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example RBJ-cookbook biquads (torchaudio's ``*_biquad`` formulas):
-    ``(a, b)`` of shape (N, 3), normalized so that a0 = 1."""
-    nyquist = sample_rate / 2.0
-    cutoff = cutoff_hz.double().clamp(max=MAX_CUTOFF_FRACTION_OF_NYQUIST * nyquist)
-    w0 = 2.0 * math.pi * cutoff / sample_rate
-    alpha = torch.sin(w0) / (2.0 * BIQUAD_Q)
-    cos_w0 = torch.cos(w0)
-    if kind == "highpass":
-        b = torch.stack([(1.0 + cos_w0) / 2.0, -(1.0 + cos_w0), (1.0 + cos_w0) / 2.0], dim=-1)
-    elif kind == "lowpass":
-        b = torch.stack([(1.0 - cos_w0) / 2.0, 1.0 - cos_w0, (1.0 - cos_w0) / 2.0], dim=-1)
-    else:
-        raise ValueError(f"unknown biquad kind {kind!r}")
-    a = torch.stack([1.0 + alpha, -2.0 * cos_w0, 1.0 - alpha], dim=-1)
-    return a / a[:, :1], b / a[:, :1]
-
-
-def biquad(waves: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: int, kind: str) -> torch.Tensor:
-    """Filter each row of ``waves`` (N, T) with its own cutoff, in one lfilter call."""
-    a, b = biquad_coefficients(cutoff_hz, sample_rate, kind)
-    dtype = waves.dtype
-    # clamp=False: synth audio is not bounded to [-1, 1] and must not be clipped.
-    return torchaudio.functional.lfilter(
-        waves, a.to(waves.device, dtype), b.to(waves.device, dtype), clamp=False, batching=True
-    )
 
 
 def time_shift(waves: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -107,122 +118,6 @@ def time_shift(waves: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(length, device=waves.device)
     source = (positions[None, :] - shifts.to(waves.device)[:, None]) % length
     return torch.gather(waves, 1, source)
-
-
-def pitch_shift(waves: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
-    """Shift each row's pitch by its own (fractional) number of semitones, keeping its
-    length: a phase-vocoder time stretch by ``ratio = 2 ** (semitones / 12)``, then
-    band-limited resampling that plays the stretched sound ``ratio`` times faster. This is
-    what torchaudio's ``pitch_shift`` does, but that takes one integer shift per call and
-    resamples between rates with no common divisor, far too slow to run per example. The
-    FFT resampling treats each row as periodic, which rings for a few samples at the ends.
-    """
-    return torch.cat(
-        [
-            _pitch_shift(waves[start : start + PITCH_CHUNK], semitones[start : start + PITCH_CHUNK])
-            for start in range(0, waves.shape[0], PITCH_CHUNK)
-        ]
-    )
-
-
-def _pitch_shift(waves: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
-    length = waves.shape[-1]
-    wanted = length * 2.0 ** (semitones.double() / 12.0)
-    # The stretched length sets the true ratio; a 13-smooth one keeps the FFTs fast, at a
-    # cost of at most 0.07 semitone.
-    lengths = [nearest_smooth(round(n)) for n in wanted.tolist()]
-    ratio = torch.tensor(lengths, dtype=torch.float64, device=waves.device) / length
-    stretched = time_stretch(waves, ratio)
-    out = torch.empty_like(waves)
-    # One FFT call per distinct length, not one per row.
-    for stretched_length in sorted(set(lengths)):
-        rows = torch.tensor([i for i, n in enumerate(lengths) if n == stretched_length], device=waves.device)
-        out[rows] = resample_fft(stretched[rows, :stretched_length], length)
-    return out
-
-
-def is_smooth(n: int, primes: tuple[int, ...] = (2, 3, 5, 7, 11, 13)) -> bool:
-    for prime in primes:
-        while n % prime == 0:
-            n //= prime
-    return n == 1
-
-
-def nearest_smooth(n: int) -> int:
-    """The 13-smooth integer nearest ``n`` (a fast FFT size)."""
-    for distance in range(n):
-        for candidate in (n - distance, n + distance):
-            if candidate > 0 and is_smooth(candidate):
-                return candidate
-    return 1
-
-
-def time_stretch(waves: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    """Make row ``i`` ``ratio[i]`` times longer at the same pitch (rows zero-padded to the
-    longest): torchaudio's ``phase_vocoder`` rule with a rate per row, plus phase locking
-    in the manner of Laroche & Dolson's identity locking: each bin keeps its analysed phase
-    offset from the loudest bin near it, whose phase alone is accumulated. Without it the
-    bins of one partial drift out of phase and a plain tone loses a third of its level."""
-    device, dtype = waves.device, waves.dtype
-    window = torch.hann_window(PITCH_N_FFT, device=device, dtype=dtype)
-    spectrum = torch.stft(waves, PITCH_N_FFT, PITCH_HOP, window=window, center=True, return_complex=True)
-    spectrum = torch.nn.functional.pad(spectrum, (0, 2))  # silence after the end to read from
-    n_bins, n_frames = spectrum.shape[-2:]
-    out_frames = math.ceil((n_frames - 2) * float(ratio.max())) + 1
-    # Output frame j reads input position j / ratio, between frames `lower` and `lower + 1`.
-    position = torch.arange(out_frames, device=device, dtype=torch.float64)[None, :] / ratio[:, None]
-    position = position.clamp(max=n_frames - 2)
-    lower = position.floor().long()
-    fraction = (position - lower).to(dtype)[:, None, :]
-
-    def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return torch.gather(values, 2, index[:, None, :].expand(-1, values.shape[1], -1))
-
-    now, later = take(spectrum, lower), take(spectrum, lower + 1)
-    magnitude = (1.0 - fraction) * now.abs() + fraction * later.abs()
-    analysis_phase = now.angle()
-    expected = (2.0 * math.pi * PITCH_HOP / PITCH_N_FFT) * torch.arange(n_bins, device=device, dtype=dtype)[:, None]
-    deviation = later.angle() - analysis_phase - expected
-    advance = expected + deviation - 2.0 * math.pi * torch.round(deviation / (2.0 * math.pi))
-    anchors = loudest_neighbours(magnitude)
-
-    phases = [analysis_phase[..., 0]]
-    for frame in range(1, out_frames):
-        anchor = anchors[..., frame]
-        anchor_phase = torch.gather(phases[-1] + advance[..., frame - 1], 1, anchor)
-        here = analysis_phase[..., frame]
-        phases.append(anchor_phase + here - torch.gather(here, 1, anchor))
-    phase = torch.stack(phases, -1)
-    return torch.istft(
-        torch.polar(magnitude, phase),
-        PITCH_N_FFT,
-        PITCH_HOP,
-        window=window,
-        center=True,
-        length=(out_frames - 1) * PITCH_HOP,
-    )
-
-
-def loudest_neighbours(magnitude: torch.Tensor, reach: int = PEAK_REACH) -> torch.Tensor:
-    """For (N, bins, frames) magnitudes, the bin each bin's phase follows: the loudest
-    within ``reach`` bins (a peak's main lobe with a Hann window is 2 bins either side)."""
-    count, n_bins, n_frames = magnitude.shape
-    rows = magnitude.transpose(1, 2).reshape(count * n_frames, 1, n_bins)
-    _, loudest = torch.nn.functional.max_pool1d(rows, 2 * reach + 1, stride=1, padding=reach, return_indices=True)
-    return loudest.reshape(count, n_frames, n_bins).transpose(1, 2)
-
-
-def resample_fft(signal: torch.Tensor, length: int) -> torch.Tensor:
-    """Band-limited resampling of (..., n) signals to ``length`` samples: the spectrum cut
-    or zero-padded (irfft does either), as ``scipy.signal.resample``; reading faster
-    never folds back."""
-    scale = length / signal.shape[-1]
-    if signal.device.type == "cpu":
-        # torch's CPU FFT takes ~15 ms for a call this small on a busy 2-core machine
-        # (its threads fight), numpy's 0.3 ms; a batch makes dozens of such calls.
-        spectrum = np.fft.rfft(signal.detach().numpy(), axis=-1)
-        return torch.from_numpy(np.fft.irfft(spectrum, length, axis=-1)).to(signal.dtype) * scale
-    return torch.fft.irfft(torch.fft.rfft(signal), length) * scale
 
 
 def convolve_truncated(waves: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
@@ -261,18 +156,22 @@ def load_impulse_responses(ir_dir: str, sample_rate: int) -> torch.Tensor:
 
 
 class WaveformAugment(torch.nn.Module):
-    """Waveform augmentations drawn per example: ``augment(waves (B, T), generator)``.
+    """The ``waveform`` mode: ``augment(waves (B, T), generator)``; the identity in other
+    modes.
 
     Each transform decides per example with its own probability and draws its own
-    parameters; the impulse responses (from ``cfg.ir_dir``, loaded here) are a buffer, so
-    ``.to(device)`` moves them. Call once per view for independent draws.
+    parameter; the impulse responses (from ``cfg.ir_dir``, loaded here in ``waveform``
+    mode) are a buffer, so ``.to(device)`` moves them. Call once per view for
+    independent draws.
     """
 
     def __init__(self, cfg: AugmentConfig | None = None, sample_rate: int = 16000):
         super().__init__()
         self.cfg = cfg or AugmentConfig()
+        check_augment_config(self.cfg)
         self.sample_rate = sample_rate
-        responses = load_impulse_responses(self.cfg.ir_dir, sample_rate) if self.cfg.ir_dir else torch.zeros(0, 1)
+        wanted = self.cfg.mode == "waveform" and self.cfg.ir_dir
+        responses = load_impulse_responses(self.cfg.ir_dir, sample_rate) if wanted else torch.zeros(0, 1)
         self.register_buffer("impulse_responses", responses, persistent=False)
 
     @torch.no_grad()
@@ -281,7 +180,7 @@ class WaveformAugment(torch.nn.Module):
             raise ValueError(f"expected waveforms of shape (batch, samples), got {tuple(waves.shape)}")
         if self.cfg.mode != "waveform":
             return waves
-        cfg, count = self.cfg, waves.shape[0]
+        count = waves.shape[0]
         # Every draw happens, applied or not, so each transform's numbers stay put when
         # another's probability changes.
         draws = {name: (draw(generator, count), draw(generator, count)) for name in self.transforms()}
@@ -294,26 +193,20 @@ class WaveformAugment(torch.nn.Module):
             if chosen.numel() == 0:
                 continue
             rows = chosen.to(waves.device)
-            out[rows] = self.apply(name, out[rows], value[chosen], cfg)
+            out[rows] = self.apply(name, out[rows], value[chosen])
         return out
 
     def transforms(self) -> dict[str, float]:
         """Transform names in the order applied, with their probabilities."""
-        cfg = self.cfg
-        return {
-            "highpass": cfg.p_highpass,
-            "lowpass": cfg.p_lowpass,
-            "pitch": cfg.p_pitch,
-            "time_shift": cfg.p_time_shift,
-            "impulse_response": cfg.p_impulse_response,
-        }
+        return {name: getattr(self.cfg, f"p_{name}") for name in WAVEFORM_TRANSFORMS}
 
-    def apply(self, name: str, waves: torch.Tensor, uniform: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    def apply(self, name: str, waves: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
         """One transform on the chosen rows, its parameter from one uniform per row."""
+        cfg = self.cfg
         if name == "highpass":
-            return biquad(waves, cutoffs_uniform_in_mel(uniform, *cfg.highpass_hz), self.sample_rate, "highpass")
+            return highpass(waves, cutoffs_uniform_in_mel(uniform, *cfg.highpass_hz), self.sample_rate)
         if name == "lowpass":
-            return biquad(waves, cutoffs_uniform_in_mel(uniform, *cfg.lowpass_hz), self.sample_rate, "lowpass")
+            return lowpass(waves, cutoffs_uniform_in_mel(uniform, *cfg.lowpass_hz), self.sample_rate)
         if name == "pitch":
             return pitch_shift(waves, (2.0 * uniform - 1.0) * cfg.pitch_semitones)
         if name == "time_shift":
@@ -326,44 +219,78 @@ class WaveformAugment(torch.nn.Module):
         raise ValueError(f"unknown augmentation {name!r}")
 
 
-def band_masks(uniform_width: torch.Tensor, uniform_start: torch.Tensor, max_width: int, size: int) -> torch.Tensor:
-    """(N, n_masks) uniforms -> an (N, size) boolean mask, the union of ``n_masks`` bands
-    per row, each of width floor(u * max_width) at a uniform start (torchaudio's rule)."""
-    width = torch.floor(uniform_width * max_width).clamp(max=size)
-    start = torch.floor(uniform_start * (size - width))
-    positions = torch.arange(size, device=uniform_width.device, dtype=uniform_width.dtype)
-    inside = (positions >= start[..., None]) & (positions < (start + width)[..., None])
-    return inside.any(dim=1)
+class SpectrogramAugment(torch.nn.Module):
+    """The ``specaugment`` and ``masking`` modes: ``augment(spec, generator)`` with
+    ``spec`` of shape (B, 1, frames, mels) as :class:`LogMelFrontend` makes it; the
+    identity in other modes.
 
-
-class SpecAugment(torch.nn.Module):
-    """SpecAugment-style masking of log-mel examples: ``spec_augment(spec, generator)``
-    with ``spec`` of shape (B, 1, frames, mels) as :class:`LogMelFrontend` makes it.
-
-    With probability ``p_specaugment`` per example: ``time_masks`` bands of up to
-    ``time_mask_width`` frames and ``freq_masks`` bands of up to ``freq_mask_width`` mel
-    bins, drawn per example, set to that example's mean (torchaudio's SpecAugment fill).
+    Every example gets its masks, drawn per example by torchaudio's rule in its order
+    (each mask: a width uniform, then a start uniform, for the whole batch).
+    ``specaugment`` fills them with the example's mean, ``masking`` with 0.
     """
 
     def __init__(self, cfg: AugmentConfig | None = None):
         super().__init__()
         self.cfg = cfg or AugmentConfig()
+        check_augment_config(self.cfg)
+
+    def mask_plan(self) -> list[tuple[str, int, float]]:
+        """The masks in the order torchaudio draws them: ``(axis, mask_param, p)`` with
+        axis ``"time"`` (frames) or ``"frequency"`` (mel bands)."""
+        cfg = self.cfg
+        if cfg.mode == "specaugment":
+            return [("time", cfg.specaugment_time_mask_param, cfg.specaugment_p)] * cfg.specaugment_n_time_masks + [
+                ("frequency", cfg.specaugment_freq_mask_param, cfg.specaugment_p)
+            ] * cfg.specaugment_n_freq_masks
+        if cfg.mode == "masking":
+            return [("frequency", cfg.masking_freq_mask_param, 1.0), ("time", cfg.masking_time_mask_param, cfg.masking_time_p)]
+        return []
+
+    def masks(self, count: int, n_frames: int, n_mels: int, generator: torch.Generator) -> torch.Tensor:
+        """The (count, n_frames, n_mels) union of each example's masks."""
+        union = torch.zeros(count, n_frames, n_mels, dtype=torch.bool, device=generator.device)
+        for axis, param, p in self.mask_plan():
+            size = n_frames if axis == "time" else n_mels
+            band = axis_mask(draw(generator, count), draw(generator, count), mask_param(param, p, size), size)
+            union |= band[:, :, None] if axis == "time" else band[:, None, :]
+        return union
 
     @torch.no_grad()
     def forward(self, spec: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if spec.dim() != 4 or spec.shape[1] != 1:
             raise ValueError(f"expected log-mel of shape (batch, 1, frames, mels), got {tuple(spec.shape)}")
-        if self.cfg.mode != "specaugment":
+        if self.cfg.mode not in SPECTROGRAM_MODES:
             return spec
-        cfg, count = self.cfg, spec.shape[0]
-        n_frames, n_mels = spec.shape[-2:]
+        masks = self.masks(spec.shape[0], spec.shape[2], spec.shape[3], generator).to(spec.device)
+        if self.cfg.mode == "specaugment":
+            fill = spec.mean(dim=(1, 2, 3), keepdim=True)
+        else:
+            fill = spec.new_zeros(())
+        return torch.where(masks[:, None], fill, spec)
 
-        def uniforms(n_masks: int) -> torch.Tensor:
-            return draw(generator, count * n_masks).reshape(count, n_masks).to(spec.device)
 
-        chosen = (draw(generator, count) < cfg.specaugment_p).to(spec.device)
-        time_mask = band_masks(uniforms(cfg.specaugment_time_masks), uniforms(cfg.specaugment_time_masks), cfg.specaugment_time_width, n_frames)
-        freq_mask = band_masks(uniforms(cfg.specaugment_freq_masks), uniforms(cfg.specaugment_freq_masks), cfg.specaugment_freq_width, n_mels)
-        mask = (time_mask[:, :, None] | freq_mask[:, None, :]) & chosen[:, None, None]
-        fill = spec.mean(dim=(1, 2, 3), keepdim=True)
-        return torch.where(mask[:, None], fill, spec)
+# The name train.py imports today; Augmenter is the entry point to move to.
+SpecAugment = SpectrogramAugment
+
+
+class Augmenter(torch.nn.Module):
+    """The train loop's one entry point: ``Augmenter(cfg.augment, sample_rate)``, then per
+    view ``waves = augmenter.waveform(waves, generator)`` before the log-mel and
+    ``spec = augmenter.spectrogram(spec, generator)`` after, with the same generator.
+    Exactly one mode acts; each step is the identity outside its modes. Checks the config
+    (:class:`AugmentError`) and, in ``waveform`` mode, loads ``ir_dir``.
+    """
+
+    def __init__(self, cfg: AugmentConfig | None = None, sample_rate: int = 16000):
+        super().__init__()
+        self.cfg = cfg or AugmentConfig()
+        self.waveform_augment = WaveformAugment(self.cfg, sample_rate)
+        self.spectrogram_augment = SpectrogramAugment(self.cfg)
+
+    def waveform(self, waves: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B, T) waveforms, augmented in ``waveform`` mode."""
+        return self.waveform_augment(waves, generator)
+
+    def spectrogram(self, spec: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B, 1, frames, mels) log-mel, masked in ``specaugment`` and ``masking`` modes."""
+        return self.spectrogram_augment(spec, generator)

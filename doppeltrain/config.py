@@ -46,7 +46,8 @@ AUGMENT_MODES = ("waveform", "specaugment", "masking", "none")
 
 @dataclass
 class AugmentConfig:
-    """Exactly one augmentation mode (REFERENCE.md, 'Augmentations').
+    """Exactly one augmentation mode (REFERENCE.md, 'Augmentations'; ``augment.py`` says
+    what each does and where it deliberately differs from the reference).
 
     ``waveform`` (the reference's default): high-pass, low-pass, pitch shift, time shift
     and impulse-response convolution, each with its own probability, drawn per example
@@ -69,15 +70,18 @@ class AugmentConfig:
     # Folder of impulse responses; None: the default set (doppelgen irs), rendered into
     # the cache on first use.
     ir_dir: Optional[str] = None
-    # specaugment mode: torchaudio.transforms.SpecAugment
-    specaugment_time_masks: int = 4
-    specaugment_time_width: int = 40
-    specaugment_freq_masks: int = 2
-    specaugment_freq_width: int = 20
+    # specaugment mode: torchaudio.transforms.SpecAugment's arguments (iid_masks=True,
+    # zero_masking=False). A mask's width is int(u * max) with max = mask_param capped at
+    # p x the axis: p is a width cap, not a probability.
+    specaugment_n_time_masks: int = 4
+    specaugment_time_mask_param: int = 40
+    specaugment_n_freq_masks: int = 2
+    specaugment_freq_mask_param: int = 20
     specaugment_p: float = 0.4
-    # masking mode: FrequencyMasking then TimeMasking
-    masking_freq_width: int = 40
-    masking_time_width: int = 40
+    # masking mode: FrequencyMasking(freq_mask_param) then TimeMasking(time_mask_param,
+    # p=masking_time_p), masks filled with 0, drawn per example.
+    masking_freq_mask_param: int = 40
+    masking_time_mask_param: int = 40
     masking_time_p: float = 0.2
 
 

@@ -21,8 +21,11 @@ import torchaudio
 from .config import FeatureConfig
 
 
-def hertz_to_mel(frequency):
-    """HTK mel scale, ``1127 ln(1 + f / 700)``; works on floats, arrays and tensors."""
+def hertz_to_mel_htk(frequency):
+    """The HTK mel scale, ``1127 ln(1 + f / 700)``, VGGish's; works on floats, arrays and
+    tensors. (The augmentations draw filter cutoffs on O'Shaughnessy's
+    ``2595 log10(1 + f / 700)``, as torch-audiomentations does: see
+    ``sinc_filters.hertz_to_mel_oshaughnessy``.)"""
     if isinstance(frequency, torch.Tensor):
         return 1127.0 * torch.log1p(frequency / 700.0)
     return 1127.0 * np.log1p(np.asarray(frequency, dtype=np.float64) / 700.0)
@@ -32,8 +35,8 @@ def mel_filterbank(cfg: FeatureConfig) -> torch.Tensor:
     """The (n_fft // 2 + 1, n_mels) weights: triangles whose edges are equally spaced in
     mel, evaluated at each FFT bin's mel value; the DC bin gets no weight."""
     n_bins = cfg.n_fft // 2 + 1
-    bins_mel = hertz_to_mel(np.linspace(0.0, cfg.sample_rate / 2.0, n_bins))
-    edges = np.linspace(hertz_to_mel(cfg.f_min), hertz_to_mel(cfg.f_max), cfg.n_mels + 2)
+    bins_mel = hertz_to_mel_htk(np.linspace(0.0, cfg.sample_rate / 2.0, n_bins))
+    edges = np.linspace(hertz_to_mel_htk(cfg.f_min), hertz_to_mel_htk(cfg.f_max), cfg.n_mels + 2)
     lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
     rising = (bins_mel[:, None] - lower) / (center - lower)
     falling = (upper - bins_mel[:, None]) / (upper - center)

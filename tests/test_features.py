@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from doppeltrain.config import FeatureConfig
-from doppeltrain.features import LogMelFrontend, log_mel, n_examples
+from doppeltrain.features import LogMelFrontend, hertz_to_mel_htk, log_mel, n_examples
 
 SR = 16000
 
@@ -82,7 +82,19 @@ def test_window_and_filterbank_are_buffers_that_follow_the_module():
     assert frontend.filterbank.shape == (257, 64)
     assert torch.all(frontend.filterbank[0] == 0)  # DC bin zeroed
     assert frontend.state_dict() == {}  # derived from the config, not saved with the model
-    assert frontend.to("cpu").window.device.type == "cpu"
+    # .to moves them: "meta" is a device other than the CPU on every machine.
+    moved = LogMelFrontend().to("meta")
+    assert moved.window.device.type == "meta" and moved.filterbank.device.type == "meta"
+    # and the features are computed from them, not from fresh copies left on the CPU.
+    x = torch.from_numpy(clips())
+    frontend.filterbank.zero_()
+    torch.testing.assert_close(frontend(x), torch.full((3, 1, 96, 64), float(np.log(0.01))))
+
+
+def test_mel_scale_is_htk():
+    assert hertz_to_mel_htk(700.0) == pytest.approx(1127.0 * np.log(2.0))
+    np.testing.assert_allclose(hertz_to_mel_htk(np.array([0.0, 1000.0])), 1127.0 * np.log1p(np.array([0.0, 1000.0]) / 700.0))
+    torch.testing.assert_close(hertz_to_mel_htk(torch.tensor([1000.0])), torch.tensor([1127.0 * np.log1p(1000.0 / 700.0)], dtype=torch.float32))
 
 
 def test_bf16_autocast_keeps_fp32_features():
