@@ -269,9 +269,6 @@ class SpectrogramAugment(torch.nn.Module):
         return torch.where(masks[:, None], fill, spec)
 
 
-# The name train.py imports today; Augmenter is the entry point to move to.
-SpecAugment = SpectrogramAugment
-
 
 class Augmenter(torch.nn.Module):
     """The train loop's one entry point: ``Augmenter(cfg.augment, sample_rate)``, then per

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import data
 from . import distributed as dist_utils
-from .augment import make_generator
+from .augment import check_augment_config, make_generator
 from .checkpoint import (
     LATEST_NAME,
     epoch_checkpoint_name,
@@ -47,7 +47,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import AUGMENT_MODES, TrainConfig
+from .config import TrainConfig
 from .evaluate import embed_views, evaluate
 from .loss import contrastive_loss
 from .model import MODEL_BLOCKS, TwoViewEncoder, build_model
@@ -79,7 +79,6 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.data.batch_size >= 2, f"--batch-size must be at least 2 (uniformity needs pairs), got {cfg.data.batch_size}"),
         (cfg.data.workers >= 0, f"--workers must be 0 or more, got {cfg.data.workers}"),
         (cfg.data.val_shards >= 0, f"--val-shards must be 0 (none) or more, got {cfg.data.val_shards}"),
-        (cfg.augment.mode in AUGMENT_MODES, f"unknown augmentation mode {cfg.augment.mode!r}: expected one of {', '.join(AUGMENT_MODES)}"),
         (cfg.optim.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optim.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"),
         (cfg.optim.lr is None or cfg.optim.lr > 0, f"--lr must be positive, got {cfg.optim.lr}"),
         (cfg.optim.weight_decay is None or cfg.optim.weight_decay >= 0, "weight decay must be 0 or more"),
@@ -102,6 +101,7 @@ def validate_config(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise TrainError(message)
+    check_augment_config(cfg.augment)
     if cfg.augment.mode == "waveform" and cfg.augment.ir_dir is not None and not Path(cfg.augment.ir_dir).is_dir():
         raise TrainError(f"--ir-dir {cfg.augment.ir_dir}: no such folder")
     try:

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .augment import SpecAugment, WaveformAugment
+from .augment import Augmenter
 from .config import TrainConfig
 from .features import LogMelFrontend
 
@@ -23,14 +23,10 @@ class ViewPipeline(nn.Module):
     def __init__(self, cfg: TrainConfig):
         super().__init__()
         self.frontend = LogMelFrontend(cfg.features)
-        mode = cfg.augment.mode
-        self.waveform_augment = WaveformAugment(cfg.augment, cfg.data.sample_rate) if mode == "waveform" else None
-        self.spec_augment = SpecAugment(cfg.augment) if mode in ("specaugment", "masking") else None
+        self.augmenter = Augmenter(cfg.augment, cfg.data.sample_rate)
 
     def forward(self, waves: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        if self.waveform_augment is not None and generator is not None:
-            waves = self.waveform_augment(waves, generator)
-        spec = self.frontend(waves)
-        if self.spec_augment is not None and generator is not None:
-            spec = self.spec_augment(spec, generator)
-        return spec
+        if generator is None:
+            return self.frontend(waves)
+        spec = self.frontend(self.augmenter.waveform(waves, generator))
+        return self.augmenter.spectrogram(spec, generator)
