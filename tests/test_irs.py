@@ -100,7 +100,7 @@ def test_rooms_follow_the_ranges_and_responses_decay_at_their_rt60():
     ranges = SMALL.rooms
     for k in range(300):  # drawing is cheap, rendering is not
         room = draw_room(11, k, ranges)
-        length, width, height = room.size
+        length, width, _ = room.size
         assert ranges.length_m[0] <= length <= ranges.length_m[1] and width >= ranges.min_width_m
         assert ranges.rt60_s[0] <= room.rt60 <= ranges.rt60_s[1] and 0 < room.absorption <= ranges.max_absorption + 1e-9
         for point in (room.source, room.microphone):
