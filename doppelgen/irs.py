@@ -7,17 +7,18 @@ any number of processes, or resumed after a kill, holds the same bytes.
 
 **Rooms** are pyroomacoustics shoeboxes drawn from a numpy Generator seeded with
 ``SeedSequence(seed, spawn_key=(index,))``; the default ranges (:class:`RoomRanges`)
-span bathrooms and offices to concert halls:
+span bathrooms and offices to large halls:
 
 - floor length log-uniform in 3-30 m (half the rooms are under 9.5 m: rooms where
   sounds are recorded are mostly small), width 0.5-1 times the length (at least 2 m);
 - height 2.4-3.2 m, plus 0.2-0.5 m per metre of width beyond 6 m (halls are tall: a
   30 x 25 m hall is 6-13 m high);
 - RT60 log-uniform between 0.1 s (a furnished small room) and 1.2 s (a tiled bathroom,
-  a church-like hall), but never below the room's RT60 at absorption 0.8: no real
-  surface mix absorbs more, and bigger rooms then start at longer RT60s, as they do.
-  The wall absorption follows from the RT60 through Sabine's formula
-  (``pra.inverse_sabine``);
+  a lecture hall), but never below the room's RT60 at absorption 0.6: rooms seldom
+  absorb more on average (studios, cinemas), and bigger rooms then start at longer
+  RT60s, as they do. The wall absorption follows from the RT60 by Eyring's formula
+  (:func:`eyring_absorption`; Sabine's, pyroomacoustics' ``inverse_sabine``, is its
+  limit for small absorption and made absorbent rooms' image sources decay too fast);
 - source and microphone uniform in the room, at least 0.5 m from every wall, 1-2 m
   high (mouths, instruments, loudspeakers, hand-held or stand microphones), at least
   0.5 m apart.
@@ -29,10 +30,13 @@ in a hall. The full image-source model is no option: a 4 x 3 x 2.5 m room at 1.2
 needs order 214, 23 s for one response on this machine; pyroomacoustics' hybrid with
 ray tracing takes 0.2-0.6 s per response. From there on the response is the
 statistical late reverberation of room acoustics (the diffuse model of gpuRIR):
-Gaussian noise from the same Generator under an exponential envelope that falls 60 dB
-per RT60, its level fitted to the image sources' energy just before the splice, joined
-by a 10 ms equal-power crossfade. Both parts are frequency-flat (one absorption for all
-frequencies, no air absorption), like the single-band image-source model.
+Gaussian noise from the response's second Generator under an exponential envelope that
+falls 60 dB per RT60, its level fitted to the image sources' energy over the half before
+the splice, joined by a 10 ms equal-power crossfade. So the drawn RT60 is the measured
+one: over the default set, T30 is 0.91-1.17 times it (median 1.01), where the full
+image-source model decays up to 1.3 times slower in shoeboxes (their field is not
+diffuse). Both parts are frequency-flat (one absorption for all frequencies, no air
+absorption), like the single-band image-source model. A response costs ~10 ms.
 
 The silence before the direct sound (distance / c) is cut: it would only shift the
 clip, which the time-shift augmentation already does. What remains before the direct
@@ -42,7 +46,7 @@ the energy left in it falls 60 dB below its total (Schroeder's backward integral
 **Storage.** 24-bit FLAC, like the pair shards: lossless, about half of float32 WAV.
 Responses are scaled to unit energy (the sum of squares is 1, before 24-bit rounding),
 so a convolution keeps a broadband signal's power whatever the room; a peak-1 scaling
-would make reverberant rooms up to ~17 dB louder than dry ones. Unit energy bounds the
+would make the default set's reverberant rooms up to 18 dB louder than its dry ones. Unit energy bounds the
 peak by 1, so no clipping; rounding steps are 2**-23, far below the 60 dB tail.
 """
 
