@@ -146,6 +146,7 @@ class IrSetConfig:
             "method": {
                 **_listify(method),
                 "simulator": "pyroomacoustics ShoeBox, image-source model, single band",
+                "absorption": "Eyring: 1 - exp(-24 ln(10) V / (c S RT60)), the same for every wall",
                 "pyroomacoustics": pra.__version__,
                 "speed_of_sound": SPEED_OF_SOUND,
                 "air_absorption": False,
