@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from .console import EXIT_FAILURE, EXIT_INTERRUPTED, fail
-from .irs import IrError, IrSetConfig, is_ir_set, render_ir_set, verify_ir_set
+from .irs import IrError, IrSetConfig, render_ir_set
+from .irs_verify import is_ir_set, verify_ir_set
 
 DEFAULTS = IrSetConfig()  # quoted by the options below; the values live in irs.py only
 

@@ -17,17 +17,9 @@ import soundfile as sf
 from doppelgen import irs
 from doppelgen.cli import main
 from doppelgen.files import TEMP_MARK
-from doppelgen.irs import (
-    IrError,
-    IrSetConfig,
-    cached_ir_dir,
-    default_ir_dir,
-    draw_room,
-    impulse_response,
-    ir_name,
-    render_ir_set,
-    verify_ir_set,
-)
+from doppelgen.irs import IrError, IrSetConfig, cached_ir_dir, default_ir_dir, impulse_response, ir_name, render_ir_set
+from doppelgen.irs_rooms import Room, draw_room, eyring_absorption, render_impulse_response
+from doppelgen.irs_verify import verify_ir_set
 
 SMALL = IrSetConfig(count=3, seed=7)
 
@@ -109,8 +101,8 @@ def test_rooms_follow_the_ranges_and_responses_decay_at_their_rt60():
         assert math.dist(room.source, room.microphone) >= ranges.min_distance_m
     # A reverberant small room, beyond what the image sources cover: the late part decays
     # at the room's RT60 (T30 from the Schroeder curve, -5 to -35 dB).
-    room = irs.Room((5.0, 4.0, 2.8), 0.8, irs.eyring_absorption(0.8, (5.0, 4.0, 2.8)), (1.2, 1.5, 1.3), (3.9, 2.6, 1.6))
-    response = irs.render_impulse_response(room, np.random.default_rng(0), 16000).astype(np.float64)
+    room = Room((5.0, 4.0, 2.8), 0.8, eyring_absorption(0.8, (5.0, 4.0, 2.8)), (1.2, 1.5, 1.3), (3.9, 2.6, 1.6))
+    response = render_impulse_response(room, np.random.default_rng(0), 16000).astype(np.float64)
     remaining = 10 * np.log10(np.cumsum((response**2)[::-1])[::-1])
     t30 = 2 * (np.argmax(remaining < -35) - np.argmax(remaining < -5)) / 16000
     assert t30 == pytest.approx(0.8, rel=0.1)
