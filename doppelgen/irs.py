@@ -31,6 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from .irs_rooms import SPEED_OF_SOUND, IrError, IrMethod, Room, RoomRanges, draw_room, render_impulse_response, response_generators
+from .manifest import recipe_sha256
 
 __all__ = ["IrError", "IrSetConfig", "cached_ir_dir", "default_ir_dir", "impulse_response", "render_ir_set"]
 
@@ -66,7 +67,7 @@ class IrSetConfig:
 
     def recipe(self) -> dict[str, Any]:
         """The manifest's recipe: this config plus the library and its settings that the
-        bytes depend on. Equal recipes hash alike (:func:`recipe_sha256`)."""
+        bytes depend on. Equal recipes hash alike (``doppelgen.manifest.recipe_sha256``)."""
         import pyroomacoustics as pra
 
         settings = dataclasses.asdict(self)
@@ -112,12 +113,6 @@ def _listify(value: Any) -> Any:
     return value
 
 
-def recipe_sha256(recipe: dict) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def ir_name(index: int) -> str:
     return f"ir-{index:06d}.flac"
 
@@ -138,7 +133,7 @@ def encode_pcm24_flac(response: np.ndarray, sample_rate: int) -> bytes:
     return buffer.getvalue()
 
 
-# --- a set: render, resume, verify ------------------------------------------------------
+# --- a set: render and resume -----------------------------------------------------------
 
 
 @dataclass
@@ -264,20 +259,12 @@ def _render_file(out: Path, config: IrSetConfig, index: int) -> int:
 def _record(seconds: float) -> dict:
     import datetime
     import platform
-    from importlib import metadata
 
-    def version(package: str) -> str | None:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return None
+    from .manifest import _version, software_versions
 
     return {
-        "software": {
-            "python": platform.python_version(),
-            **{name: version(name) for name in ("numpy", "scipy", "soundfile", "pyroomacoustics", "doppelgangers")},
-            "libsndfile": sf.__libsndfile_version__,
-        },
+        # The pair datasets' list (its JAX entries do not matter here) and what IRs use.
+        "software": {**software_versions(), **{name: _version(name) for name in ("scipy", "pyroomacoustics")}},
         "machine": platform.machine(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "render_seconds": round(seconds, 3),
