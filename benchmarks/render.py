@@ -1,11 +1,24 @@
-"""Render throughput, measured side by side in one run on this machine (issue 2, item 9).
+"""Render throughput against a ceiling no implementation could beat on this machine.
 
-Prints pairs/s for: the pair kernel alone, encoding alone (same workers, same cores),
-end-to-end ``render_dataset``, and the reference code's in-memory generation
-(``synth.init`` and ``synth.apply`` jitted separately, called per batch). The ratio
-end-to-end / limit is the figure of merit, with limit = 1/(1/kernel + 1/encode) on a CPU
-(synthesis and encoding share the cores) and min(kernel, encode) on a GPU.
-The last line is one JSON object with every figure.
+Measures, in one run and as the best of ``--rounds`` alternating rounds (the cores may
+be shared with other work): the pair kernel alone, encoding alone (the same workers and
+cores), end-to-end ``render_dataset``, and the reference code's in-memory generation
+(``synth.init`` and ``synth.apply`` jitted apart, called per batch). Each phase's CPU
+time is measured too: this process (all its threads) plus its children that ended.
+
+The figure of merit is end-to-end / limit:
+
+- on a CPU, kernel and encoding share the cores, so the limit is the CPU-seconds
+  ceiling ``cores / (kernel CPU-s per pair + encoding CPU-s per pair)``: the rate if
+  every core did nothing but this work, with perfect overlap (target >= 0.85);
+- on a GPU the kernel runs on the device while the cores encode: ``min(kernel,
+  encode)`` (target >= 0.9).
+
+Where a shortfall comes from: ratio ~ ``end_to_end_core_utilization`` (CPU-seconds the
+end-to-end used over wall time x cores, in its fastest round) / ``cpu_overhead`` (its
+CPU-seconds per pair over kernel + encoding). Overhead above 1 is extra work; utilization
+below 1 is cores left idle by the pipeline, or taken by other load: ``load_average`` is
+the machine's 1-minute load before and after. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -24,39 +38,57 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from doppelgen.config import make_recipe  # noqa: E402
-from doppelgen.dataset import default_workers, render_dataset, write_batches  # noqa: E402
+from doppelgen.dataset import render_dataset, write_batches  # noqa: E402
+from doppelgen.files import default_workers  # noqa: E402
 from doppelgen.jax_runtime import configure_jax, platform  # noqa: E402
 from doppelgen.kernel import render_batch  # noqa: E402
 
-
-def rate(pairs: int, seconds: float) -> float:
-    return pairs / seconds if seconds > 0 else float("inf")
+CPU_TARGET, GPU_TARGET = 0.85, 0.9
 
 
-def measure_kernel(recipe, batch_size: int) -> tuple[float, list]:
+class Clock:
+    """Wall and CPU seconds of a block; CPU counts every thread of this process and the
+    children that ended (and were waited for) inside it: encoding workers are reaped
+    when their pool closes."""
+
+    @staticmethod
+    def cpu() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu_seconds = time.perf_counter(), self.cpu()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu_seconds = self.cpu() - self.cpu_seconds
+
+
+def measure_kernel(recipe, batch_size: int) -> tuple[Clock, list]:
     indices = np.arange(recipe.n_pairs)
     render_batch(recipe, indices[:batch_size], batch_size)  # compile outside the timing
-    started = time.perf_counter()
-    batches = [render_batch(recipe, indices[i : i + batch_size], batch_size) for i in range(0, len(indices), batch_size)]
-    return rate(len(indices), time.perf_counter() - started), batches
+    with Clock() as clock:
+        batches = [render_batch(recipe, indices[i : i + batch_size], batch_size) for i in range(0, len(indices), batch_size)]
+    return clock, batches
 
 
-def measure_encode(recipe, batches: list, workers: int, folder: Path) -> float:
+def measure_encode(recipe, batches: list, workers: int, folder: Path) -> Clock:
     folder.mkdir(parents=True)
-    started = time.perf_counter()
-    write_batches(recipe, folder, list(range(recipe.n_shards)), iter(batches), workers)
-    return rate(recipe.n_pairs, time.perf_counter() - started)
+    with Clock() as clock:
+        write_batches(recipe, folder, list(range(recipe.n_shards)), iter(batches), workers)
+    return clock
 
 
-def measure_end_to_end(recipe, batch_size: int, workers: int, folder: Path) -> float:
-    started = time.perf_counter()
-    render_dataset(recipe, folder, batch_size=batch_size, workers=workers, progress=False)
-    return rate(recipe.n_pairs, time.perf_counter() - started)
+def measure_end_to_end(recipe, batch_size: int, workers: int, folder: Path) -> Clock:
+    with Clock() as clock:
+        render_dataset(recipe, folder, batch_size=batch_size, workers=workers, progress=False)
+    return clock
 
 
 def measure_reference(recipe, batch_size: int) -> float:
-    """The reference code's generator: one synth at the batch size, init and apply jitted
-    apart, flatten/perturb/unflatten between them in Python."""
+    """Pairs/s of the reference code's generator: one synth at the batch size, init and
+    apply jitted apart, flatten/perturb/unflatten between them in Python."""
     import jax
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
@@ -80,7 +112,40 @@ def measure_reference(recipe, batch_size: int) -> float:
     started = time.perf_counter()
     for _ in range(n_batches):
         key, *_ = one_batch(key)
-    return rate(n_batches * batch_size, time.perf_counter() - started)
+    return n_batches * batch_size / (time.perf_counter() - started)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def best_of_rounds(recipe, batch_size: int, workers: int, rounds: int, scratch: Path) -> dict:
+    """Per measure, the best round: the highest wall rate and, separately, the fewest
+    CPU-seconds per pair (other load can only add to either)."""
+    best = {name: {"pairs_per_s": 0.0, "cpu_s_per_pair": float("inf"), "cores_busy": 0.0} for name in ("kernel", "encode", "end_to_end")}
+    reference = 0.0
+
+    def keep(name: str, clock: Clock) -> None:
+        if recipe.n_pairs / clock.wall > best[name]["pairs_per_s"]:
+            best[name]["pairs_per_s"], best[name]["cores_busy"] = recipe.n_pairs / clock.wall, clock.cpu_seconds / clock.wall
+        best[name]["cpu_s_per_pair"] = min(best[name]["cpu_s_per_pair"], clock.cpu_seconds / recipe.n_pairs)
+
+    for round_ in range(rounds):
+        kernel, batches = measure_kernel(recipe, batch_size)
+        keep("kernel", kernel)
+        keep("encode", measure_encode(recipe, batches, workers, scratch / f"encode-{round_}"))
+        del batches
+        keep("end_to_end", measure_end_to_end(recipe, batch_size, workers, scratch / f"render-{round_}"))
+        shutil.rmtree(scratch / f"encode-{round_}", ignore_errors=True)
+        shutil.rmtree(scratch / f"render-{round_}", ignore_errors=True)
+        reference = max(reference, measure_reference(recipe, batch_size))
+        line = ", ".join(f"{name} {best[name]['pairs_per_s']:.1f}/s {1e3 * best[name]['cpu_s_per_pair']:.2f} ms CPU" for name in best)
+        print(f"round {round_ + 1}/{rounds}, best so far: {line}, reference {reference:.1f}/s", flush=True)
+    return {**best, "reference": {"pairs_per_s": reference}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -89,31 +154,35 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pairs-per-shard", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per measure; the best one counts")
     args = parser.parse_args(argv)
 
     configure_jax()
     n_shards = max(1, args.pairs // args.pairs_per_shard)
     recipe = make_recipe("voice", n_shards=n_shards, pairs_per_shard=args.pairs_per_shard)
     where = platform()
+    load_before = os.getloadavg()[0]
     scratch = Path(tempfile.mkdtemp(prefix="doppelgen-bench-"))
     try:
-        kernel, batches = measure_kernel(recipe, args.batch_size)
-        print(f"pair kernel alone        {kernel:10.1f} pairs/s", flush=True)
-        encode = measure_encode(recipe, batches, args.workers, scratch / "encode")
-        print(f"encoding alone ({args.workers} proc) {encode:10.1f} pairs/s", flush=True)
-        del batches
-        end_to_end = measure_end_to_end(recipe, args.batch_size, args.workers, scratch / "render")
-        print(f"end-to-end render        {end_to_end:10.1f} pairs/s", flush=True)
-        reference = measure_reference(recipe, args.batch_size)
-        print(f"reference in memory      {reference:10.1f} pairs/s (no encoding, nothing written)", flush=True)
+        best = best_of_rounds(recipe, args.batch_size, args.workers, max(1, args.rounds), scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    kernel, encode, end_to_end = (best[name]["pairs_per_s"] for name in ("kernel", "encode", "end_to_end"))
+    kernel_cpu, encode_cpu, end_to_end_cpu = (best[name]["cpu_s_per_pair"] for name in ("kernel", "encode", "end_to_end"))
+    cores = usable_cores()
     on_gpu = where["backend"] != "cpu"
-    limit = min(kernel, encode) if on_gpu else 1.0 / (1.0 / kernel + 1.0 / encode)
-    target = 0.9 if on_gpu else 0.95
+    if on_gpu:
+        limit, limit_rule, target = min(kernel, encode), "min(kernel, encode) pairs/s: kernel on the device, encoding on the cores", GPU_TARGET
+    else:
+        limit = cores / (kernel_cpu + encode_cpu)
+        limit_rule, target = "cores / (kernel + encode CPU-seconds per pair): every core busy with this work, perfect overlap", CPU_TARGET
     ratio = end_to_end / limit
-    print(f"limit ({'min' if on_gpu else 'shared cores'})      {limit:10.1f} pairs/s")
+    print(f"pair kernel alone        {kernel:10.1f} pairs/s  {1e3 * kernel_cpu:7.3f} ms CPU per pair")
+    print(f"encoding alone ({args.workers} proc) {encode:10.1f} pairs/s  {1e3 * encode_cpu:7.3f} ms CPU per pair")
+    print(f"end-to-end render        {end_to_end:10.1f} pairs/s  {1e3 * end_to_end_cpu:7.3f} ms CPU per pair")
+    print(f"reference in memory      {best['reference']['pairs_per_s']:10.1f} pairs/s (no encoding, nothing written)")
+    print(f"limit ({'min' if on_gpu else f'CPU-seconds, {cores} cores'}) {limit:10.1f} pairs/s")
     print(f"ratio end-to-end/limit   {ratio:10.3f}  (target >= {target}: {'met' if ratio >= target else 'NOT met'})")
     figures = {
         "benchmark": "render",
@@ -121,15 +190,24 @@ def main(argv: list[str] | None = None) -> dict:
         "pairs": recipe.n_pairs,
         "batch_size": args.batch_size,
         "workers": args.workers,
+        "rounds": args.rounds,
         "cpus": os.cpu_count(),
+        "cores": cores,
         "platform": where,
         "kernel_pairs_per_s": round(kernel, 1),
         "encode_pairs_per_s": round(encode, 1),
         "end_to_end_pairs_per_s": round(end_to_end, 1),
-        "reference_pairs_per_s": round(reference, 1),
+        "reference_pairs_per_s": round(best["reference"]["pairs_per_s"], 1),
+        "kernel_cpu_ms_per_pair": round(1e3 * kernel_cpu, 4),
+        "encode_cpu_ms_per_pair": round(1e3 * encode_cpu, 4),
+        "end_to_end_cpu_ms_per_pair": round(1e3 * end_to_end_cpu, 4),
+        "cpu_overhead": round(end_to_end_cpu / (kernel_cpu + encode_cpu), 3),
+        "end_to_end_core_utilization": round(best["end_to_end"]["cores_busy"] / cores, 3),
+        "limit": limit_rule,
         "limit_pairs_per_s": round(limit, 1),
         "ratio": round(ratio, 3),
         "target": target,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     print(json.dumps(figures))
     return figures

@@ -92,6 +92,10 @@ from .cli_publish import register as register_publish_commands  # noqa: E402  (n
 
 register_publish_commands(app)
 
+from .irs_cli import register as register_irs_command  # noqa: E402
+
+register_irs_command(app)
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The ``doppelgen`` console script; returns the exit status (tests call ``main([...])``)."""

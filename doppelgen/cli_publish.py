@@ -41,6 +41,10 @@ def verify(
     workers: int = typer.Option(default_verify_workers(), "--workers", help="Processes checking shards (0: this one)."),
 ) -> None:
     """Check every shard against the manifest and FORMAT.md; exit 1 with one line per problem."""
+    from .irs_cli import is_ir_set, verify_ir_folder
+
+    if is_ir_set(folder):  # a `doppelgen irs` set: its own checks
+        return verify_ir_folder(folder)
     from .verify import verify_dataset
 
     try:
