@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 import typer
 
 from doppelgen.console import run_app
+from doppelgen.irs import IrError
 
 from .augment import AugmentError
 from .checkpoint import CheckpointError
@@ -33,7 +34,7 @@ app = typer.Typer(
 USAGE_EXIT = 2
 DEFAULTS = TrainConfig()  # quoted in --help; the values live in config.py only
 # "Your input is wrong": one line, no traceback. Anything else is a bug and keeps its traceback.
-INPUT_ERRORS = (TrainError, DataError, CheckpointError, DistributedError, AugmentError)
+INPUT_ERRORS = (TrainError, DataError, CheckpointError, DistributedError, AugmentError, IrError)
 
 
 def _error(message: str) -> typer.Exit:

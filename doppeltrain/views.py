@@ -7,13 +7,16 @@ nothing is augmented.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch import nn
 
+from doppelgen.irs import default_ir_dir
+
 from .augment import Augmenter
-from .config import TrainConfig
+from .config import AugmentConfig, TrainConfig
 from .features import LogMelFrontend
 
 
@@ -23,10 +26,19 @@ class ViewPipeline(nn.Module):
     def __init__(self, cfg: TrainConfig):
         super().__init__()
         self.frontend = LogMelFrontend(cfg.features)
-        self.augmenter = Augmenter(cfg.augment, cfg.data.sample_rate)
+        self.augmenter = Augmenter(with_impulse_responses(cfg.augment, cfg.data.sample_rate), cfg.data.sample_rate)
 
     def forward(self, waves: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         if generator is None:
             return self.frontend(waves)
         spec = self.frontend(self.augmenter.waveform(waves, generator))
         return self.augmenter.spectrogram(spec, generator)
+
+
+def with_impulse_responses(augment: AugmentConfig, sample_rate: int) -> AugmentConfig:
+    """``augment`` with an impulse-response folder whenever the convolution can run: the
+    user's ``ir_dir``, else the default set of ``doppelgen irs``, rendered into the cache
+    on first use (a few seconds), so all five waveform augmentations run out of the box."""
+    if augment.mode != "waveform" or augment.ir_dir is not None or augment.p_impulse_response == 0:
+        return augment
+    return dataclasses.replace(augment, ir_dir=str(default_ir_dir(sample_rate)))

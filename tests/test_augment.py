@@ -441,3 +441,15 @@ def test_make_generator_is_a_function_of_its_arguments():
     assert torch.equal(draw(0, 1, 2, 3), draw(0, 1, 2, 3))
     keys = [(0, 1, 2, 3), (1, 1, 2, 3), (0, 2, 2, 3), (0, 1, 3, 3), (0, 1, 2, 4)]
     assert len({tuple(draw(*key).tolist()) for key in keys}) == 5
+
+
+def test_waveform_mode_convolves_with_the_default_impulse_responses_out_of_the_box():
+    from doppeltrain.config import TrainConfig
+    from doppeltrain.views import ViewPipeline, with_impulse_responses
+
+    cfg = TrainConfig()  # waveform mode, no --ir-dir
+    bank = ViewPipeline(cfg).augmenter.waveform_augment.impulse_responses
+    assert bank.shape[0] == 300 and torch.isfinite(bank).all()  # doppelgen irs' default set
+    assert with_impulse_responses(AugmentConfig(mode="none"), SR).ir_dir is None
+    assert with_impulse_responses(AugmentConfig(p_impulse_response=0.0), SR).ir_dir is None
+    assert with_impulse_responses(AugmentConfig(ir_dir="mine"), SR).ir_dir == "mine"
