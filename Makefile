@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # JAX compiles each synth for tens of seconds; keep compiled kernels between runs.
 export DOPPELGANGERS_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench probe-set clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/render.py
 	$(BIN)/python benchmarks/train.py
+
+# Recorded drum hits from a pinned Debian package, labelled by instrument, split by kit
+# (benchmarks/probe_set.py; OUT/SOURCES.md says what it holds and under which licences).
+probe-set: $(STAMP)
+	$(BIN)/python benchmarks/probe_set.py .cache/probe-set
 
 clean:
 	rm -rf demo-shards runs/demo .pytest_cache
