@@ -32,7 +32,8 @@ def test_torchrun_ranks_read_disjoint_pairs_and_end_with_equal_weights(voice_sha
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
         "-m", "doppeltrain", "fit", str(voice_shards), "--runs-dir", str(tmp_path), "--name", "ddp",
         "--model", "small", "--width", "8", "--embedding-dim", "32", "--batch-size", "4", "--workers", "1",
-        "--val-shards", "1", "--epochs", "2", "--val-every", "1", "--log-every", "1", "--audit", "--no-progress",
+        "--val-shards", "1", "--epochs", "2", "--pairs-per-epoch", "all", "--val-every", "1", "--log-every", "1", "--audit",
+        "--no-progress",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
@@ -56,8 +57,9 @@ def test_torchrun_ranks_read_disjoint_pairs_and_end_with_equal_weights(voice_sha
     # Rank 0 alone logs; the learning rate follows the world size (0.12 * 4/256 * 2).
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
-    assert records[0]["lr"] == pytest.approx(0.12 * 4 / 256 * WORLD)
-    assert [r["epoch"] for r in records if r["split"] == "val"] == [0, 1]
+    assert [r for r in records if r["split"] == "train"][0]["lr"] == pytest.approx(0.12 * 4 / 256 * WORLD)
+    # The untrained network, then after each epoch.
+    assert [(r["epoch"], r["step"]) for r in records if r["split"] == "val"] == [(0, 0), (0, 3), (1, 6)]
 
 
 # --- the collectives, against one process computing the global batch -----------------------
