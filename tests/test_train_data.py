@@ -440,3 +440,46 @@ def test_worker_batch_blocks_are_reused_only_once_released(voice_shards, monkeyp
         check(batch)
         seen.append(batch.keys)
     assert seen == order and allocated.value <= 2 * data.SLOTS_PER_WORKER
+
+
+# --- the same batches as before the split into modules ---------------------------------
+
+# Recorded from the single-module data.py (commit f0ccc77) on voice_shards: the pair
+# indices of each batch of the first epoch. The order is a function of (seed, epoch,
+# rank, worker, number of workers) and the shard sizes only, so these stay fixed until
+# the order is changed on purpose.
+PINNED_BATCHES = {
+    "one_worker_epoch0": [[2, 5, 1, 16], [3, 7, 9, 22], [4, 19, 23, 25], [6, 20, 26, 14], [10, 27, 15, 12],
+                          [18, 13, 0, 24], [21, 28, 29, 8], [17, 11, 30, 31]],
+    "one_worker_epoch1": [[25, 16, 0, 24], [5, 28, 2, 29], [23, 18, 9, 20], [19, 30, 10, 31], [12, 1, 27, 11],
+                          [14, 13, 4, 7], [8, 21, 22, 6], [3, 17, 26, 15]],
+    "two_workers": [[14, 9, 18, 8], [5, 31, 25, 7], [17, 19, 12, 23], [30, 27, 29, 6], [21, 16, 20, 15],
+                    [3, 24, 4, 0], [22, 11, 13, 10], [2, 26, 1, 28]],
+    "rank1_of_2": [[2, 30, 5, 27], [29, 4, 6, 7], [25, 0, 3, 1], [24, 28, 26, 31]],
+    "eleven_steps_two_workers": [[14, 9, 18, 8], [5, 31, 25, 7], [17, 19, 12, 23], [30, 27, 29, 6],
+                                 [21, 16, 20, 15], [3, 24, 4, 0], [22, 11, 13, 10], [2, 26, 1, 28],
+                                 [20, 21, 17, 10], [24, 25, 4, 27], [15, 8, 16, 23]],
+    "validation": [[0, 1, 2, 3, 4], [16, 17, 18, 19, 20], [5, 6, 7], [21, 22, 23]],
+}
+
+
+def test_batches_are_the_ones_recorded_before_the_split(voice_shards):
+    infos = discover([str(voice_shards)], SR)
+    shards = split_shards(infos, 0, seed=0)[0]
+    _, val = split_shards(infos, 2, seed=0)
+
+    def batches(loader, epoch=0):
+        loader.set_epoch(epoch)
+        return [[int(key) for key in batch.keys] for batch in loader]
+
+    eleven = config(workers=2)
+    eleven.steps_per_epoch = 11
+    got = {
+        "one_worker_epoch0": batches(make_loader(shards, config(), train=True, epoch_ref=SharedEpoch(0))),
+        "one_worker_epoch1": batches(make_loader(shards, config(), train=True, epoch_ref=SharedEpoch(0)), 1),
+        "two_workers": batches(make_loader(shards, config(workers=2), train=True, epoch_ref=SharedEpoch(0))),
+        "rank1_of_2": batches(make_loader(shards, config(), train=True, epoch_ref=SharedEpoch(0), rank=1, world_size=2)),
+        "eleven_steps_two_workers": batches(make_loader(shards, eleven, train=True, epoch_ref=SharedEpoch(0))),
+        "validation": batches(make_loader(val, config(batch_size=5, workers=2), train=False, epoch_ref=SharedEpoch(0))),
+    }
+    assert got == PINNED_BATCHES
