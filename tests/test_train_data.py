@@ -32,7 +32,7 @@ ALL_KEYS = [f"{i:010d}" for i in range(32)]  # voice_shards: 4 shards x 8 pairs
 
 
 def config(batch_size: int = 4, workers: int = 0, shuffle_buffer: int = 16, seed: int = 0) -> TrainConfig:
-    cfg = TrainConfig(seed=seed)
+    cfg = TrainConfig(seed=seed, pairs_per_epoch=None)  # an epoch: one pass over the shards
     cfg.data.batch_size, cfg.data.workers, cfg.data.shuffle_buffer = batch_size, workers, shuffle_buffer
     return cfg
 
@@ -327,7 +327,8 @@ def test_a_truncated_shard_is_skipped_from_the_break_on(voice_shards, tmp_path):
 def test_shards_with_no_readable_pair_stop_the_epoch_with_a_one_line_error(voice_shards, tmp_path, workers):
     folder = copy_dataset(voice_shards, tmp_path / "garbage")
     for index in range(4):
-        (folder / f"pairs-00000{index}.tar").write_bytes(b"not a tar" * 100)
+        # large enough for the 8 pairs the manifest says it holds (smaller tars are left out)
+        (folder / f"pairs-00000{index}.tar").write_bytes(b"not a tar" * 3000)
     loader = make_loader(all_shards(folder), config(workers=workers), train=True, epoch_ref=SharedEpoch(0))
     with pytest.raises(DataError, match="^no readable pairs in") as error:
         list(loader)
@@ -407,7 +408,7 @@ def test_a_clip_of_another_length_is_skipped_and_counted(voice_shards, tmp_path)
 def test_worker_batch_blocks_are_reused_only_once_released(voice_shards, monkeypatch):
     import multiprocessing as mp
 
-    import doppeltrain.data as data
+    import doppeltrain.data.batches as data
 
     expected = {pair.key: pair for shard in sorted(voice_shards.glob("pairs-*.tar")) for pair in iter_shard_pairs(shard)}
     allocated = mp.Value("i", 0)
