@@ -31,8 +31,11 @@ def rename_shard_in_manifest(folder, index: int, name: str) -> None:
     edit_manifest(folder, lambda manifest: manifest["record"]["shards"][index].update(name=name))
 
 
-def assert_one_line(error: pytest.ExceptionInfo) -> None:
+def assert_one_line(error: pytest.ExceptionInfo, folder=None) -> None:
+    """One line, naming the dataset when ``folder`` is given. (The wording is left free:
+    doppelgen.format's manifest checks may refuse the same data first.)"""
     assert "\n" not in str(error.value) and "\r" not in str(error.value)
+    assert folder is None or str(folder) in str(error.value)
 
 
 # --- names: no shell, no path outside the dataset -------------------------------------
@@ -43,15 +46,15 @@ def test_a_shard_name_never_reaches_a_shell(voice_shards, tmp_path, capsys):
     marker = tmp_path / "MARKER"
     rename_shard_in_manifest(folder, 1, f"pairs-000001.tar; touch {marker}; echo /pairs-000001.tar")
     url = f"pipe:cat {folder}/{{name}}"
-    with pytest.raises(DataError, match="not pairs-NNNNNN.tar; dataset refused") as error:
+    with pytest.raises(DataError) as error:
         discover([url], SR)
-    assert_one_line(error)
+    assert_one_line(error, folder)
     assert not marker.exists()
     # Through the command line: one line, exit 2, and still nothing ran.
     status = main(["fit", url, "--runs-dir", str(tmp_path / "runs"), "--model", "small", "--width", "8",
                    "--batch-size", "4", "--workers", "0", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and err[0].startswith("error: ") and "dataset refused" in err[0]
+    assert status == 2 and len(err) == 1 and err[0].startswith("error: ") and str(folder) in err[0]
     assert not marker.exists()
     # The template is filled with manifest.json and shard names only, whoever asks.
     for name in ("pairs-000001.tar; touch MARKER", "$(touch MARKER)", "../pairs-000001.tar", "x"):
@@ -78,16 +81,17 @@ def test_shard_names_with_a_path_or_other_characters_refuse_the_dataset(voice_sh
     if isinstance(name, str) and name.startswith("OTHER"):
         name = name.replace("OTHER", str(other))
     rename_shard_in_manifest(folder, 0, name)
-    with pytest.raises(DataError, match="not pairs-NNNNNN.tar; dataset refused") as error:
+    with pytest.raises(DataError) as error:
         discover([str(folder)], SR)
-    assert_one_line(error)
+    assert_one_line(error, folder)
 
 
 def test_a_shard_listed_twice_refuses_the_dataset(voice_shards, tmp_path):
     folder = copy_dataset(voice_shards, tmp_path / "data")
     rename_shard_in_manifest(folder, 1, "pairs-000000.tar")
-    with pytest.raises(DataError, match="lists pairs-000000.tar twice"):
+    with pytest.raises(DataError) as error:
         discover([str(folder)], SR)
+    assert_one_line(error, folder)
 
 
 # --- sizes: bounded by what is on disk -------------------------------------------------
@@ -97,9 +101,9 @@ def test_pairs_claimed_beyond_the_recipe_refuse_the_dataset(voice_shards, tmp_pa
     folder = copy_dataset(voice_shards, tmp_path / "data")
     edit_manifest(folder, lambda manifest: manifest["record"]["shards"][2].update(n_pairs=10**12))
     for location in (str(folder), f"file://{folder}"):
-        with pytest.raises(DataError, match="holds 1000000000000 pairs, more than the recipe's 8 per shard") as error:
+        with pytest.raises(DataError) as error:
             discover([location], SR)
-        assert_one_line(error)
+        assert_one_line(error, folder)
 
 
 def test_a_shard_claiming_more_pairs_than_its_file_holds_is_left_out(voice_shards, tmp_path, caplog):
@@ -124,7 +128,7 @@ def test_an_absurd_clip_duration_refuses_the_dataset(voice_shards, tmp_path, dur
     edit_manifest(folder, lambda manifest: manifest["recipe"].update(duration=duration))
     with pytest.raises(DataError, match="duration") as error:
         discover([str(folder)], SR)
-    assert_one_line(error)
+    assert_one_line(error, folder)
 
 
 # --- samples: skipped, counted and named ---------------------------------------------
@@ -172,9 +176,9 @@ def test_insane_gains_and_non_finite_audio_are_skipped_and_named(voice_shards, t
     bad = ["0000000003", "0000000020", "0000000021", "0000000022", "0000000025"]
     assert sorted(keys + bad) == ALL_KEYS and val.skipped == 5
     assert all(batch.a.isfinite().all() and batch.b.isfinite().all() for batch in batches)
-    for shard, key in [("000000", "0000000003"), ("000002", "0000000020"), ("000003", "0000000025")]:
+    for shard, key in [("000000", "0000000003"), ("000002", "0000000020"), ("000002", "0000000021"),
+                       ("000002", "0000000022"), ("000003", "0000000025")]:
         assert f"pairs-{shard}.tar: sample {key}:" in caplog.text
-    assert "gain nan" in caplog.text and "gain 1e+39" in caplog.text and "NaN or infinity" in caplog.text
 
 
 def test_key_index_mismatches_and_repeated_pairs_are_skipped_with_a_warning(voice_shards, tmp_path, caplog):
@@ -189,3 +193,12 @@ def test_key_index_mismatches_and_repeated_pairs_are_skipped_with_a_warning(voic
     assert val.skipped == 2
     assert "pairs-000001.tar: sample 0000000009: its JSON says index 10, not the key's" in caplog.text
     assert "pairs-000001.tar: sample 0000000012 appears again; the repeat is skipped" in caplog.text
+
+
+def test_a_tar_whose_name_only_resembles_the_shards_is_not_read(voice_shards, tmp_path, caplog):
+    folder = copy_dataset(voice_shards, tmp_path / "data")
+    (folder / "pairs-000001.tar").rename(folder / "pairs-000001.tar\n")  # its stats file still vouches for it
+    with caplog.at_level(logging.WARNING, logger="doppeltrain.data"):
+        (info,) = discover([str(folder)], SR)
+    assert [shard.url[-16:] for shard in info.shards] == ["pairs-000000.tar", "pairs-000002.tar", "pairs-000003.tar"]
+    assert "pairs-000001.tar is in the manifest but not complete on disk; skipped" in caplog.text

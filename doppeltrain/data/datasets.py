@@ -152,10 +152,13 @@ def _local_entries(location: str, folder: Path, manifest: dict) -> list[dict]:
     entries = []
     for entry in record_shards(location, manifest):
         name = entry["name"]
-        if name not in complete:
+        try:  # complete_shards also counts near-misses of the name (a trailing newline)
+            size = os.stat(folder / name).st_size if name in complete else None
+        except OSError:
+            size = None
+        if size is None:
             logger.warning("%s: %s is in the manifest but not complete on disk; skipped", location, name)
             continue
-        size = os.stat(folder / name).st_size
         if entry["n_pairs"] * MIN_PAIR_BYTES > size:
             logger.warning(
                 "%s: the manifest says %s holds %d pairs, more than its %d bytes can; skipped",
