@@ -120,6 +120,11 @@ def test_a_shard_claiming_more_pairs_than_its_file_holds_is_left_out(voice_shard
     assert "pairs-000002.tar holds 1000000000000 pairs, more than its" in caplog.text
     loader = make_loader(list(info.shards), config(), train=True, epoch_ref=SharedEpoch(0))
     assert len(loader) == 6 and len(epoch_keys(loader, 0)) == 24  # one pass: what is on disk
+    for index in range(4):
+        (folder / f"pairs-00000{index}.tar").write_bytes(b"not a tar" * 100)  # 900 bytes: too small for 8 pairs
+    with pytest.raises(DataError, match="no readable pairs \\(every shard is empty, incomplete or too small") as error:
+        discover([str(folder)], SR)
+    assert_one_line(error, folder)
 
 
 @pytest.mark.parametrize("duration", [math.nan, math.inf, 1e9, -1.0])

@@ -206,7 +206,7 @@ def discover_dataset(location: str, sample_rate: int) -> DatasetInfo:
         if entry["n_pairs"] > 0
     )
     if not shards:
-        raise DataError(f"{location}: no shards with pairs")
+        raise DataError(f"{location}: no readable pairs (every shard is empty, incomplete or too small for its pairs)")
     return DatasetInfo(location=location, manifest=manifest, shards=shards, sample_rate=rate, n_samples=clip)
 
 
