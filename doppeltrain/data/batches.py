@@ -1,4 +1,4 @@
-"""Batches in memory: the builder pairs are decoded into, the worker's pool of shared-memory blocks, and the platform tuning (shared memory, malloc) that keeps them cheap."""
+"""Batches in memory: the builder, the shared-memory block pool, and the platform tuning (malloc) behind them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shards to samples to batch rows: tar members grouped by key, each sample checked and decoded into its rows; bad data is logged, counted and skipped."""
+"""Shards to samples to batch rows: each sample checked and decoded in place; bad data logged, counted and skipped."""
 
 from __future__ import annotations
 
