@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
-import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from data_fixtures import (
+    ALL_KEYS,
+    SR,
+    all_shards,
+    config,
+    copy_dataset,
+    edit_manifest,
+    epoch_keys,
+    flip_member_bytes,
+    rewrite_shard,
+    shard_keys,
+)
 
 from doppelgen.format import FormatError, decode_clip, encode_clip, iter_shard_pairs
 from doppeltrain.config import TrainConfig
@@ -26,58 +35,6 @@ from doppeltrain.data import (
     split_shards,
     worker_batch_counts,
 )
-
-SR = 16000
-ALL_KEYS = [f"{i:010d}" for i in range(32)]  # voice_shards: 4 shards x 8 pairs
-
-
-def config(batch_size: int = 4, workers: int = 0, shuffle_buffer: int = 16, seed: int = 0) -> TrainConfig:
-    cfg = TrainConfig(seed=seed)
-    cfg.data.batch_size, cfg.data.workers, cfg.data.shuffle_buffer = batch_size, workers, shuffle_buffer
-    return cfg
-
-
-def all_shards(folder) -> list:
-    return split_shards(discover([str(folder)], SR), 0, seed=0)[0]
-
-
-def shard_keys(shards) -> list[str]:
-    """The pair keys the given voice_shards shards hold (shard s: pairs 8s .. 8s+7)."""
-    starts = [8 * int(Path(shard.url).stem[-1]) for shard in shards]
-    return sorted(f"{i:010d}" for start in starts for i in range(start, start + 8))
-
-
-def epoch_keys(loader, epoch: int) -> list[str]:
-    loader.set_epoch(epoch)
-    batches = list(loader)
-    assert len(batches) == len(loader)
-    return [key for batch in batches for key in batch.keys]
-
-
-def copy_dataset(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    for path in target.iterdir():
-        path.chmod(0o644)
-    return target
-
-
-def edit_manifest(folder: Path, edit) -> None:
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text())
-    edit(manifest)
-    path.write_text(json.dumps(manifest))
-
-
-def flip_member_bytes(shard: Path, member: str) -> None:
-    """Flip 16 bytes in the middle of one member, in place (the tar stays readable)."""
-    with tarfile.open(shard) as archive:
-        info = archive.getmember(member)
-    with open(shard, "r+b") as handle:
-        handle.seek(info.offset_data + info.size // 2)
-        data = handle.read(16)
-        handle.seek(info.offset_data + info.size // 2)
-        handle.write(bytes(byte ^ 0xFF for byte in data))
-
 
 # --- datasets --------------------------------------------------------------------------
 
@@ -133,8 +90,22 @@ def test_pipe_urls_read_the_manifest_and_the_shards(voice_shards):
     assert epoch_keys(loader, 0) == epoch_keys(local, 0)
     with pytest.raises(DataError, match="placeholder"):
         discover([f"pipe:cat {voice_shards}/manifest.json"], SR)
-    with pytest.raises(DataError, match="cannot read manifest.json"):
+
+
+def test_file_urls_give_the_batches_of_the_local_folder(voice_shards):
+    (info,) = discover([f"file://{voice_shards}"], SR)
+    assert [shard.url for shard in info.shards] == [f"file://{voice_shards}/pairs-00000{i}.tar" for i in range(4)]
+    assert info.n_pairs == 32
+    for train in (True, False):
+        url_batches = list(make_loader(list(info.shards), config(), train=train, epoch_ref=SharedEpoch(0)))
+        local_batches = list(make_loader(all_shards(voice_shards), config(), train=train, epoch_ref=SharedEpoch(0)))
+        assert len(url_batches) == len(local_batches) == 8
+        for url_batch, local_batch in zip(url_batches, local_batches):
+            assert url_batch.keys == local_batch.keys
+            assert torch.equal(url_batch.a, local_batch.a) and torch.equal(url_batch.b, local_batch.b)
+    with pytest.raises(DataError, match="cannot read manifest.json") as error:
         discover([f"file://{voice_shards}/nowhere"], SR)
+    assert "\n" not in str(error.value)
 
 
 def test_mixed_datasets_are_read_together(voice_shards):
@@ -143,6 +114,56 @@ def test_mixed_datasets_are_read_together(voice_shards):
     loader = make_loader(train, config(batch_size=8), train=True, epoch_ref=SharedEpoch(0))
     assert len(loader) == 8
     assert sorted(epoch_keys(loader, 0)) == sorted(ALL_KEYS * 2)
+
+
+@pytest.fixture(scope="module")
+def other_recipe_shards(tmp_path_factory) -> Path:
+    """A second voice dataset of another delta and seed: 2 shards of 4 pairs."""
+    from doppelgen.config import make_recipe
+    from doppelgen.dataset import render_dataset
+
+    out = tmp_path_factory.mktemp("other-recipe")
+    render_dataset(make_recipe("voice", n_shards=2, pairs_per_shard=4, delta=0.05, seed=7), out, batch_size=8,
+                   workers=0, progress=False)
+    return out
+
+
+def test_datasets_of_different_recipes_mix_in_one_run(voice_shards, other_recipe_shards, tmp_path):
+    folders = (voice_shards, other_recipe_shards)
+    infos = discover([str(folder) for folder in folders], SR)
+    assert infos[0].manifest["recipe"]["seed"] != infos[1].manifest["recipe"]["seed"]
+    train, val = split_shards(infos, 1, seed=0)
+    # One validation shard held out per dataset, the rest trains.
+    assert sorted(Path(s.url).parent for s in val) == sorted(folders)
+    assert len(train) == 3 + 1 and sum(s.n_pairs for s in train) == 24 + 4
+    # Each row is a pair of the dataset whose shard it came from: the two recipes render
+    # the same keys into different audio, so the audio says which dataset a row is from.
+    rendered = {
+        folder: {pair.key: pair for shard in sorted(folder.glob("pairs-*.tar")) for pair in iter_shard_pairs(shard)}
+        for folder in folders
+    }
+
+    def pairs_read(shards, train_loader):
+        loader = make_loader(shards, config(workers=2), train=train_loader, epoch_ref=SharedEpoch(0))
+        read = []
+        for batch in loader:
+            for row, key in enumerate(batch.keys):
+                (folder,) = [f for f in folders if key in rendered[f] and np.array_equal(batch.a[row].numpy(), rendered[f][key].a)]
+                assert np.array_equal(batch.b[row].numpy(), rendered[folder][key].b)
+                read.append((folder, key))
+        return sorted(read)
+
+    expected = {
+        split: sorted((Path(shard.url).parent, pair.key) for shard in shards for pair in iter_shard_pairs(shard.url))
+        for split, shards in (("train", train), ("val", val))
+    }
+    assert pairs_read(train, True) == expected["train"]  # both datasets read, each pair once
+    assert pairs_read(val, False) == expected["val"]
+    # Clips of different lengths cannot share a batch: refused before anything is read.
+    shorter = copy_dataset(other_recipe_shards, tmp_path / "shorter")
+    edit_manifest(shorter, lambda manifest: manifest["recipe"].update(duration=0.5))
+    with pytest.raises(DataError, match=r"^datasets differ in clip length \(8000, 16000 samples\)$"):
+        discover([str(voice_shards), str(shorter)], SR)
 
 
 # --- validation split ------------------------------------------------------------------
@@ -268,6 +289,54 @@ def test_too_few_pairs_for_a_global_batch_is_a_one_line_error(voice_shards):
     assert "\n" not in str(error.value)
 
 
+# --- epoch length ----------------------------------------------------------------------
+
+
+def test_steps_per_epoch_follow_pairs_per_epoch(voice_shards):
+    shards = all_shards(voice_shards)  # 32 pairs
+
+    def steps(pairs_per_epoch, batch_size=4, world_size=1, steps_per_epoch=None):
+        cfg = config(batch_size=batch_size)
+        cfg.pairs_per_epoch, cfg.steps_per_epoch = pairs_per_epoch, steps_per_epoch
+        return len(make_loader(shards, cfg, train=True, epoch_ref=SharedEpoch(0), world_size=world_size))
+
+    assert steps(None) == 8  # one pass: 32 // 4
+    assert steps(12) == 3
+    assert steps(13) == 3  # whole batches only
+    assert steps(100) == 25  # more than a pass
+    assert steps(16, world_size=2) == 2  # 16 // (4 * 2)
+    assert steps(None, world_size=2) == 4
+    assert steps(12, steps_per_epoch=5) == 5  # steps_per_epoch wins
+    assert steps(TrainConfig().pairs_per_epoch) == 117 * 768 // 4  # the reference's epoch by default
+    for pairs, world_size, global_batch in ((3, 1, 4), (7, 2, 8)):
+        with pytest.raises(DataError, match=f"^--pairs-per-epoch {pairs} does not fill one global batch of {global_batch}$"):
+            steps(pairs, world_size=world_size)
+
+
+def test_each_epoch_takes_its_pairs_from_a_fresh_shard_order(voice_shards):
+    shards = all_shards(voice_shards)
+    cfg = config(shuffle_buffer=1)  # no sample shuffle: the epoch reads its first shard in order
+    cfg.pairs_per_epoch = 8
+    loader = make_loader(shards, cfg, train=True, epoch_ref=SharedEpoch(0))
+    firsts = set()
+    for epoch in range(4):
+        first = shard_order(shards, 0, epoch)[0]
+        assert epoch_keys(loader, epoch) == shard_keys([first])
+        firsts.add(first.url)
+    assert len(firsts) > 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_epoch_of_fewer_pairs_than_the_data_ends_at_its_count(voice_shards, workers):
+    cfg = config(workers=workers)
+    cfg.pairs_per_epoch = 12
+    loader = make_loader(all_shards(voice_shards), cfg, train=True, epoch_ref=SharedEpoch(0))
+    assert len(loader) == 3 and loader.n_pairs == 12
+    for epoch in range(2):
+        keys = epoch_keys(loader, epoch)
+        assert len(keys) == 12 and len(set(keys)) == 12  # no pair twice: each worker reads the start of its share
+
+
 # --- validation loader -----------------------------------------------------------------
 
 
@@ -327,7 +396,8 @@ def test_a_truncated_shard_is_skipped_from_the_break_on(voice_shards, tmp_path):
 def test_shards_with_no_readable_pair_stop_the_epoch_with_a_one_line_error(voice_shards, tmp_path, workers):
     folder = copy_dataset(voice_shards, tmp_path / "garbage")
     for index in range(4):
-        (folder / f"pairs-00000{index}.tar").write_bytes(b"not a tar" * 100)
+        # large enough for the 8 pairs the manifest says it holds (smaller tars are left out)
+        (folder / f"pairs-00000{index}.tar").write_bytes(b"not a tar" * 3000)
     loader = make_loader(all_shards(folder), config(workers=workers), train=True, epoch_ref=SharedEpoch(0))
     with pytest.raises(DataError, match="^no readable pairs in") as error:
         list(loader)
@@ -390,15 +460,11 @@ def test_batches_are_decoded_into_place_exactly_as_decode_pair_decodes(voice_sha
 
 def test_a_clip_of_another_length_is_skipped_and_counted(voice_shards, tmp_path):
     folder = copy_dataset(voice_shards, tmp_path / "short")
-    shard = folder / "pairs-000001.tar"
-    with tarfile.open(shard) as archive:
-        members = [(info, archive.extractfile(info).read()) for info in archive]
-    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as archive:
-        for info, data in members:
-            if info.name == "0000000010.b.flac":
-                data = encode_clip(np.ones(SR // 2, np.float32), SR)[0]  # half a clip
-                info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
+    half_clip = encode_clip(np.ones(SR // 2, np.float32), SR)[0]
+    rewrite_shard(
+        folder / "pairs-000001.tar",
+        lambda members: [(name, half_clip if name == "0000000010.b.flac" else data) for name, data in members],
+    )
     val = make_loader(all_shards(folder), config(workers=2), train=False, epoch_ref=SharedEpoch(0))
     keys = epoch_keys(val, 0)
     assert val.skipped == 1 and sorted(keys + ["0000000010"]) == ALL_KEYS
@@ -407,7 +473,7 @@ def test_a_clip_of_another_length_is_skipped_and_counted(voice_shards, tmp_path)
 def test_worker_batch_blocks_are_reused_only_once_released(voice_shards, monkeypatch):
     import multiprocessing as mp
 
-    import doppeltrain.data as data
+    import doppeltrain.data.batches as data
 
     expected = {pair.key: pair for shard in sorted(voice_shards.glob("pairs-*.tar")) for pair in iter_shard_pairs(shard)}
     allocated = mp.Value("i", 0)
@@ -440,3 +506,46 @@ def test_worker_batch_blocks_are_reused_only_once_released(voice_shards, monkeyp
         check(batch)
         seen.append(batch.keys)
     assert seen == order and allocated.value <= 2 * data.SLOTS_PER_WORKER
+
+
+# --- the same batches as before the split into modules ---------------------------------
+
+# Recorded from the single-module data.py (commit f0ccc77) on voice_shards: the pair
+# indices of each batch of the first epoch. The order is a function of (seed, epoch,
+# rank, worker, number of workers) and the shard sizes only, so these stay fixed until
+# the order is changed on purpose.
+PINNED_BATCHES = {
+    "one_worker_epoch0": [[2, 5, 1, 16], [3, 7, 9, 22], [4, 19, 23, 25], [6, 20, 26, 14], [10, 27, 15, 12],
+                          [18, 13, 0, 24], [21, 28, 29, 8], [17, 11, 30, 31]],
+    "one_worker_epoch1": [[25, 16, 0, 24], [5, 28, 2, 29], [23, 18, 9, 20], [19, 30, 10, 31], [12, 1, 27, 11],
+                          [14, 13, 4, 7], [8, 21, 22, 6], [3, 17, 26, 15]],
+    "two_workers": [[14, 9, 18, 8], [5, 31, 25, 7], [17, 19, 12, 23], [30, 27, 29, 6], [21, 16, 20, 15],
+                    [3, 24, 4, 0], [22, 11, 13, 10], [2, 26, 1, 28]],
+    "rank1_of_2": [[2, 30, 5, 27], [29, 4, 6, 7], [25, 0, 3, 1], [24, 28, 26, 31]],
+    "eleven_steps_two_workers": [[14, 9, 18, 8], [5, 31, 25, 7], [17, 19, 12, 23], [30, 27, 29, 6],
+                                 [21, 16, 20, 15], [3, 24, 4, 0], [22, 11, 13, 10], [2, 26, 1, 28],
+                                 [20, 21, 17, 10], [24, 25, 4, 27], [15, 8, 16, 23]],
+    "validation": [[0, 1, 2, 3, 4], [16, 17, 18, 19, 20], [5, 6, 7], [21, 22, 23]],
+}
+
+
+def test_batches_are_the_ones_recorded_before_the_split(voice_shards):
+    infos = discover([str(voice_shards)], SR)
+    shards = split_shards(infos, 0, seed=0)[0]
+    _, val = split_shards(infos, 2, seed=0)
+
+    def batches(loader, epoch=0):
+        loader.set_epoch(epoch)
+        return [[int(key) for key in batch.keys] for batch in loader]
+
+    eleven = config(workers=2)
+    eleven.steps_per_epoch = 11
+    got = {
+        "one_worker_epoch0": batches(make_loader(shards, config(), train=True, epoch_ref=SharedEpoch(0))),
+        "one_worker_epoch1": batches(make_loader(shards, config(), train=True, epoch_ref=SharedEpoch(0)), 1),
+        "two_workers": batches(make_loader(shards, config(workers=2), train=True, epoch_ref=SharedEpoch(0))),
+        "rank1_of_2": batches(make_loader(shards, config(), train=True, epoch_ref=SharedEpoch(0), rank=1, world_size=2)),
+        "eleven_steps_two_workers": batches(make_loader(shards, eleven, train=True, epoch_ref=SharedEpoch(0))),
+        "validation": batches(make_loader(val, config(batch_size=5, workers=2), train=False, epoch_ref=SharedEpoch(0))),
+    }
+    assert got == PINNED_BATCHES

@@ -1,0 +1,261 @@
+"""Which pair datasets a run reads: their manifests, their complete shards, and the validation split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import webdataset as wds
+
+from doppelgen.console import one_line
+from doppelgen.format import (
+    MANIFEST_NAME,
+    FormatError,
+    check_manifest,
+    complete_shards,
+    dump_json,
+    n_samples,
+    read_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+# A shard name exactly as FORMAT.md writes it, ASCII digits only and nothing after it:
+# names read from a manifest become paths and URLs (and, for pipe: datasets, part of a
+# shell command), so anything else is refused before it is used.
+SHARD_NAME = re.compile(r"pairs-[0-9]{6}\.tar")
+# The fewest bytes a pair takes in a tar: three members, each a 512-byte header and at
+# least one 512-byte block of data. A shard cannot hold more pairs than its size allows.
+MIN_PAIR_BYTES = 3 * 2 * 512
+# Each clip fills a row of every batch: longer clips are not training examples, and a
+# manifest's duration of 1e9 s would have the loader ask for terabytes.
+MAX_CLIP_SECONDS = 600
+
+
+class DataError(ValueError):
+    """The input data cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One shard to read: where it is and what the manifest says it holds."""
+
+    url: str  # a local path or a URL webdataset's gopen opens
+    n_pairs: int
+    n_samples: int  # samples per clip, from the manifest's duration and sample rate
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One pair dataset (a folder or URL in FORMAT.md) and its complete shards."""
+
+    location: str
+    manifest: dict
+    shards: tuple[ShardRef, ...]
+    sample_rate: int
+    n_samples: int
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(shard.n_pairs for shard in self.shards)
+
+    @property
+    def recipe_digest(self) -> int:
+        """A number fixed by the recipe alone: the same dataset gets the same validation
+        split wherever it is stored."""
+        digest = hashlib.sha256(dump_json(self.manifest["recipe"])).digest()
+        return int.from_bytes(digest[:8], "little")
+
+
+def is_url(location: str) -> bool:
+    return "://" in location or location.startswith("pipe:")
+
+
+def is_shard_name(name: object) -> bool:
+    """Whether ``name`` is exactly ``pairs-NNNNNN.tar``: no path, no other character."""
+    return isinstance(name, str) and SHARD_NAME.fullmatch(name) is not None
+
+
+def _shown(name: object) -> str:
+    """A name from a dataset, quoted on one line and cut short."""
+    text = repr(name)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def member_url(location: str, name: str) -> str:
+    """The URL of file ``name`` of a URL dataset: ``pipe:`` commands name it with a
+    ``{name}`` placeholder, other URLs are folders that ``name`` is appended to. Only
+    ``manifest.json`` and shard names are ever filled in (DataError otherwise), so nothing
+    read from a dataset reaches a shell."""
+    if name != MANIFEST_NAME and not is_shard_name(name):
+        raise DataError(f"{location}: refusing to open {_shown(name)}: not {MANIFEST_NAME} or pairs-NNNNNN.tar")
+    if location.startswith("pipe:"):
+        if "{name}" not in location:
+            raise DataError(
+                f"{location}: a pipe: dataset needs a {{name}} placeholder for {MANIFEST_NAME} and the shard names"
+            )
+        return location.replace("{name}", name)
+    return location.rstrip("/") + "/" + name
+
+
+def read_url_manifest(location: str) -> dict:
+    """Read and check ``manifest.json`` of a URL dataset through webdataset's gopen."""
+    url = member_url(location, MANIFEST_NAME)
+    try:
+        with wds.gopen(url, "rb") as stream:
+            manifest = json.loads(stream.read().decode("utf-8"))
+    except Exception as error:  # gopen raises whatever its scheme's tool raises; json a RecursionError
+        raise DataError(f"{location}: cannot read {MANIFEST_NAME} ({one_line(error)})") from None
+    try:
+        return check_manifest(manifest, location)
+    except FormatError as error:
+        raise DataError(one_line(error)) from None
+
+
+def record_shards(location: str, manifest: dict) -> list[dict]:
+    """The manifest's shard entries, each with a valid name (exactly ``pairs-NNNNNN.tar``,
+    none twice) and a whole ``n_pairs`` from 0 to the recipe's ``pairs_per_shard``; a
+    one-line DataError refuses the dataset otherwise."""
+    record = manifest.get("record")
+    shards = record.get("shards") if isinstance(record, dict) else None
+    if not isinstance(shards, list):
+        raise DataError(f"{location}: manifest has no record of its shards (rendering not finished?)")
+    per_shard = manifest["recipe"]["pairs_per_shard"]  # a positive int: check_manifest saw to it
+    names = set()
+    for entry in shards:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not is_shard_name(name):
+            raise DataError(f"{location}: manifest names a shard {_shown(name)}, not pairs-NNNNNN.tar; dataset refused")
+        if name in names:
+            raise DataError(f"{location}: manifest lists {name} twice; dataset refused")
+        names.add(name)
+        n_pairs = entry.get("n_pairs")
+        if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 0:
+            raise DataError(f"{location}: manifest record of {name} lacks n_pairs")
+        if n_pairs > per_shard:
+            raise DataError(f"{location}: manifest says {name} holds {n_pairs} pairs, more than the recipe's {per_shard} per shard")
+    return shards
+
+
+def _local_entries(location: str, folder: Path, manifest: dict) -> list[dict]:
+    """The manifest's entries of shards complete on disk whose tars are large enough for
+    the pairs the manifest says they hold (logged and left out otherwise): a manifest
+    cannot make an epoch longer than what is on disk."""
+    complete = {f"pairs-{index:06d}.tar" for index in complete_shards(folder)}
+    entries = []
+    for entry in record_shards(location, manifest):
+        name = entry["name"]
+        try:  # complete_shards also counts near-misses of the name (a trailing newline)
+            size = os.stat(folder / name).st_size if name in complete else None
+        except OSError:
+            size = None
+        if size is None:
+            logger.warning("%s: %s is in the manifest but not complete on disk; skipped", location, name)
+            continue
+        if entry["n_pairs"] * MIN_PAIR_BYTES > size:
+            logger.warning(
+                "%s: the manifest says %s holds %d pairs, more than its %d bytes can; skipped",
+                location, name, entry["n_pairs"], size,
+            )
+            continue
+        entries.append(entry)
+    return entries
+
+
+def discover_dataset(location: str, sample_rate: int) -> DatasetInfo:
+    """Read one dataset's manifest and list its complete shards with their sizes."""
+    if is_url(location):
+        manifest = read_url_manifest(location)
+        # A URL cannot be listed: the manifest, written last, vouches for its shards.
+        entries = record_shards(location, manifest)
+        urls = {entry["name"]: member_url(location, entry["name"]) for entry in entries}
+    else:
+        folder = Path(location)
+        if not folder.is_dir():
+            raise DataError(f"{location}: no such dataset folder")
+        if not complete_shards(folder):
+            raise DataError(f"{location}: no complete shards (pairs-NNNNNN.tar with its .stats.json)")
+        try:
+            manifest = read_manifest(folder)
+        except FormatError as error:
+            raise DataError(one_line(error)) from None
+        except RecursionError:  # json's answer to nesting deeper than it can parse
+            raise DataError(f"{location}: unreadable manifest (nested too deeply)") from None
+        entries = _local_entries(location, folder, manifest)
+        urls = {entry["name"]: str(folder / entry["name"]) for entry in entries}
+    recipe = manifest["recipe"]
+    rate = recipe.get("sample_rate")
+    if rate != sample_rate:
+        raise DataError(f"{location}: sample rate {rate} Hz, but the model is built for {sample_rate} Hz")
+    try:
+        clip = n_samples(float(recipe["duration"]), int(rate))
+    except (KeyError, TypeError, ValueError, OverflowError):  # NaN and Infinity among them
+        raise DataError(f"{location}: manifest recipe lacks a valid duration") from None
+    if not 0 < clip <= MAX_CLIP_SECONDS * rate:
+        raise DataError(f"{location}: clips of {recipe['duration']} s; fit reads clips of at most {MAX_CLIP_SECONDS} s")
+    shards = tuple(
+        ShardRef(url=urls[entry["name"]], n_pairs=entry["n_pairs"], n_samples=clip)
+        for entry in sorted(entries, key=lambda entry: entry["name"])
+        if entry["n_pairs"] > 0
+    )
+    if not shards:
+        raise DataError(f"{location}: no readable pairs (every shard is empty, incomplete or too small for its pairs)")
+    return DatasetInfo(location=location, manifest=manifest, shards=shards, sample_rate=rate, n_samples=clip)
+
+
+def discover(datasets: Sequence[str], sample_rate: int) -> list[DatasetInfo]:
+    """Every dataset's manifest and complete shards; one-line DataError on the first
+    dataset that is missing, empty, of an unknown format version or of another rate, or
+    whose manifest names its shards wrongly or claims more pairs than they can hold."""
+    if not datasets:
+        raise DataError("no datasets given")
+    infos = [discover_dataset(str(location), sample_rate) for location in datasets]
+    lengths = {info.n_samples for info in infos}
+    if len(lengths) > 1:
+        # Batches stack clips, so a run reads one clip length.
+        raise DataError(f"datasets differ in clip length ({', '.join(str(n) for n in sorted(lengths))} samples)")
+    return infos
+
+
+# --- the validation split ------------------------------------------------------------
+
+
+def n_val_shards(n_shards: int, val_shards: float) -> int:
+    """How many of a dataset's shards to hold out: a fraction (< 1) or a count (>= 1), at
+    least one when asked for any, and never all of them."""
+    if val_shards <= 0:
+        return 0
+    wanted = max(1, round(val_shards * n_shards)) if val_shards < 1 else int(val_shards)
+    return min(wanted, n_shards - 1)
+
+
+def split_shards(
+    infos: Sequence[DatasetInfo], val_shards: float, seed: int
+) -> tuple[list[ShardRef], list[ShardRef]]:
+    """Hold out validation shards per dataset; returns ``(train, val)``.
+
+    The held-out shards are a function of ``seed`` and the dataset's recipe only, so moving
+    a dataset or listing datasets in another order keeps its split. A dataset of a single
+    shard keeps it for training and gets no validation shard (logged): training without
+    data is worse than validating without it.
+    """
+    if val_shards < 0:
+        raise DataError(f"--val-shards must be >= 0, got {val_shards}")
+    train, val = [], []
+    for info in infos:
+        n = len(info.shards)
+        held = n_val_shards(n, val_shards)
+        if val_shards > 0 and held == 0:
+            logger.warning("%s: only %d shard; none held out for validation", info.location, n)
+        rng = np.random.default_rng([seed, info.recipe_digest])
+        chosen = set(rng.permutation(n)[:held].tolist())
+        for position, shard in enumerate(info.shards):
+            (val if position in chosen else train).append(shard)
+    return train, val
