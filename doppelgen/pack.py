@@ -39,12 +39,14 @@ import numpy as np
 import soundfile as sf
 
 from .console import one_line
+from .dataset import clear_dataset
 from .files import remove_dead_temporaries
 from .format import CODECS, FORMAT_VERSION, MANIFEST_NAME, n_samples
 from .manifest import recipe_sha256, software_versions, write_manifest
 from .shard_writer import SILENCE_RMS, pair_sample, write_samples
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+NOT_UTF8 = "file name is not valid UTF-8 (undecodable bytes shown as \\xNN)"
 # Divisor guard of the layered mix (REFERENCE.md).
 MIX_EPS = 1e-6
 PACK_RNG = (
@@ -118,15 +120,40 @@ class PackSummary:
 # --- the listing ---------------------------------------------------------------------
 
 
-def list_recordings(root: Path) -> list[str]:
-    """Relative POSIX paths of the audio files under ``root``, sorted; hidden entries skipped."""
+def list_recordings(root: Path, unnamable: list[dict] | None = None) -> list[str]:
+    """Relative POSIX paths of the audio files under ``root``, sorted; hidden entries skipped.
+
+    A path that is not valid UTF-8 cannot be written into JSON, nor opened by libsndfile,
+    so it is left out of the listing; with ``unnamable``, it is appended there as a
+    manifest ``skipped`` entry whose ``path`` shows the undecodable bytes as ``\\xNN``."""
     found = []
     for directory, folders, files in os.walk(root):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         for name in files:
             if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
-                found.append(Path(directory, name).relative_to(root).as_posix())
+                rel = Path(directory, name).relative_to(root).as_posix()
+                if is_utf8_name(rel):
+                    found.append(rel)
+                elif unnamable is not None:
+                    unnamable.append({"path": escaped_name(rel), "error": NOT_UTF8})
+    if unnamable is not None:
+        unnamable.sort(key=lambda entry: entry["path"])
     return sorted(found)
+
+
+def is_utf8_name(name: str) -> bool:
+    """Whether a name from the file system is valid UTF-8 (Python keeps the bytes of an
+    invalid one as lone surrogates, which no UTF-8 encoder accepts)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def escaped_name(name: str) -> str:
+    """A file system name as printable JSON-safe text: undecodable bytes as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def listing_sha256(root: Path, files: list[str]) -> str:
@@ -345,6 +372,8 @@ def write_packed_shard(out: Path, shard: int, pairs: list[PackedPair], config: P
 
 
 def prepare_pack_output(out: Path, overwrite: bool) -> None:
+    """Make ``out``, clear a killed run's temporaries; refuse a folder that holds a dataset
+    (any recipe) unless ``overwrite``, which removes what a render or pack writes there."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -354,9 +383,7 @@ def prepare_pack_output(out: Path, overwrite: bool) -> None:
     if held:
         if not overwrite:
             raise PackError(f"{out} already holds a dataset; choose another folder or pass --overwrite")
-        for entry in out.iterdir():
-            if entry.name == MANIFEST_NAME or (entry.name.startswith("pairs-") and entry.name.endswith((".tar", ".stats.json"))):
-                entry.unlink()
+        clear_dataset(out)
 
 
 def pack_folder(
@@ -379,12 +406,14 @@ def pack_folder(
         raise PackError(f"workers must be >= 0, got {workers}")
     if out.resolve() == root.resolve():
         raise PackError("the output folder must differ from the folder of recordings")
-    files = list_recordings(root)
+    summary = PackSummary(out=out)
+    files = list_recordings(root, summary.skipped)
     if not files:
+        if summary.skipped:
+            raise nothing_readable(root, summary.skipped)
         raise PackError(f"{root}: no {', '.join(AUDIO_EXTENSIONS)} files found")
     prepare_pack_output(out, overwrite)
     started = time.perf_counter()
-    summary = PackSummary(out=out)
     # Shards are written before their number is known, so their stats files carry the
     # hash of the recipe with n_shards unset.
     pending_hash = recipe_sha256(pack_recipe(config, root, files, None))
@@ -409,11 +438,16 @@ def pack_folder(
         bar.close()
         remove_dead_temporaries(out)
     if not entries:
-        raise PackError(f"{root}: none of the {len(files)} recordings could be read")
+        raise nothing_readable(root, summary.skipped)
     summary.shards = len(entries)
     summary.seconds = time.perf_counter() - started
     write_manifest(out, packed_manifest(config, root, files, entries, summary))
     return summary
+
+
+def nothing_readable(root: Path, skipped: list[dict]) -> PackError:
+    first = skipped[0]
+    return PackError(f"{root}: none of the {len(skipped)} recordings could be read (first: {first['path']}: {first['error']})")
 
 
 def packed_manifest(config: PackConfig, root: Path, files: list[str], entries: list[dict], summary: PackSummary) -> dict[str, Any]:
