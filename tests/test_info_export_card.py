@@ -13,7 +13,8 @@ import soundfile as sf
 import yaml
 
 from doppelgen.card import CardError, size_category, write_card
-from doppelgen.export import ExportError, export_pairs, log_mel, param_differences
+from doppelgen.export import ExportError, export_pairs, param_differences
+from doppelgen.logmel import vggish_log_mel as log_mel
 from doppelgen.format import iter_shard_pairs, iter_tar_members, read_manifest, shard_name
 from doppelgen.info import describe_dataset, format_description
 from doppelgen.pack import PackConfig, pack_folder
