@@ -69,6 +69,24 @@ def test_log_mel_has_the_vggish_shape_and_finds_a_tone():
     assert np.isclose(log_mel(np.zeros(16000), 16000), np.log(0.01)).all()
 
 
+def test_log_mel_of_the_pictures_is_the_trainers_features():
+    """export draws what the network sees: doppelgen.logmel (NumPy, float64) against
+    doppeltrain.features (torch, float32)."""
+    import torch
+
+    from doppeltrain.config import FeatureConfig
+    from doppeltrain.features import log_mel as trainer_log_mel, mel_filterbank
+    from doppelgen.logmel import vggish_mel_filterbank
+
+    cfg = FeatureConfig()
+    np.testing.assert_allclose(vggish_mel_filterbank(cfg.sample_rate, cfg.n_fft), mel_filterbank(cfg).numpy(), atol=1e-6)
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.3
+    ours = log_mel(audio, 16000)
+    theirs = trainer_log_mel(torch.from_numpy(audio)).numpy()
+    assert ours.shape == theirs.shape == (98, 64)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
 def test_param_differences_rank_by_how_far_the_views_are_apart():
     meta = {"params": {"base": [0.5, 0.5, 0.5], "a": [0.6, 0.1, 0.5], "b": [0.4, 0.5, 0.5]}}
     ranked = param_differences(meta, ["x", "y", "z"])
@@ -125,6 +143,17 @@ def test_card_header_is_what_the_hub_reads(dataset, voice_recipe):
         assert f"`{entry['sha256']}`" in body
     for how in ("doppeltrain fit", "wds.WebDataset", "load_dataset(", "pairs-{000000..000003}.tar", '"delta": 0.25'):
         assert how in body
+
+
+def test_card_license_and_title_options(dataset):
+    result = run_cli("card", dataset, "--license", "mit", "--title", "Voice pairs: a test")
+    assert result.exit_code == 0 and result.stdout == f"wrote {dataset / 'README.md'}\n"
+    header = card_header(dataset)
+    assert header["license"] == "mit" and header["pretty_name"] == "Voice pairs: a test"
+    body = (dataset / "README.md").read_text(encoding="utf-8").split("---\n", 2)[2]
+    assert body.startswith("\n# Voice pairs: a test\n")
+    assert run_cli("card", dataset).exit_code == 0  # without them: the defaults again
+    assert card_header(dataset)["license"] == "cc-by-4.0" and card_header(dataset)["pretty_name"].startswith("Synthetic audio doppelg")
 
 
 def test_size_categories_follow_the_hub_buckets():
