@@ -11,7 +11,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from doppelgen.format import MANIFEST_NAME, iter_shard_pairs, read_manifest, shard_name
-from doppelgen.pack import PackConfig, PackError, Resampler, list_recordings, pack_folder, plan_crops
+from doppelgen.pack import PackConfig, PackError, pack_folder
+from doppelgen.recordings import Resampler, list_recordings, plan_crops
 from doppelgen.verify import verify_dataset
 
 from test_verify import run_cli
