@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from .format import AUDIO_MEMBERS, FormatError, is_packed_recipe, read_manifest
-from .info import describe_dataset, human_bytes, human_duration
+from .format import AUDIO_MEMBERS, FormatError, is_packed_recipe
+from .info import describe_dataset, human_bytes, human_duration, read_described_manifest
 from .files import write_atomic
 
 CARD_NAME = "README.md"
@@ -168,7 +168,7 @@ def card_body(desc: dict[str, Any], manifest: dict, title: str) -> str:
 {recipe_note}
 
 ```json
-{json.dumps(recipe, indent=2)}
+{json.dumps(recipe, indent=2, allow_nan=False)}
 ```
 
 ## Statistics per shard
@@ -260,7 +260,7 @@ def write_card(folder: str | os.PathLike, *, license: str | None = None, title: 
     """Write ``folder/README.md`` for the finished dataset in ``folder``; returns its path."""
     folder = Path(folder)
     try:
-        manifest = read_manifest(folder)
+        manifest = read_described_manifest(folder)
         desc = describe_dataset(folder)
     except FormatError as error:
         raise CardError(str(error)) from None

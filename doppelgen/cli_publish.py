@@ -8,7 +8,6 @@ exits with 1 after one line per problem.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -68,13 +67,13 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for scripts."),
 ) -> None:
     """The recipe, totals, software and per-shard statistics of a dataset."""
-    from .info import describe_dataset, format_description
+    from .info import describe_dataset, description_json, format_description
 
     try:
         description = describe_dataset(folder)
     except _input_errors() as error:
         fail(str(error))
-    typer.echo(json.dumps(description, indent=1) if as_json else format_description(description))
+    typer.echo(description_json(description) if as_json else format_description(description))
 
 
 def export(
@@ -91,7 +90,13 @@ def export(
         fail(str(error))
     except OSError as error:
         fail(f"writing {to} failed: {error.strerror or error}", EXIT_FAILURE)
+    for problem in result.problems:
+        typer.echo(problem, err=True)
     typer.echo(f"{len(result.keys)} pairs exported to {result.out} ({len(result.files)} files)")
+    if result.n_problems:
+        more = f" ({result.more_problems} not shown)" if result.more_problems else ""
+        typer.echo(f"FAILED: {result.n_problems} bad pairs or shards skipped{more}; `doppelgen verify` checks the whole dataset", err=True)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 def card(

@@ -8,41 +8,118 @@ shard, so it is instant on a 512-shard dataset.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .format import MANIFEST_NAME, FormatError, complete_shards, is_packed_recipe, read_manifest
+from .format import CODECS, MANIFEST_NAME, FormatError, complete_shards, is_packed_recipe, read_manifest, shard_index, shard_name
 
 # Per-shard record fields summarised across shards (FORMAT.md ``record.shards``).
 SHARD_STATS = ("n_pairs", "bytes", "peak", "mean_rms", "silent_fraction", "nonfinite_fraction", "redraws")
+# Shard record counts: whole numbers that fit an int64, so sums and hours stay finite.
+SHARD_COUNTS = ("n_pairs", "bytes", "redraws")
+COUNT_LIMIT = 2**63
 
 
-def summarize(values: list[float]) -> dict[str, float] | None:
+def unfit_number(value: Any, where: str) -> str | None:
+    """The path of the first NaN, infinite or out-of-range number inside ``value``
+    (``recipe.duration``, ``record.shards[2].peak``), None if there is none. Integers must
+    fit an int64, so every number converts to a finite float. Walks without recursion, so
+    any nesting the JSON parser accepted is safe here."""
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path
+        if isinstance(item, int) and not -COUNT_LIMIT <= item < COUNT_LIMIT:
+            return path
+        if isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in reversed(list(item.items())))
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < COUNT_LIMIT
+
+
+def manifest_problem(manifest: dict) -> str | None:
+    """What makes a manifest unfit to describe, export or publish, beyond what
+    ``format.check_manifest`` checks; None if nothing. Hand-edited or hostile manifests
+    then give one line instead of a traceback or a card with NaN in it."""
+    recipe, record = manifest["recipe"], manifest.get("record", {})
+    for part in ("recipe", "record"):
+        where = unfit_number(manifest.get(part), part)
+        if where is not None:
+            return f"{where} is NaN, infinite or out of range"
+    if recipe.get("codec", "flac") not in CODECS:
+        return f"recipe.codec must be one of {', '.join(CODECS)}, got {recipe.get('codec')!r}"
+    n_layers = recipe.get("n_layers", 1)
+    if not (_is_count(n_layers) and n_layers >= 1):
+        return f"recipe.n_layers must be a whole number >= 1, got {n_layers!r}"
+    for name in ("synth", "source", "rng"):
+        if name in recipe and not isinstance(recipe[name], dict):
+            return f"recipe.{name} must be an object"
+    if not isinstance(record, dict):
+        return "record must be an object"
+    for name, kind, what in (
+        ("software", dict, "an object"), ("platform", dict, "an object"), ("shards", list, "a list"),
+        ("skipped", list, "a list"), ("param_names", list, "a list"), ("created", str, "a string"),
+        ("render_seconds", (int, float), "a number"),
+    ):
+        value = record.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"record.{name} must be {what}"
+    for position, shard in enumerate(record.get("shards") or []):
+        if not isinstance(shard, dict):
+            return f"record.shards[{position}] must be an object"
+        name = shard.get("name")
+        if not (isinstance(name, str) and shard_index(name) is not None and shard_name(shard_index(name)) == name):
+            return f"record.shards[{position}].name must be a shard name like pairs-000000.tar, got {name!r}"
+        for field in SHARD_COUNTS:
+            if field in shard and not _is_count(shard[field]):
+                return f"record.shards[{position}].{field} must be a whole number in [0, 2**63), got {shard[field]!r}"
+        for field in SHARD_STATS:
+            value = shard.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return f"record.shards[{position}].{field} must be a number, got {value!r}"
+        if not isinstance(shard.get("sha256", ""), str):
+            return f"record.shards[{position}].sha256 must be a string"
+    return None
+
+
+def read_described_manifest(folder: str | os.PathLike) -> dict:
+    """``format.read_manifest`` plus :func:`manifest_problem`: FormatError, one line."""
+    manifest = read_manifest(folder)
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise FormatError(f"{Path(folder) / MANIFEST_NAME}: {problem}")
+    return manifest
+
+
+def summarize(values: list[Any]) -> dict[str, float] | None:
     """min / mean / max of a shard statistic; None when no shard records it."""
-    array = np.asarray([v for v in values if isinstance(v, (int, float))], dtype=np.float64)
-    if not array.size:
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not numbers:
         return None
-    return {"min": float(array.min()), "mean": float(array.mean()), "max": float(array.max())}
+    # Plain floats: an overflowing sum becomes inf (refused below) instead of a NumPy warning.
+    return {"min": min(numbers), "mean": sum(numbers) / len(numbers), "max": max(numbers)}
 
 
 def describe_dataset(folder: str | os.PathLike) -> dict[str, Any]:
-    """A JSON-ready description of the dataset in ``folder``; FormatError if it has no
-    readable manifest."""
+    """A JSON-ready description of the dataset in ``folder``, every number finite;
+    FormatError (one line) if it has no readable manifest or one unfit to describe."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_described_manifest(folder)
     recipe = manifest["recipe"]
-    record = manifest.get("record") if isinstance(manifest.get("record"), dict) else {}
-    shards = [s for s in record.get("shards") or [] if isinstance(s, dict)]
-    try:
-        n_pairs, n_bytes, redraws = [sum(int(s.get(name, 0)) for s in shards) for name in ("n_pairs", "bytes", "redraws")]
-    except (TypeError, ValueError):
-        raise FormatError(f"{folder / MANIFEST_NAME}: a shard record's n_pairs, bytes or redraws is not a number") from None
+    record = manifest.get("record", {})
+    shards = record.get("shards") or []
+    n_pairs, n_bytes, redraws = [sum(s.get(name, 0) for s in shards) for name in SHARD_COUNTS]
     param_names = record.get("param_names")
-    duration = float(recipe.get("duration", 0.0))
-    return {
+    duration = float(recipe["duration"])
+    description = {
         "folder": str(folder),
         "kind": "packed real audio" if is_packed_recipe(recipe) else "synthetic",
         "recipe": recipe,
@@ -56,14 +133,23 @@ def describe_dataset(folder: str | os.PathLike) -> dict[str, Any]:
             "bytes": n_bytes,
             "redraws": redraws,
         },
-        "software": record.get("software", {}),
-        "platform": record.get("platform", {}),
+        "software": record.get("software") or {},
+        "platform": record.get("platform") or {},
         "created": record.get("created"),
         "render_seconds": record.get("render_seconds"),
         "n_params": len(param_names) if isinstance(param_names, list) else 0,
         "shard_stats": {name: summarize([s.get(name) for s in shards]) for name in SHARD_STATS},
         "skipped_files": len(record.get("skipped") or []),
     }
+    where = unfit_number({"totals": description["totals"], "shard_stats": description["shard_stats"]}, "info")
+    if where is not None:  # totals or means of finite numbers that overflowed
+        raise FormatError(f"{folder / MANIFEST_NAME}: {where} is not finite (the manifest's numbers are too large)")
+    return description
+
+
+def description_json(description: dict[str, Any]) -> str:
+    """``doppelgen info --json``: strict JSON (NaN or Infinity raise ValueError)."""
+    return json.dumps(description, indent=1, allow_nan=False)
 
 
 def human_bytes(n: float) -> str:

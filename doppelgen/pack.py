@@ -13,7 +13,8 @@ Shorter recordings are zero-padded. Every random choice for a recording comes fr
 numpy Generator seeded with ``(seed, file index)``, the index into the sorted listing,
 and the order recordings become pairs is a permutation drawn from ``seed`` alone; so
 the output depends neither on the order files are processed in nor on worker count.
-Unreadable files are skipped, counted and listed in the manifest.
+Unreadable files, and files whose path is not valid UTF-8, are skipped, counted and
+listed in the manifest (``recordings.py`` finds and reads the recordings).
 
 The sample JSON keeps FORMAT.md's fields: ``params`` holds crop start times in seconds,
 ``{"base": [...], "a": [...], "b": [...]}`` with one value per segment (K values with
@@ -26,12 +27,9 @@ place in the sorted listing. The manifest's recipe has a ``source`` object inste
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import math
 import os
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,12 +37,13 @@ import numpy as np
 import soundfile as sf
 
 from .console import one_line
+from .dataset import clear_dataset
 from .files import remove_dead_temporaries
 from .format import CODECS, FORMAT_VERSION, MANIFEST_NAME, n_samples
 from .manifest import recipe_sha256, software_versions, write_manifest
+from .recordings import AUDIO_EXTENSIONS, Resampler, UnreadableRecording, list_recordings, listing_sha256, plan_crops
 from .shard_writer import SILENCE_RMS, pair_sample, write_samples
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 # Divisor guard of the layered mix (REFERENCE.md).
 MIX_EPS = 1e-6
 PACK_RNG = (
@@ -56,10 +55,6 @@ PACK_RNG = (
 
 class PackError(ValueError):
     """Packing cannot start (bad option, no recordings, output taken); one line."""
-
-
-class UnreadableRecording(Exception):
-    """One recording cannot be used; it is skipped and listed in the manifest."""
 
 
 @dataclass(frozen=True)
@@ -115,118 +110,13 @@ class PackSummary:
 
 
 
-# --- the listing ---------------------------------------------------------------------
-
-
-def list_recordings(root: Path) -> list[str]:
-    """Relative POSIX paths of the audio files under ``root``, sorted; hidden entries skipped."""
-    found = []
-    for directory, folders, files in os.walk(root):
-        folders[:] = sorted(f for f in folders if not f.startswith("."))
-        for name in files:
-            if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
-                found.append(Path(directory, name).relative_to(root).as_posix())
-    return sorted(found)
-
-
-def listing_sha256(root: Path, files: list[str]) -> str:
-    """A fingerprint of the recordings: their paths and sizes, in listing order."""
-    digest = hashlib.sha256()
-    for rel in files:
-        try:
-            size = (root / rel).stat().st_size
-        except OSError:
-            size = -1
-        digest.update(f"{rel}\t{size}\n".encode("utf-8"))
-    return digest.hexdigest()
+# --- pairs ---------------------------------------------------------------------------
 
 
 def pair_order(n_files: int, seed: int) -> np.ndarray:
     """The order recordings become pairs: a permutation of the listing drawn from ``seed``,
     so ``max_n`` takes a random subset rather than the first folders alphabetically."""
     return np.random.default_rng(seed).permutation(n_files)
-
-
-# --- crops ---------------------------------------------------------------------------
-
-
-def plan_crops(length: int, clip: int, rng: np.random.Generator, temporal_jitter: bool, n_layers: int) -> np.ndarray:
-    """Crop starts (target-rate samples) for a recording of ``length`` samples:
-    shape (3, K) for base, view a, view b. Pure given ``rng``."""
-    if n_layers > 1:
-        segments = max(length // clip, 1)
-        chosen = rng.choice(segments, size=n_layers, replace=segments < n_layers) * clip
-        return np.stack([chosen, chosen, chosen])
-    high = max(length - clip, 0)
-    first = rng.integers(0, high + 1, size=1)
-    second = rng.integers(0, high + 1, size=1) if temporal_jitter else first
-    return np.stack([first, first, second])
-
-
-@dataclass(frozen=True)
-class Resampler:
-    """Rational resampling from ``source`` to ``target`` Hz (scipy's polyphase filter).
-
-    Crops are read from the file on their own, with a margin of whole resampling periods
-    on each side, so a crop equals the same span of the whole recording resampled (to
-    float rounding) without loading long recordings whole."""
-
-    source: int
-    target: int
-
-    @property
-    def ratio(self) -> Fraction:
-        return Fraction(self.target, self.source)
-
-    @property
-    def up(self) -> int:
-        return self.ratio.numerator
-
-    @property
-    def down(self) -> int:
-        return self.ratio.denominator
-
-    def target_length(self, frames: int) -> int:
-        return -(-frames * self.up // self.down)
-
-    @property
-    def margin_periods(self) -> int:
-        # scipy's default filter reaches 10 * max(up, down) upsampled samples either side.
-        reach = 10 * max(self.up, self.down) / self.up + 2
-        return max(1, math.ceil(reach / self.down))
-
-    def read_crop(self, path: Path, start: int, clip: int, frames: int) -> np.ndarray:
-        """``clip`` target-rate samples starting at target sample ``start``, mono, zero-padded."""
-        if self.up == self.down:
-            return fit(mono(read_frames(path, start, start + clip)), clip)
-        # Work on whole periods: ``down`` source samples <-> ``up`` target samples.
-        first_period = max(start // self.up - self.margin_periods, 0)
-        last_period = -(-(start + clip) // self.up) + self.margin_periods
-        source_start = first_period * self.down
-        source_stop = min(last_period * self.down, frames)
-        block = mono(read_frames(path, source_start, source_stop))
-        from scipy.signal import resample_poly
-
-        resampled = resample_poly(block.astype(np.float64), self.up, self.down)
-        offset = start - first_period * self.up
-        return fit(resampled[offset : offset + clip], clip)
-
-
-def read_frames(path: Path, start: int, stop: int) -> np.ndarray:
-    try:
-        return sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)[0]
-    except Exception as error:  # libsndfile raises several types for damaged files
-        raise UnreadableRecording(one_line(error, path)) from None
-
-
-def mono(block: np.ndarray) -> np.ndarray:
-    return block.mean(axis=1, dtype=np.float64) if block.ndim == 2 else block.astype(np.float64)
-
-
-def fit(audio: np.ndarray, clip: int) -> np.ndarray:
-    """Exactly ``clip`` samples: truncate, or zero-pad at the end."""
-    audio = np.asarray(audio, dtype=np.float64)[:clip]
-    return np.pad(audio, (0, clip - len(audio))) if len(audio) < clip else audio
 
 
 def load_pair(root: str, rel: str, file_index: int, config: PackConfig) -> PackedPair:
@@ -345,6 +235,8 @@ def write_packed_shard(out: Path, shard: int, pairs: list[PackedPair], config: P
 
 
 def prepare_pack_output(out: Path, overwrite: bool) -> None:
+    """Make ``out``, clear a killed run's temporaries; refuse a folder that holds a dataset
+    (any recipe) unless ``overwrite``, which removes what a render or pack writes there."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -354,9 +246,7 @@ def prepare_pack_output(out: Path, overwrite: bool) -> None:
     if held:
         if not overwrite:
             raise PackError(f"{out} already holds a dataset; choose another folder or pass --overwrite")
-        for entry in out.iterdir():
-            if entry.name == MANIFEST_NAME or (entry.name.startswith("pairs-") and entry.name.endswith((".tar", ".stats.json"))):
-                entry.unlink()
+        clear_dataset(out)
 
 
 def pack_folder(
@@ -379,12 +269,14 @@ def pack_folder(
         raise PackError(f"workers must be >= 0, got {workers}")
     if out.resolve() == root.resolve():
         raise PackError("the output folder must differ from the folder of recordings")
-    files = list_recordings(root)
+    summary = PackSummary(out=out)
+    files = list_recordings(root, summary.skipped)
     if not files:
+        if summary.skipped:
+            raise nothing_readable(root, summary.skipped)
         raise PackError(f"{root}: no {', '.join(AUDIO_EXTENSIONS)} files found")
     prepare_pack_output(out, overwrite)
     started = time.perf_counter()
-    summary = PackSummary(out=out)
     # Shards are written before their number is known, so their stats files carry the
     # hash of the recipe with n_shards unset.
     pending_hash = recipe_sha256(pack_recipe(config, root, files, None))
@@ -409,11 +301,16 @@ def pack_folder(
         bar.close()
         remove_dead_temporaries(out)
     if not entries:
-        raise PackError(f"{root}: none of the {len(files)} recordings could be read")
+        raise nothing_readable(root, summary.skipped)
     summary.shards = len(entries)
     summary.seconds = time.perf_counter() - started
     write_manifest(out, packed_manifest(config, root, files, entries, summary))
     return summary
+
+
+def nothing_readable(root: Path, skipped: list[dict]) -> PackError:
+    first = skipped[0]
+    return PackError(f"{root}: none of the {len(skipped)} recordings could be read (first: {first['path']}: {first['error']})")
 
 
 def packed_manifest(config: PackConfig, root: Path, files: list[str], entries: list[dict], summary: PackSummary) -> dict[str, Any]:

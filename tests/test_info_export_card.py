@@ -13,7 +13,8 @@ import soundfile as sf
 import yaml
 
 from doppelgen.card import CardError, size_category, write_card
-from doppelgen.export import ExportError, export_pairs, log_mel, param_differences
+from doppelgen.export import ExportError, export_pairs, param_differences
+from doppelgen.logmel import vggish_log_mel as log_mel
 from doppelgen.format import iter_shard_pairs, iter_tar_members, read_manifest, shard_name
 from doppelgen.info import describe_dataset, format_description
 from doppelgen.pack import PackConfig, pack_folder
@@ -66,6 +67,24 @@ def test_log_mel_has_the_vggish_shape_and_finds_a_tone():
     low = log_mel(np.sin(2 * np.pi * 300 * t), 16000)
     assert mel.mean(axis=0).argmax() > low.mean(axis=0).argmax()
     assert np.isclose(log_mel(np.zeros(16000), 16000), np.log(0.01)).all()
+
+
+def test_log_mel_of_the_pictures_is_the_trainers_features():
+    """export draws what the network sees: doppelgen.logmel (NumPy, float64) against
+    doppeltrain.features (torch, float32)."""
+    import torch
+
+    from doppeltrain.config import FeatureConfig
+    from doppeltrain.features import log_mel as trainer_log_mel, mel_filterbank
+    from doppelgen.logmel import vggish_mel_filterbank
+
+    cfg = FeatureConfig()
+    np.testing.assert_allclose(vggish_mel_filterbank(cfg.sample_rate, cfg.n_fft), mel_filterbank(cfg).numpy(), atol=1e-6)
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.3
+    ours = log_mel(audio, 16000)
+    theirs = trainer_log_mel(torch.from_numpy(audio)).numpy()
+    assert ours.shape == theirs.shape == (98, 64)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
 def test_param_differences_rank_by_how_far_the_views_are_apart():
@@ -124,6 +143,17 @@ def test_card_header_is_what_the_hub_reads(dataset, voice_recipe):
         assert f"`{entry['sha256']}`" in body
     for how in ("doppeltrain fit", "wds.WebDataset", "load_dataset(", "pairs-{000000..000003}.tar", '"delta": 0.25'):
         assert how in body
+
+
+def test_card_license_and_title_options(dataset):
+    result = run_cli("card", dataset, "--license", "mit", "--title", "Voice pairs: a test")
+    assert result.exit_code == 0 and result.stdout == f"wrote {dataset / 'README.md'}\n"
+    header = card_header(dataset)
+    assert header["license"] == "mit" and header["pretty_name"] == "Voice pairs: a test"
+    body = (dataset / "README.md").read_text(encoding="utf-8").split("---\n", 2)[2]
+    assert body.startswith("\n# Voice pairs: a test\n")
+    assert run_cli("card", dataset).exit_code == 0  # without them: the defaults again
+    assert card_header(dataset)["license"] == "cc-by-4.0" and card_header(dataset)["pretty_name"].startswith("Synthetic audio doppelg")
 
 
 def test_size_categories_follow_the_hub_buckets():

@@ -1,6 +1,8 @@
 """doppelgen pack: recordings -> pair shards in FORMAT.md, the paper's real-data baseline."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from doppelgen.format import MANIFEST_NAME, iter_shard_pairs, read_manifest, shard_name
-from doppelgen.pack import PackConfig, PackError, Resampler, list_recordings, pack_folder, plan_crops
+from doppelgen.pack import PackConfig, PackError, pack_folder
+from doppelgen.recordings import Resampler, list_recordings, plan_crops
 from doppelgen.verify import verify_dataset
 
 from test_verify import run_cli
@@ -194,3 +197,85 @@ def test_the_trainer_discovers_a_packed_dataset(packed):
 
     info = discover_dataset(str(packed), SR)
     assert info.n_pairs == 4 and [s.n_pairs for s in info.shards] == [3, 1] and info.n_samples == SR
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_listed(tmp_path):
+    """Issue 10 row 11: one such name aborted the whole pack with a UnicodeEncodeError."""
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    sf.write(root / "good.wav", tone(SR, 1.5, 440), SR)
+    undecodable = os.path.join(os.fsencode(root), b"caf\xe9\xff.wav")
+    shutil.copyfile(os.fsencode(root / "good.wav"), undecodable)
+    shutil.copyfile(os.fsencode(root / "good.wav"), os.path.join(os.fsencode(root / "sub"), b"\xff.flac"))
+    result = run_cli("pack", root, tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("1 pairs in 1 shards") and "2 unreadable recordings skipped" in result.stdout
+    text = (tmp_path / "out" / MANIFEST_NAME).read_text(encoding="utf-8")
+    record = json.loads(text)["record"]
+    assert [s["path"] for s in record["skipped"]] == ["caf\\xe9\\xff.wav", "sub/\\xff.flac"]
+    assert all("not valid UTF-8" in s["error"] for s in record["skipped"]) and record["n_skipped"] == 2
+    assert [p.meta["source"] for p in pairs_of(tmp_path / "out")] == ["good.wav"]
+    assert verify_dataset(tmp_path / "out").ok
+
+
+def test_a_folder_of_only_undecodable_names_is_refused_naming_one(tmp_path):
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "x.wav", tone(SR, 1.0, 440), SR)
+    shutil.copyfile(os.fsencode(tmp_path / "x.wav"), os.path.join(os.fsencode(tmp_path / "in"), b"\xe9.wav"))
+    result = run_cli("pack", tmp_path / "in", tmp_path / "out", "-q")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "none of the 1 recordings could be read (first: \\xe9.wav: file name is not valid UTF-8" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- the command line's options do what the README says -------------------------------
+
+
+def shard_shas(folder: Path) -> list[str]:
+    return [s["sha256"] for s in read_manifest(folder)["record"]["shards"]]
+
+
+def test_cli_temporal_jitter_draws_two_crops(recordings, tmp_path):
+    assert run_cli("pack", recordings, tmp_path / "j", "--temporal-jitter", "--seed", "5", "-q").exit_code == 0
+    assert read_manifest(tmp_path / "j")["recipe"]["temporal_jitter"] is True
+    pairs = pairs_of(tmp_path / "j")
+    assert any(p.meta["params"]["a"] != p.meta["params"]["b"] and not np.array_equal(p.a, p.b) for p in pairs)
+
+
+def test_cli_seed_is_the_seed_of_the_python_function(recordings, packed, tmp_path):
+    assert run_cli("pack", recordings, tmp_path / "s", "--seed", "3", "--pairs-per-shard", "3", "-q").exit_code == 0
+    pack_folder(recordings, tmp_path / "api", PackConfig(pairs_per_shard=3, seed=3))
+    assert read_manifest(tmp_path / "s")["recipe"]["seed"] == 3
+    assert shard_shas(tmp_path / "s") == shard_shas(tmp_path / "api") != shard_shas(packed)
+
+
+def test_cli_workers_start_decoding_processes_and_keep_the_output(recordings, packed, tmp_path, monkeypatch):
+    import concurrent.futures
+
+    started = []
+
+    class CountingPool(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, max_workers=None, **kwargs):
+            started.append(max_workers)
+            super().__init__(max_workers=max_workers, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", CountingPool)
+    assert run_cli("pack", recordings, tmp_path / "w", "--workers", "2", "--pairs-per-shard", "3", "-q").exit_code == 0
+    assert started == [2] and shard_shas(tmp_path / "w") == shard_shas(packed)
+    refused = run_cli("pack", recordings, tmp_path / "w-bad", "--workers", "-1", "-q")
+    assert refused.exit_code == 2 and refused.stderr == "error: workers must be >= 0, got -1\n"
+
+
+def test_cli_overwrite_replaces_only_with_the_option(recordings, tmp_path):
+    out = tmp_path / "o"
+    assert run_cli("pack", recordings, out, "--max-n", "3", "--pairs-per-shard", "1", "-q").exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    refused = run_cli("pack", recordings, out, "--max-n", "2", "--pairs-per-shard", "2", "-q")
+    assert refused.exit_code == 2 and "already holds a dataset" in refused.stderr and "--overwrite" in refused.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert run_cli("pack", recordings, out, "--max-n", "2", "--pairs-per-shard", "2", "--overwrite", "-q").exit_code == 0
+    manifest = read_manifest(out)
+    assert manifest["recipe"]["max_n"] == 2 and [s["n_pairs"] for s in manifest["record"]["shards"]] == [2]
+    # The old dataset's shards 1 and 2 are gone; what is not a dataset's stays.
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "notes.txt", "pairs-000000.stats.json", "pairs-000000.tar"]
