@@ -8,7 +8,8 @@ are not centred: frame ``t`` covers samples ``[160 t, 160 t + 400)``, so a 1 s c
 98 frames and gives one example.
 
 torchaudio's own mel filterbank draws its triangles in hertz, not in mel, so the
-filterbank is built here; the STFT is torchaudio's.
+filterbank comes from ``doppelgen.logmel`` (the HTK mel scale, ``htk_hertz_to_mel``); the
+STFT is torchaudio's.
 """
 
 from __future__ import annotations
@@ -18,30 +19,17 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from doppelgen.logmel import vggish_mel_filterbank
+
 from .config import FeatureConfig
 
 
-def hertz_to_mel_htk(frequency):
-    """The HTK mel scale, ``1127 ln(1 + f / 700)``, VGGish's; works on floats, arrays and
-    tensors. (The augmentations draw filter cutoffs on O'Shaughnessy's
-    ``2595 log10(1 + f / 700)``, as torch-audiomentations does: see
-    ``sinc_filters.hertz_to_mel_oshaughnessy``.)"""
-    if isinstance(frequency, torch.Tensor):
-        return 1127.0 * torch.log1p(frequency / 700.0)
-    return 1127.0 * np.log1p(np.asarray(frequency, dtype=np.float64) / 700.0)
-
-
 def mel_filterbank(cfg: FeatureConfig) -> torch.Tensor:
-    """The (n_fft // 2 + 1, n_mels) weights: triangles whose edges are equally spaced in
-    mel, evaluated at each FFT bin's mel value; the DC bin gets no weight."""
-    n_bins = cfg.n_fft // 2 + 1
-    bins_mel = hertz_to_mel_htk(np.linspace(0.0, cfg.sample_rate / 2.0, n_bins))
-    edges = np.linspace(hertz_to_mel_htk(cfg.f_min), hertz_to_mel_htk(cfg.f_max), cfg.n_mels + 2)
-    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
-    rising = (bins_mel[:, None] - lower) / (center - lower)
-    falling = (upper - bins_mel[:, None]) / (upper - center)
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    weights[0, :] = 0.0
+    """The (n_fft // 2 + 1, n_mels) float32 weights: triangles whose edges are equally
+    spaced on the HTK mel scale, evaluated at each FFT bin's mel value, the DC bin
+    unweighted. Built once by ``doppelgen.logmel`` (NumPy), which draws the pictures of
+    ``doppelgen export``: the two programs share one definition."""
+    weights = vggish_mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
     return torch.from_numpy(weights.astype(np.float32))
 
 
