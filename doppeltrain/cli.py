@@ -22,7 +22,8 @@ from .cli_use import register as register_use_commands
 from .config import TrainConfig
 from .data import DataError
 from .distributed import DistributedError
-from .train import TrainError, fit, resume_config
+from .options import TrainError
+from .train import fit, resume_config
 
 app = typer.Typer(
     add_completion=False,

@@ -30,7 +30,8 @@ from doppeltrain.checkpoint import (
 )
 from doppeltrain.cli import main
 from doppeltrain.config import TrainConfig
-from doppeltrain.train import TrainError, fit
+from doppeltrain.options import TrainError
+from doppeltrain.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_FIELDS = {"step", "epoch", "loss", "alignment", "uniformity", "lr", "pairs_per_s", "data_wait_fraction"}
