@@ -19,6 +19,9 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PYTHON=python3
-[ -x .venv/bin/python ] && PYTHON=.venv/bin/python
+# The project's venv where there is one, else the machine's python3; $PYTHON overrides.
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  [ -x .venv/bin/python ] && PYTHON=.venv/bin/python
+fi
 exec timeout 480 "$PYTHON" benchmarks/gpu_check.py "$@"

@@ -3,13 +3,14 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable}
     result = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--tiny", "--out", str(tmp_path), "--workers", "1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
