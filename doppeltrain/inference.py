@@ -206,39 +206,55 @@ def embed_example_streams(
     model: AudioEmbedder, streams: Iterable[Iterable[torch.Tensor]], batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Iterator[torch.Tensor]:
     """Yield one (dim,) embedding per stream, in order: the mean of the vectors of its
-    examples, which the stream gives as (n, window) blocks. Examples are batched across
-    blocks and streams; only about a batch of them is held at once."""
-    totals: dict[int, list] = {}  # stream -> [float64 sum of vectors, count]
-    pending: list[tuple[int, torch.Tensor]] = []
-    finished: list[int] = []
+    examples, which the stream gives as (n, window) blocks.
 
-    def flush() -> None:
-        vectors = encode_examples(model, torch.cat([examples for _, examples in pending]), batch_size)
-        for (index, examples), part in zip(pending, vectors.split([len(e) for _, e in pending])):
+    Examples go to the network in batches of exactly `batch_size` (only the last may
+    be smaller), across blocks and streams: a long file read in blocks costs as many
+    forward passes as it has batches, never a leftover pass per block. About one batch
+    of examples is held at once.
+    """
+    totals: dict[int, list] = {}  # stream -> [float64 sum of vectors, count]
+    pending: list[tuple[int, torch.Tensor]] = []  # (stream, examples), oldest first
+    finished: list[int] = []  # streams read to the end, not yet yielded
+
+    def encode(count: int) -> None:
+        taken, parts = 0, []
+        while taken < count:
+            index, examples = pending[0]
+            use = min(count - taken, len(examples))
+            parts.append((index, examples[:use]))
+            if use == len(examples):
+                pending.pop(0)
+            else:
+                pending[0] = (index, examples[use:])
+            taken += use
+        vectors = encode_examples(model, torch.cat([examples for _, examples in parts]), batch_size)
+        for (index, examples), part in zip(parts, vectors.split([len(e) for _, e in parts])):
             totals[index][0] += part.double().sum(dim=0)
             totals[index][1] += len(examples)
-        pending.clear()
 
     def completed() -> Iterator[torch.Tensor]:
-        # Called with nothing pending: every finished stream has all its vectors summed.
-        for index in finished:
-            vector_sum, count = totals.pop(index)
+        # A finished stream is complete when none of its examples wait: pending is in order.
+        oldest_waiting = pending[0][0] if pending else None
+        while finished and (oldest_waiting is None or finished[0] < oldest_waiting):
+            vector_sum, count = totals.pop(finished.pop(0))
             yield (vector_sum / count).float()
-        finished.clear()
 
+    waiting = 0
     for index, stream in enumerate(streams):
         totals[index] = [torch.zeros(model.embedding_dim, dtype=torch.float64), 0]
         for examples in stream:
             if len(examples):
                 pending.append((index, examples))
-            if sum(len(e) for _, e in pending) >= batch_size:
-                flush()
+                waiting += len(examples)
+            while waiting >= batch_size:
+                encode(batch_size)
+                waiting -= batch_size
                 yield from completed()
         finished.append(index)
-        if not pending:
-            yield from completed()
-    if pending:
-        flush()
+        yield from completed()
+    if waiting:
+        encode(waiting)
     yield from completed()
 
 
