@@ -157,7 +157,8 @@ class ExampleFramer:
     """:func:`clip_examples` of a clip that arrives in consecutive blocks: ``push`` returns
     the examples whose window has fully arrived, ``finish`` the rest (zero-padded), once
     the clip's length, hence its example count, is known. Together they are exactly
-    ``clip_examples`` of the whole clip; only one window of audio is held back."""
+    ``clip_examples`` of the whole clip. Between calls it keeps less than one window
+    of audio."""
 
     def __init__(self, framing: Framing):
         self.framing = framing
