@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Argument(..., help="A doppeltrain checkpoint (.pt), e.g. runs/NAME/checkpoints/latest.pt."),
         out: Path = typer.Argument(..., help="The model folder to write (made if missing): model.safetensors, config.json, README.md."),
         license: str = typer.Option(model_folder.DEFAULT_LICENSE, "--license", help="License id for the model card (Hub ids: cc-by-4.0, mit, apache-2.0, other, ...)."),
-        title: Optional[str] = typer.Option(None, "--title", help="The model card's title. [default: from the network's config]"),
+        title: Optional[str] = typer.Option(None, "--title", help="The model card's title. (default: one naming the network)"),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an earlier export in OUT."),
     ) -> None:
         """Write a publishable model folder in the Hugging Face Hub's layout (upload it with hf upload USER/NAME OUT)."""

@@ -91,6 +91,8 @@ def export_model(
     folder left half-rewritten by a kill is refused on load, never silently mixed.
     """
     out = Path(out)
+    if Path(checkpoint).is_dir():
+        raise ModelFolderError(f"{checkpoint} is a folder: export reads a checkpoint file (e.g. runs/NAME/checkpoints/latest.pt)")
     if not license or not re.fullmatch(r"[\w.+-]+", license):
         raise ModelFolderError(f"--license must be a license id such as cc-by-4.0, mit or other, got {license!r}")
     if out.exists() and not out.is_dir():
