@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -295,8 +295,10 @@ def test_fuzz_the_probe_csv_readers(fuzz_dir, labelled, data):
             except ValueError as error:
                 message = str(error)
                 assert "\n" not in message and "set.csv" in message, message
+                event(f"refused: {message.split(': ', 1)[-1].split(' (')[0].split(',')[0][:40]}")
             else:
                 assert result is not None
+                event("read")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
