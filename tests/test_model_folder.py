@@ -19,7 +19,7 @@ from doppeltrain.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from doppeltrain.cli import app
 from doppeltrain.inference import embed, embed_files, load_model
 from doppeltrain.model_folder import (
-    CARD_FILE, CONFIG_FILE, MODEL_FILE, ModelFolderError, export_model, hub_datasets, load_model_folder,
+    CARD_FILE, CONFIG_FILE, MODEL_FILE, export_model, hub_datasets, load_model_folder,
 )
 from doppeltrain.probe import ProbeConfig, run_probe
 from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint, write_labelled_folder
