@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
+import pickletools
 import random
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Union
 
@@ -92,17 +94,52 @@ def _safe_load(path: Path, map_location: Union[str, torch.device], mmap: bool = 
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
+        # A class or function to import (a GLOBAL) is what could run code; the restricted
+        # unpickler may stop earlier (at an opcode it lacks), so the stream is also read
+        # with pickletools, which parses without running anything.
         text = str(error)
-        if "Weights only load failed" in text:
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f" ({found.group(1)})" if found else ""
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        imported = found.group(1) if found else _first_import(path)
+        if imported:
             raise CheckpointError(
-                f"it holds Python objects{what} that only arbitrary unpickling could load, which can run "
-                "code from the file; only tensors and plain data are read"
+                f"it holds Python objects ({imported}) that only arbitrary unpickling could load, which "
+                "can run code from the file; only tensors and plain data are read"
             ) from None
-        raise CheckpointError(f"unreadable checkpoint ({one_line(error)})") from None
+        detail = re.search(r"WeightsUnpickler error: (.+?)(?:\n\n|$)", text, re.DOTALL)
+        reason = " ".join(detail.group(1).split()) if detail else one_line(error)
+        raise CheckpointError(f"unreadable checkpoint ({reason[:200]})") from None
     except Exception as error:  # torch.load raises many types for damaged files
         raise CheckpointError(f"unreadable checkpoint ({type(error).__name__})") from None
+
+
+def _first_import(path: Path) -> str:
+    """The first class or function the pickle stream of `path` (a torch.save zip's
+    ``data.pkl``, or the whole file) would import; '' if none or unreadable."""
+    try:
+        with open(path, "rb") as raw:
+            if zipfile.is_zipfile(raw):
+                with zipfile.ZipFile(raw) as archive:
+                    names = [name for name in archive.namelist() if name.endswith("data.pkl")]
+                    return _scan_pickle(archive.open(names[0])) if names else ""
+            raw.seek(0)
+            return _scan_pickle(raw)
+    except (OSError, zipfile.BadZipFile):
+        return ""
+
+
+def _scan_pickle(stream) -> str:
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(stream):
+            if opcode.name in ("GLOBAL", "INST"):
+                return str(arg).replace(" ", ".")
+            if opcode.name == "STACK_GLOBAL":  # module and name were pushed as strings
+                return ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - malformed opcodes: nothing importable was found before them
+        return ""
+    return ""
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:

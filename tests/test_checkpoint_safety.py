@@ -46,19 +46,19 @@ class Payload:
 
 def craft(path: Path, marker: Path, form: str) -> Path:
     """A file named like a checkpoint whose loading by unpickling would create `marker`:
-    ``zip`` as torch.save writes (the payload inside a checkpoint's keys) or ``pickle``,
-    a bare legacy pickle."""
+    ``zip`` as torch.save writes (the payload inside a checkpoint's keys; ``zip4`` with
+    pickle protocol 4) or ``pickle``, a bare legacy pickle."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if form == "zip":
+    if form.startswith("zip"):
         state = {key: 0 for key in CHECKPOINT_KEYS}
         state["config"] = {"note": Payload(marker)}
-        torch.save(state, path)
+        torch.save(state, path, pickle_protocol=4 if form == "zip4" else 2)
     else:
         path.write_bytes(pickle.dumps(Payload(marker)))
     return path
 
 
-@pytest.fixture(params=["zip", "pickle"])
+@pytest.fixture(params=["zip", "zip4", "pickle"])
 def crafted(request, tmp_path):
     marker = tmp_path / "MARKER"
     # The payload is armed: unpickled the old way, it runs (then forget that marker).
@@ -243,3 +243,12 @@ def test_resuming_a_run_killed_in_its_first_checkpoint_says_to_start_again(voice
             "--val-shards", "1", "--val-every", "0", "--no-progress"]
     assert main(args) == 0
     assert sorted(p.name for p in (runs / "r" / "checkpoints").iterdir()) == ["epoch-0001.pt", "latest.pt"]
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"", b"PK\x03\x04 truncated zip"])
+def test_damaged_files_are_unreadable_not_called_unsafe(tmp_path, content):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="x.pt: unreadable checkpoint") as caught:
+        load_checkpoint(path)
+    assert "unpickling" not in str(caught.value) and "\n" not in str(caught.value)
