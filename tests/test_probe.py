@@ -266,7 +266,10 @@ CELLS = st.one_of(
                      "path", "label", "split", "train", "test", "", " ", '"', '""', "a,b", "\x00", "\r", "..", "/"]),
     st.text(max_size=12),
 )
-CSV_TEXT = st.lists(st.lists(CELLS, max_size=4).map(",".join), max_size=12).map("\n".join)
+FILES = st.sampled_from(["tone/tone-00.wav", "noise/noise-01.wav", "clicks/clicks-02.wav", " tone/tone-03.wav "])
+WELL_FORMED = st.tuples(FILES, st.one_of(st.sampled_from(["tone", "noise", "train", "test"]), st.text(max_size=8))).map(",".join)
+ROWS = st.one_of(WELL_FORMED, st.lists(CELLS, max_size=4).map(",".join))
+CSV_TEXT = st.tuples(st.sampled_from(["", "path,label\n", "path,split\n", "\ufeff"]), st.lists(ROWS, max_size=12).map("\n".join)).map("".join)
 
 
 @pytest.fixture(scope="module")
