@@ -1,23 +1,33 @@
-"""Checkpoints: written atomically, read back for resuming or for inference.
+"""Checkpoints: written atomically, read back for resuming or for inference, never unpickled.
 
-A checkpoint is one ``torch.save`` dict with these keys:
+A checkpoint is one ``torch.save`` dict holding only tensors and plain data (dicts,
+lists, tuples, str, numbers, bool, None), so it loads with
+``torch.load(weights_only=True)``: a file that would need arbitrary unpickling, and so
+could run code, is refused before anything in it runs. Keys:
 
 - ``model``: state_dict of the bare network (never the DDP wrapper), loadable into
   ``build_model(config.model)``
 - ``optimizer``: its state_dict (the learning rate is a function of ``step``)
 - ``epoch``: epochs completed; ``step``: optimizer steps taken
-- ``rng``: the saving process's RNG states (python, numpy, torch CPU, CUDA)
+- ``rng``: the saving process's RNG states, as tensors (see :func:`rng_state`)
 - ``config``: ``TrainConfig.to_dict()``
 - ``manifests``: ``{dataset: sha256 of its manifest.json}``, so a resume can refuse
   data that changed under it
 
-and, from ``fit``, ``world_size`` (processes that trained it; optional when loading).
+and optionally ``world_size`` (processes that trained it), which loading does not
+require.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import pickle
+import pickletools
 import random
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Union
 
@@ -25,18 +35,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from doppelgen.files import atomic_writer, file_sha256
+from doppelgen.console import one_line
+from doppelgen.files import TEMP_MARK, atomic_writer, file_sha256, remove_dead_temporaries, temporary_path
 from doppelgen.format import MANIFEST_NAME, dump_json
 
-from .config import TrainConfig
-from .model import build_model
+from .config import FeatureConfig, ModelConfig, TrainConfig
+from .model import MODEL_BLOCKS, build_model
 
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "rng", "config", "manifests")
 LATEST_NAME = "latest.pt"
 
+# What a model read from a file may ask for: generous for any real network and
+# frontend, small enough that a crafted config cannot make loading allocate without bound.
+MAX_WIDTH = 4096
+MAX_EMBEDDING_DIM = 65536
+MAX_SAMPLE_RATE = 384_000
+MAX_N_FFT = 65536
+MAX_EXAMPLE_FRAMES = 10_000
+
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or not ours; the message is one line."""
+    """A checkpoint is missing, unreadable, unsafe or not ours; the message is one line."""
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
@@ -47,28 +66,172 @@ def save_checkpoint(state: dict[str, Any], path: Union[str, Path]) -> Path:
     """Write ``state`` to ``path`` via a temporary file and ``os.replace``.
 
     A process killed mid-write leaves the previous file at ``path`` intact, never a
-    truncated one.
+    truncated one; the temporaries of writers killed earlier in that folder are removed
+    first. The written file is read back with ``weights_only=True`` before it replaces
+    ``path``: a state holding anything but tensors and plain data is refused here
+    (CheckpointError), not at the resume that would need it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(path.parent)
     with atomic_writer(path) as handle:
         torch.save(state, handle)
+        handle.flush()
+        try:
+            _safe_load(temporary_path(path), "cpu", mmap=True)
+        except CheckpointError as error:
+            raise CheckpointError(f"refusing to write {path}: {error}") from None
     return path
 
 
+def _safe_load(path: Path, map_location: Union[str, torch.device], mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)``; CheckpointError in one line if it fails."""
+    try:
+        # torch warns (on stderr, several lines) about the pickle protocol of legacy files.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        # A class or function to import (a GLOBAL) is what could run code; the restricted
+        # unpickler may stop earlier (at an opcode it lacks), so the stream is also read
+        # with pickletools, which parses without running anything.
+        text = str(error)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        imported = found.group(1) if found else _first_import(path)
+        if imported:
+            raise CheckpointError(
+                f"it holds Python objects ({imported}) that only arbitrary unpickling could load, which "
+                "can run code from the file; only tensors and plain data are read"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error: (.+?)(?:\n\n|$)", text, re.DOTALL)
+        reason = " ".join(detail.group(1).split()) if detail else one_line(error)
+        raise CheckpointError(f"unreadable checkpoint ({reason[:200]})") from None
+    except Exception as error:  # torch.load raises many types for damaged files
+        raise CheckpointError(f"unreadable checkpoint ({type(error).__name__})") from None
+
+
+def _first_import(path: Path) -> str:
+    """The first class or function the pickle stream of `path` (a torch.save zip's
+    ``data.pkl``, or the whole file) would import; '' if none or unreadable."""
+    try:
+        with open(path, "rb") as raw:
+            if zipfile.is_zipfile(raw):
+                with zipfile.ZipFile(raw) as archive:
+                    names = [name for name in archive.namelist() if name.endswith("data.pkl")]
+                    return _scan_pickle(archive.open(names[0])) if names else ""
+            raw.seek(0)
+            return _scan_pickle(raw)
+    except (OSError, zipfile.BadZipFile):
+        return ""
+
+
+def _scan_pickle(stream) -> str:
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(stream):
+            if opcode.name in ("GLOBAL", "INST"):
+                return str(arg).replace(" ", ".")
+            if opcode.name == "STACK_GLOBAL":  # module and name were pushed as strings
+                return ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - malformed opcodes: nothing importable was found before them
+        return ""
+    return ""
+
+
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; CheckpointError if it is not one."""
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``;
+    CheckpointError (one line) if it is missing, damaged, not ours, or needs arbitrary
+    unpickling (refused before anything in the file runs)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no such checkpoint: {path}")
+        raise CheckpointError(_missing_message(path))
     try:
-        # Our checkpoints hold RNG states (numpy arrays, tuples), not only tensors.
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # torch.load raises many types for damaged files
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(error).__name__})") from None
+        state = _safe_load(path, map_location)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
         raise CheckpointError(f"{path}: not a doppeltrain checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")
     return state
+
+
+def _missing_message(path: Path) -> str:
+    run_dir = path.parent.parent
+    if path.name == LATEST_NAME and path.parent.name == "checkpoints" and run_dir.is_dir():
+        # A run's folder is made before training; latest.pt only when an epoch ends.
+        partial = path.parent.is_dir() and any(path.parent.glob(f".{path.name}{TEMP_MARK}*"))
+        how = "its first checkpoint was being written when it was killed" if partial else "it stopped before its first checkpoint"
+        return f"no such checkpoint: {path} ({how}); start the run again without --resume"
+    return f"no such checkpoint: {path}"
+
+
+def config_from_state(config: Any, source: Union[str, Path]) -> TrainConfig:
+    """The TrainConfig of a checkpoint's (or model folder's) plain-data config, with the
+    fields inference builds from checked; CheckpointError naming `source` otherwise."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: its config is not a mapping")
+    try:
+        cfg = TrainConfig.from_dict(config)
+    except (ValueError, TypeError, RecursionError) as error:
+        raise CheckpointError(f"{source}: bad config ({one_line(error)})") from None
+    problem = inference_config_problem(cfg)
+    if problem:
+        raise CheckpointError(f"{source}: bad config ({problem})")
+    return cfg
+
+
+def inference_config_problem(cfg: TrainConfig) -> str:
+    """What is wrong with the model and frontend fields of a config read from a file
+    ('' if nothing): types, and bounds that keep loading from allocating without limit."""
+    model, features = cfg.model, cfg.features
+    if not isinstance(model, ModelConfig) or not isinstance(features, FeatureConfig):
+        return "model and features must be mappings"
+    if not isinstance(model.model, str) or model.model not in MODEL_BLOCKS:
+        return f"model.model must be one of {', '.join(MODEL_BLOCKS)}"
+    int_bounds = {
+        "model.width": (model.width, MAX_WIDTH),
+        "model.embedding_dim": (model.embedding_dim, MAX_EMBEDDING_DIM),
+        "features.sample_rate": (features.sample_rate, MAX_SAMPLE_RATE),
+        "features.n_fft": (features.n_fft, MAX_N_FFT),
+        "features.window_length": (features.window_length, features.n_fft),
+        "features.hop_length": (features.hop_length, MAX_N_FFT),
+        "features.n_mels": (features.n_mels, features.n_fft // 2 + 1 if isinstance(features.n_fft, int) else 0),
+        "features.example_frames": (features.example_frames, MAX_EXAMPLE_FRAMES),
+    }
+    for name, (value, upper) in int_bounds.items():
+        if not _is_int(value) or not 1 <= value <= upper:
+            return f"{name} must be an integer in 1..{upper}, got {value!r}"
+    for name in ("f_min", "f_max", "log_offset"):
+        value = getattr(features, name)
+        if not _is_number(value) or not math.isfinite(value):
+            return f"features.{name} must be a finite number, got {value!r}"
+    if not 0 <= features.f_min < features.f_max <= features.sample_rate / 2:
+        return "features need 0 <= f_min < f_max <= sample_rate / 2"
+    if features.log_offset <= 0:
+        return "features.log_offset must be positive"
+    return ""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def network_with_weights(config: TrainConfig, weights: Any, source: Union[str, Path]) -> nn.Module:
+    """``build_model(config.model)`` holding `weights` (a state_dict); CheckpointError in
+    one line when they do not fit the configured network."""
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{source}: its weights are not a mapping of tensors")
+    model = build_model(config.model)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"{source}: its weights do not fit the configured model ({one_line(error)[:300]})") from None
+    return model
 
 
 def load_model(checkpoint_path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> tuple[nn.Module, TrainConfig]:
@@ -78,10 +241,19 @@ def load_model(checkpoint_path: Union[str, Path], device: Union[str, torch.devic
     them as training did.
     """
     state = load_checkpoint(checkpoint_path)
-    config = TrainConfig.from_dict(state["config"])
-    model = build_model(config.model)
-    model.load_state_dict(state["model"])
+    config = config_from_state(state["config"], checkpoint_path)
+    model = network_with_weights(config, state["model"], checkpoint_path)
     return model.to(device).eval(), config
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state_dict's names and tensor bytes, in key order: which weights
+    these are, wherever they were loaded from (the definition of fit's weights digest)."""
+    digest = hashlib.sha256()
+    for key, tensor in state_dict.items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # --- what a checkpoint records -------------------------------------------------------
@@ -105,15 +277,51 @@ def manifest_digests(datasets: Iterable[tuple[str, dict]]) -> dict[str, str]:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The process's RNG states as tensors and plain data, so a checkpoint holding them
+    loads with ``weights_only=True``; :func:`set_rng_state` restores them exactly.
+
+    - ``python``: ``{"version": int, "state": int64 tensor (625,), "gauss_next": float or None}``,
+      from ``random.getstate()`` (Mersenne Twister words and position)
+    - ``numpy``: ``{"algorithm": "MT19937", "key": int64 tensor (624,), "pos": int,
+      "has_gauss": int, "cached_gaussian": float}``, from ``np.random.get_state()``
+    - ``torch``: ``torch.get_rng_state()`` (uint8 tensor)
+    - ``cuda``: ``torch.cuda.get_rng_state_all()`` (list of uint8 tensors), when CUDA is available
+    """
+    version, words, gauss_next = random.getstate()
+    algorithm, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": {"version": int(version), "state": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {
+            "algorithm": str(algorithm), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restore what :func:`rng_state` recorded; CheckpointError if it is malformed. CUDA
+    states are restored when the process sees as many devices as the saver did."""
+    try:
+        python, numpy_state = state["python"], state["numpy"]
+        words = tuple(int(word) for word in python["state"].tolist())
+        gauss_next = python["gauss_next"]
+        python_state = (int(python["version"]), words, None if gauss_next is None else float(gauss_next))
+        key = numpy_state["key"]
+        if not isinstance(key, torch.Tensor) or key.shape != (624,) or key.min() < 0 or key.max() >= 2**32:
+            raise ValueError("numpy key must be 624 unsigned 32-bit words")
+        numpy_tuple = (str(numpy_state["algorithm"]), key.numpy().astype(np.uint32), int(numpy_state["pos"]),
+                       int(numpy_state["has_gauss"]), float(numpy_state["cached_gaussian"]))
+        torch_state = state["torch"]
+        if not isinstance(torch_state, torch.Tensor) or torch_state.dtype != torch.uint8:
+            raise ValueError("torch state must be a uint8 tensor")
+        random.setstate(python_state)
+        np.random.set_state(numpy_tuple)
+        torch.set_rng_state(torch_state)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(f"the checkpoint's RNG states are malformed ({one_line(error)})") from None
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])

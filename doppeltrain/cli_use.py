@@ -1,8 +1,10 @@
-"""The commands that use a trained model: ``embed`` and ``probe``.
+"""The commands that use or publish a trained model: ``embed``, ``probe`` and ``export``.
 
 Each parses options and calls one function (`inference.embed_command`,
-`probe.run_probe`); ``register(app)`` adds them to the doppeltrain CLI. A bad input
-prints one line and exits with status 2 (as ``fit`` does), without a traceback.
+`probe.run_probe`, `model_folder.export_model`); ``register(app)`` adds them to the
+doppeltrain CLI. A model is a checkpoint file or a model folder written by ``export``.
+A bad input prints one line and exits with status 2 (as ``fit`` does), without a
+traceback.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Callable, List, Optional, TypeVar
 
 import typer
 
-from doppeltrain import inference, probe
+from doppelgen.console import EXIT_USAGE, fail, one_line
+
+from doppeltrain import inference, model_folder, probe
 from doppeltrain.distributed import DistributedError
 
 T = TypeVar("T")
-USAGE_EXIT = 2
 # Option defaults come from the typed config and the API, so they live in one place.
 PROBE_DEFAULTS = probe.ProbeConfig(checkpoint="", data="")
 
@@ -30,18 +33,17 @@ def _run(action: Callable[[], T]) -> T:
     try:
         return action()
     except INPUT_ERRORS as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=USAGE_EXIT) from None
+        fail(one_line(error), EXIT_USAGE)
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``embed`` and ``probe`` commands to `app`."""
+    """Add the ``embed``, ``probe`` and ``export`` commands to `app`."""
 
     @app.command("embed")
     def embed(
-        checkpoint: Path = typer.Argument(..., help="A doppeltrain checkpoint (.pt)."),
+        checkpoint: Path = typer.Argument(..., help="A doppeltrain checkpoint (.pt) or a model folder from doppeltrain export."),
         inputs: List[str] = typer.Argument(..., help="Audio files, folders (recursive) or @list.txt (one path per line)."),
-        out: Path = typer.Option(Path("embeddings.npy"), "--out", "-o", help="The .npy to write; the paths go to the .txt beside it."),
+        out: Path = typer.Option(Path("embeddings.npy"), "--out", "-o", help="The .npy to write; the paths go to the .txt beside it, one a line (a backslash, control characters and non-UTF-8 bytes escaped: \\\\, \\n, \\uHHHH, \\xHH)."),
         batch_size: int = typer.Option(inference.DEFAULT_BATCH_SIZE, help="0.96 s examples per forward pass."),
         device: str = typer.Option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -53,7 +55,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("probe")
     def probe_command(
-        checkpoint: Path = typer.Argument(..., help="A doppeltrain checkpoint (.pt)."),
+        checkpoint: Path = typer.Argument(..., help="A doppeltrain checkpoint (.pt) or a model folder from doppeltrain export."),
         data_dir: Path = typer.Argument(..., help="A folder with one sub-folder per class, or a CSV of path,label."),
         test_fraction: float = typer.Option(PROBE_DEFAULTS.test_fraction, help="Fraction of each class held out for testing."),
         split: Optional[Path] = typer.Option(None, help="A CSV of path,split (train or test) instead of a random split."),
@@ -75,3 +77,15 @@ def register(app: typer.Typer) -> None:
         report = _run(lambda: probe.run_probe(cfg))
         typer.echo(probe.format_report(report))
         typer.echo(f"report written to {out}")
+
+    @app.command("export")
+    def export(
+        checkpoint: Path = typer.Argument(..., help="A doppeltrain checkpoint (.pt), e.g. runs/NAME/checkpoints/latest.pt."),
+        out: Path = typer.Argument(..., help="The model folder to write (made if missing): model.safetensors, config.json, README.md."),
+        license: str = typer.Option(model_folder.DEFAULT_LICENSE, "--license", help="License id for the model card (Hub ids: cc-by-4.0, mit, apache-2.0, other, ...)."),
+        title: Optional[str] = typer.Option(None, "--title", help="The model card's title. (default: one naming the network)"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an earlier export in OUT."),
+    ) -> None:
+        """Write a publishable model folder in the Hugging Face Hub's layout (upload it with hf upload USER/NAME OUT)."""
+        result = _run(lambda: model_folder.export_model(checkpoint, out, license=license, title=title, overwrite=overwrite))
+        typer.echo(model_folder.describe(result))

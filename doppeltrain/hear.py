@@ -1,6 +1,8 @@
-"""The HEAR 2021 API, so the HEAR evaluation kit runs a doppeltrain checkpoint unchanged:
+"""The HEAR 2021 API, so the HEAR evaluation kit runs a doppeltrain model unchanged:
 
     python -m heareval.embeddings.runner doppeltrain.hear --model runs/NAME/checkpoints/latest.pt
+
+``--model`` is a checkpoint or a model folder written by ``doppeltrain export``.
 
 Scene embeddings are what ``doppeltrain embed`` computes: the mean over the clip's
 0.96 s examples. Timestamp embeddings are one example (a 1 s window) centred on each
@@ -39,10 +41,12 @@ class HearModel(nn.Module):
 
 
 def load_model(model_file_path: Union[str, os.PathLike] = "", timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256) -> HearModel:
-    """The checkpoint at `model_file_path` as a HEAR model, on the CPU (the kit moves it
-    with ``.to(device)``). Extra keyword arguments are the kit's ``model_options``."""
+    """The checkpoint (or exported model folder) at `model_file_path` as a HEAR model, on
+    the CPU (the kit moves it with ``.to(device)``). Extra keyword arguments are the
+    kit's ``model_options``. CheckpointError (a ValueError) in one line for a file that
+    is not a doppeltrain model, including one that would need arbitrary unpickling."""
     if not str(model_file_path):
-        raise ValueError("doppeltrain.hear.load_model needs the path of a doppeltrain checkpoint")
+        raise ValueError("doppeltrain.hear.load_model needs the path of a doppeltrain checkpoint or model folder")
     return HearModel(inference.load_model(model_file_path, device="cpu"), timestamp_hop_ms, batch_size)
 
 

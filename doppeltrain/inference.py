@@ -1,4 +1,5 @@
-"""Use a trained checkpoint: load it, read audio, and embed clips of any length.
+r"""Use a trained model (a checkpoint or an exported model folder): load it and embed
+clips of any length.
 
 The network was trained on 1 s clips whose log-mel image is one 0.96 s example
 (96 frames of 10 ms). A clip of any length is cut into examples on the waveform: 1 s
@@ -9,47 +10,50 @@ zero-padded. Each example's embedding is L2-normalized, as in training, and a cl
 embedding is the mean over its examples.
 
 `load_model` and `embed` are the notebook API; the ``embed`` command, the linear probe
-and the HEAR module are built on them.
+and the HEAR module are built on them. Files are read in blocks (`audio_files`), so a
+file's length costs time, not memory.
+
+``embed`` writes the embeddings to a ``.npy`` and the files' paths, one per line, to a
+``.txt`` beside it, each path written by `audio_files.path_text`: as is, unless it
+holds a backslash (``\\``), a newline (``\n``), a carriage return (``\r``), another
+control or line-separator character (``\uHHHH``) or bytes that are not UTF-8
+(``\xHH``); `audio_files.path_from_text` reverses it. Row ``i`` of the ``.npy`` is
+line ``i`` of the ``.txt``, whatever the names.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
-import soundfile as sf
 import torch
-import torchaudio
 from torch import nn
 from tqdm.auto import tqdm
 
-from doppelgen.console import one_line
 from doppelgen.files import atomic_writer, write_atomic
 
 from doppeltrain import checkpoint as checkpoint_io
+from doppeltrain import model_folder
+from doppeltrain.audio_files import (  # noqa: F401  (AudioReadError, load_audio, resample: the API of this module too)
+    AudioReadError,
+    check_readable,
+    expand_inputs,
+    load_audio,
+    path_text,
+    resample,
+    stream_audio,
+)
 from doppeltrain.config import TrainConfig
 from doppeltrain.distributed import resolve_device
 from doppeltrain.features import LogMelFrontend, example_samples
-
-# A folder contributes the files with these extensions; a file named explicitly is read
-# whatever its name, since soundfile identifies formats by content.
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-     ".au", ".snd", ".caf", ".w64", ".rf64"}
-)
 
 # 0.96 s examples per forward pass: small enough for a laptop, large enough for a GPU to
 # matter less than file reading.
 DEFAULT_BATCH_SIZE = 64
 
 Waveforms = Union[torch.Tensor, np.ndarray, Sequence[Union[torch.Tensor, np.ndarray]]]
-
-
-class AudioReadError(ValueError):
-    """An input that cannot be read as audio; the message is one line naming the file."""
 
 
 @dataclass(frozen=True)
@@ -99,102 +103,25 @@ class AudioEmbedder(nn.Module):
         return nn.functional.normalize(vectors, dim=1) if self.normalize else vectors
 
 
+def load_network(source: Union[str, Path]) -> tuple[nn.Module, TrainConfig]:
+    """The network (on the CPU, eval mode) and config of a checkpoint file or of a model
+    folder written by ``doppeltrain export``; CheckpointError (one line) otherwise."""
+    if model_folder.is_model_folder(source):
+        return model_folder.load_model_folder(source, device="cpu")
+    return checkpoint_io.load_model(source, device="cpu")
+
+
 def load_model(checkpoint: Union[str, Path], device: str = "auto") -> AudioEmbedder:
-    """The trained network of `checkpoint` with its frontend, frozen in eval mode, on
-    `device` ("auto": cuda, then mps, then cpu). CheckpointError if it is not one of ours."""
+    """The trained network of `checkpoint` (a checkpoint file, or a model folder written
+    by ``doppeltrain export``) with its frontend, frozen in eval mode, on `device`
+    ("auto": cuda, then mps, then cpu). CheckpointError if it is not one of ours; a
+    checkpoint is never unpickled beyond tensors and plain data."""
     target = resolve_device(device)
-    network, config = checkpoint_io.load_model(checkpoint, device="cpu")
+    network, config = load_network(checkpoint)
     embedder = AudioEmbedder(network, config, config.model.embedding_dim)
     for parameter in embedder.parameters():
         parameter.requires_grad_(False)
     return embedder.to(target)
-
-
-# --- audio -----------------------------------------------------------------------------
-
-
-def to_mono(audio: torch.Tensor) -> torch.Tensor:
-    """(samples,) or (samples, channels) -> (samples,), channels averaged."""
-    return audio if audio.dim() == 1 else audio.mean(dim=-1)
-
-
-def resample(waveform: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
-    """Resample along the last axis (torchaudio's windowed sinc); a no-op at equal rates."""
-    if orig_sr == new_sr:
-        return waveform
-    return _resampler(int(orig_sr), int(new_sr), str(waveform.device))(waveform.float())
-
-
-@functools.lru_cache(maxsize=16)
-def _resampler(orig_sr: int, new_sr: int, device: str) -> torchaudio.transforms.Resample:
-    # The filter bank for 44.1 or 22.05 kHz -> 16 kHz takes longer to build than to
-    # apply; a folder of files shares a handful of rates, so build each one once.
-    return torchaudio.transforms.Resample(orig_sr, new_sr).to(device)
-
-
-def load_audio(path: Union[str, Path], sample_rate: int) -> torch.Tensor:
-    """A mono float32 waveform of the file at `sample_rate`; AudioReadError if unreadable."""
-    try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as error:
-        raise AudioReadError(f"cannot read audio file {path}: {one_line(error)}") from None
-    if data.shape[0] == 0:
-        raise AudioReadError(f"cannot read audio file {path}: it holds no samples")
-    return resample(to_mono(torch.from_numpy(data)), int(file_sr), sample_rate)
-
-
-def check_readable(path: Union[str, Path]) -> None:
-    """Read the header only, so a bad file is reported before any embedding starts."""
-    try:
-        info = sf.info(str(path))
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError) as error:
-        raise AudioReadError(f"cannot read audio file {path}: {one_line(error)}") from None
-    if info.frames == 0:
-        raise AudioReadError(f"cannot read audio file {path}: it holds no samples")
-
-
-def expand_inputs(inputs: Iterable[Union[str, Path]]) -> list[Path]:
-    """Audio files in the given order: files as named, folders recursively (sorted,
-    audio extensions only, hidden files skipped), ``@list.txt`` one path per line.
-
-    Lines of a list are paths relative to the list's folder unless absolute; blank lines
-    and lines starting with ``#`` are skipped. Raises ValueError naming a missing path.
-    """
-    paths: list[Path] = []
-    for item in inputs:
-        text = str(item)
-        if text.startswith("@"):
-            list_file = Path(text[1:])
-            if not list_file.is_file():
-                raise ValueError(f"no such list file: {list_file}")
-            for line in list_file.read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    paths.extend(_expand_path(_relative_to(Path(line), list_file.parent)))
-        else:
-            paths.extend(_expand_path(Path(text)))
-    if not paths:
-        raise ValueError("no audio files among the inputs")
-    return paths
-
-
-def _relative_to(path: Path, folder: Path) -> Path:
-    return path if path.is_absolute() else folder / path
-
-
-def _expand_path(path: Path) -> list[Path]:
-    if path.is_dir():
-        found = sorted(
-            p for p in path.rglob("*")
-            if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
-        if not found:
-            raise ValueError(f"no audio files under {path}")
-        return found
-    if path.is_file():
-        return [path]
-    raise ValueError(f"no such file or folder: {path}")
 
 
 # --- framing ---------------------------------------------------------------------------
@@ -226,6 +153,43 @@ def clip_examples(waveform: torch.Tensor, framing: Framing) -> torch.Tensor:
     return frame(waveform, 0, framing.hop, count, framing.window)
 
 
+class ExampleFramer:
+    """:func:`clip_examples` of a clip that arrives in consecutive blocks: ``push`` returns
+    the examples whose window has fully arrived, ``finish`` the rest (zero-padded), once
+    the clip's length, hence its example count, is known. Together they are exactly
+    ``clip_examples`` of the whole clip. Between calls it keeps less than one window
+    of audio."""
+
+    def __init__(self, framing: Framing):
+        self.framing = framing
+        self.buffer = torch.zeros(0)
+        self.buffer_start = 0  # sample index of buffer[0]
+        self.next_example = 0
+        self.total = 0
+
+    def push(self, samples: torch.Tensor) -> torch.Tensor:
+        self.buffer = torch.cat([self.buffer, samples.float()])
+        self.total += samples.shape[0]
+        # A window that has fully arrived is always among the clip's examples: it ends
+        # within the clip, so the clip holds at least that many whole hops.
+        ready = max(0, (self.total - self.framing.window) // self.framing.hop + 1)
+        return self._take(ready)
+
+    def finish(self) -> torch.Tensor:
+        return self._take(count_examples(self.total, self.framing.hop))
+
+    def _take(self, count: int) -> torch.Tensor:
+        if count <= self.next_example:
+            return torch.zeros(0, self.framing.window)
+        first = self.next_example * self.framing.hop - self.buffer_start
+        examples = frame(self.buffer, first, self.framing.hop, count - self.next_example, self.framing.window).clone()
+        self.next_example = count
+        keep_from = self.next_example * self.framing.hop
+        self.buffer = self.buffer[max(0, keep_from - self.buffer_start):].clone()
+        self.buffer_start = max(self.buffer_start, keep_from)
+        return examples
+
+
 # --- embedding -------------------------------------------------------------------------
 
 
@@ -239,28 +203,76 @@ def encode_examples(model: AudioEmbedder, examples: torch.Tensor, batch_size: in
     return torch.cat(outputs) if outputs else torch.zeros(0, model.embedding_dim)
 
 
+def embed_example_streams(
+    model: AudioEmbedder, streams: Iterable[Iterable[torch.Tensor]], batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Iterator[torch.Tensor]:
+    """Yield one (dim,) embedding per stream, in order: the mean of the vectors of its
+    examples, which the stream gives as (n, window) blocks.
+
+    Examples go to the network in batches of exactly `batch_size` (only the last may
+    be smaller), across blocks and streams: a long file read in blocks costs as many
+    forward passes as it has batches, never a leftover pass per block. About one batch
+    of examples is held at once.
+    """
+    totals: dict[int, list] = {}  # stream -> [float64 sum of vectors, count]
+    pending: list[tuple[int, torch.Tensor]] = []  # (stream, examples), oldest first
+    finished: list[int] = []  # streams read to the end, not yet yielded
+
+    def encode(count: int) -> None:
+        taken, parts = 0, []
+        while taken < count:
+            index, examples = pending[0]
+            use = min(count - taken, len(examples))
+            parts.append((index, examples[:use]))
+            if use == len(examples):
+                pending.pop(0)
+            else:
+                pending[0] = (index, examples[use:])
+            taken += use
+        vectors = encode_examples(model, torch.cat([examples for _, examples in parts]), batch_size)
+        for (index, examples), part in zip(parts, vectors.split([len(e) for _, e in parts])):
+            totals[index][0] += part.double().sum(dim=0)
+            totals[index][1] += len(examples)
+
+    def completed() -> Iterator[torch.Tensor]:
+        # A finished stream is complete when none of its examples wait: pending is in order.
+        oldest_waiting = pending[0][0] if pending else None
+        while finished and (oldest_waiting is None or finished[0] < oldest_waiting):
+            vector_sum, count = totals.pop(finished.pop(0))
+            yield (vector_sum / count).float()
+
+    waiting = 0
+    for index, stream in enumerate(streams):
+        totals[index] = [torch.zeros(model.embedding_dim, dtype=torch.float64), 0]
+        for examples in stream:
+            if len(examples):
+                pending.append((index, examples))
+                waiting += len(examples)
+            while waiting >= batch_size:
+                encode(batch_size)
+                waiting -= batch_size
+                yield from completed()
+        finished.append(index)
+        yield from completed()
+    if waiting:
+        encode(waiting)
+    yield from completed()
+
+
 def embed_clips(model: AudioEmbedder, clips: Iterable[torch.Tensor], batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[torch.Tensor]:
     """Yield each clip's (dim,) embedding, in order, batching examples across clips.
 
     Clips are waveforms at the model's rate; only a batch's worth of them is held at once.
     """
-    pending: list[torch.Tensor] = []
-    n_pending = 0
-    for clip in clips:
-        examples = clip_examples(clip, model.framing)
-        pending.append(examples)
-        n_pending += examples.shape[0]
-        if n_pending >= batch_size:
-            yield from _reduce(model, pending, batch_size)
-            pending, n_pending = [], 0
-    if pending:
-        yield from _reduce(model, pending, batch_size)
+    return embed_example_streams(model, ([clip_examples(clip, model.framing)] for clip in clips), batch_size)
 
 
-def _reduce(model: AudioEmbedder, pending: list[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
-    vectors = encode_examples(model, torch.cat(pending), batch_size)
-    for part in vectors.split([examples.shape[0] for examples in pending]):
-        yield part.mean(dim=0)
+def file_examples(path: Union[str, Path], model: AudioEmbedder) -> Iterator[torch.Tensor]:
+    """The examples of an audio file at the model's rate, in blocks, read in blocks."""
+    framer = ExampleFramer(model.framing)
+    for samples in stream_audio(path, model.sample_rate):
+        yield framer.push(samples)
+    yield framer.finish()
 
 
 def _as_clips(waveforms: Waveforms) -> list[torch.Tensor]:
@@ -310,18 +322,20 @@ def embed_files(
     """(n_files, dim) float32 embeddings of audio files, in order.
 
     Every header is checked first, so an unreadable file fails before any work is done.
+    Files are read in blocks: memory does not grow with a file's length, and the result
+    equals `embed` of the whole file's waveform within float rounding.
     """
     for path in paths:
         check_readable(path)
     bar = tqdm(total=len(paths), unit="file", desc="embedding", disable=not progress)
 
-    def clips() -> Iterator[torch.Tensor]:
+    def streams() -> Iterator[Iterator[torch.Tensor]]:
         for path in paths:
-            yield load_audio(path, model.sample_rate)
+            yield file_examples(path, model)
             bar.update(1)
 
     try:
-        vectors = list(embed_clips(model, clips(), batch_size))
+        vectors = list(embed_example_streams(model, streams(), batch_size))
     finally:
         bar.close()
     if not vectors:
@@ -332,7 +346,7 @@ def embed_files(
 @dataclass
 class EmbedResult:
     embeddings: Path  # the .npy, one row per input file
-    paths_file: Path  # the .txt beside it, one input path per line, same order
+    paths_file: Path  # the .txt beside it, one input path per line (audio_files.path_text), same order
     shape: tuple[int, int]
 
 
@@ -348,7 +362,7 @@ def embed_command(
     write their paths to the .txt beside it. Options are checked before any work."""
     out = Path(out)
     if out.suffix != ".npy":
-        raise ValueError(f"--out must name a .npy file, got {out}")
+        raise ValueError(f"--out must name a .npy file, got {path_text(out)}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     resolve_device(device)
@@ -360,5 +374,5 @@ def embed_command(
     # A crashed run must not leave a truncated .npy that looks finished.
     with atomic_writer(out) as handle:
         np.save(handle, embeddings)
-    write_atomic(paths_file, "".join(f"{p}\n" for p in paths).encode())
+    write_atomic(paths_file, "".join(f"{path_text(p)}\n" for p in paths).encode("utf-8"))
     return EmbedResult(out, paths_file, tuple(embeddings.shape))

@@ -12,6 +12,7 @@ Written in torch (full-batch L-BFGS) to stay free of scikit-learn; probe sets ar
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import Counter
@@ -23,8 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from doppelgen.console import one_line
+
+from doppeltrain.audio_files import expand_inputs, path_text
+from doppeltrain.checkpoint import state_dict_sha256
 from doppeltrain.distributed import resolve_device
-from doppeltrain.inference import DEFAULT_BATCH_SIZE, AudioEmbedder, embed_files, expand_inputs, load_model
+from doppeltrain.inference import DEFAULT_BATCH_SIZE, AudioEmbedder, embed_files, load_model
 from doppeltrain.model import build_model
 
 BASELINES = ("logmel", "random")
@@ -32,7 +37,7 @@ BASELINES = ("logmel", "random")
 
 @dataclass
 class ProbeConfig:
-    checkpoint: str
+    checkpoint: str  # a checkpoint file, or a model folder written by doppeltrain export
     data: str  # a folder with one sub-folder per class, or a CSV of path,label
     test_fraction: float = 0.2  # held out per class, when no split file is given
     split_file: Optional[str] = None  # CSV of path,split with split "train" or "test"
@@ -58,13 +63,14 @@ class LabelledFile:
 
 
 def read_labelled_data(data: Union[str, Path]) -> list[LabelledFile]:
-    """Files and labels of a folder per class, or of a ``path,label`` CSV (header optional,
-    paths relative to the CSV's folder unless absolute)."""
+    """Files and labels of a folder per class, or of a ``path,label`` CSV (UTF-8, header
+    optional, paths relative to the CSV's folder unless absolute). ValueError in one
+    line naming the file when it is neither."""
     data = Path(data)
     if data.is_dir():
         classes = sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
-            raise ValueError(f"{data} holds no class folders")
+            raise ValueError(f"{path_text(data)} holds no class folders")
         items = []
         for folder in classes:
             for path in expand_inputs([folder]):
@@ -72,26 +78,63 @@ def read_labelled_data(data: Union[str, Path]) -> list[LabelledFile]:
         return items
     if data.is_file():
         return _read_csv(data)
-    raise ValueError(f"no such data folder or CSV: {data}")
+    raise ValueError(f"no such data folder or CSV: {path_text(data)}")
+
+
+# A probe set's CSV is a list of files: a larger one is surely not meant as one.
+MAX_CSV_BYTES = 64 << 20
+
+
+def read_csv_rows(csv_path: Path, what: str) -> list[list[str]]:
+    """The non-blank rows of a UTF-8 CSV; ValueError in one line naming the file and
+    what it should be (`what`) when it is not one (binary data, another encoding, NUL
+    bytes, a field over csv's limit, or over MAX_CSV_BYTES)."""
+    expected = f"expected {what}"
+    try:
+        if csv_path.stat().st_size > MAX_CSV_BYTES:
+            raise ValueError(f"{path_text(csv_path)}: larger than {MAX_CSV_BYTES >> 20} MiB, not {what}")
+        text = csv_path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path_text(csv_path)}: not a UTF-8 text file (byte {error.start}); {expected}") from None
+    except OSError as error:
+        raise ValueError(f"cannot read {path_text(csv_path)}: {one_line(error, csv_path)}") from None
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as error:
+        raise ValueError(f"{path_text(csv_path)}: not a readable CSV ({one_line(error)}); {expected}") from None
+    return [row for row in rows if row and any(cell.strip() for cell in row)]
+
+
+def _cells(row: list[str]) -> str:
+    # The row as the error shows it: one line, at most 200 characters.
+    return repr(",".join(row)[:200])
 
 
 def _read_csv(csv_path: Path) -> list[LabelledFile]:
-    with open(csv_path, newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    rows = read_csv_rows(csv_path, "a folder with one sub-folder per class, or a CSV of path,label")
     if rows and [cell.strip().lower() for cell in rows[0][:2]] == ["path", "label"]:
         rows = rows[1:]
     items = []
     for number, row in enumerate(rows, 1):
         if len(row) != 2:
-            raise ValueError(f"{csv_path}: row {number} should be path,label, got {','.join(row)!r}")
+            raise ValueError(f"{path_text(csv_path)}: row {number} should be path,label, got {_cells(row)}")
         key, label = row[0].strip(), row[1].strip()
+        if not key or not label:
+            raise ValueError(f"{path_text(csv_path)}: row {number} has an empty path or label")
         path = Path(key) if Path(key).is_absolute() else csv_path.parent / key
-        if not path.is_file():
-            raise ValueError(f"{csv_path}: no such file: {path}")
+        if not _is_file(path):
+            raise ValueError(f"{path_text(csv_path)}: no such file: {path_text(path)} (row {number})")
         items.append(LabelledFile(key, path, label))
     if not items:
-        raise ValueError(f"{csv_path} lists no files")
+        raise ValueError(f"{path_text(csv_path)} lists no files")
     return items
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
 
 
 def stratified_split(labels: Sequence[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,19 +157,18 @@ def read_split_file(split_file: Union[str, Path], items: Sequence[LabelledFile])
     """(train, test) indices from a ``path,split`` CSV naming every file of the data set."""
     split_file = Path(split_file)
     if not split_file.is_file():
-        raise ValueError(f"no such split file: {split_file}")
-    with open(split_file, newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+        raise ValueError(f"no such split file: {path_text(split_file)}")
+    rows = read_csv_rows(split_file, "a CSV of path,split with split train or test")
     if rows and [cell.strip().lower() for cell in rows[0][:2]] == ["path", "split"]:
         rows = rows[1:]
     assignment = {}
     for number, row in enumerate(rows, 1):
         if len(row) != 2 or row[1].strip() not in ("train", "test"):
-            raise ValueError(f"{split_file}: row {number} should be path,train or path,test, got {','.join(row)!r}")
+            raise ValueError(f"{path_text(split_file)}: row {number} should be path,train or path,test, got {_cells(row)}")
         assignment[row[0].strip()] = row[1].strip()
     missing = [item.key for item in items if item.key not in assignment]
     if missing:
-        raise ValueError(f"{split_file} does not assign {len(missing)} file(s) of the data set, first {missing[0]}")
+        raise ValueError(f"{path_text(split_file)} does not assign {len(missing)} file(s) of the data set, first {path_text(missing[0])}")
     sides = np.array([assignment[item.key] for item in items])
     return np.flatnonzero(sides == "train"), np.flatnonzero(sides == "test")
 
@@ -175,6 +217,10 @@ def accuracy(linear: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((linear(x.double()).argmax(dim=1) == y).double().mean()) if len(y) else float("nan")
 
 
+def log_loss(linear: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(nn.functional.cross_entropy(linear(x.double()), y)) if len(y) else float("nan")
+
+
 @dataclass
 class ProbeResult:
     test_accuracy: float
@@ -182,6 +228,9 @@ class ProbeResult:
     best_l2: float
     val_accuracy: dict[str, float]  # per L2 strength, keyed by its repr
     per_class_test_accuracy: dict[str, float] = field(default_factory=dict)
+    # Mean cross-entropy on the test files: unlike accuracy it does not saturate on an
+    # easy set, so it tells apart feature sets that all classify perfectly.
+    test_log_loss: float = float("nan")
 
 
 def linear_probe(
@@ -223,6 +272,7 @@ def linear_probe(
         best_l2=float(best_l2),
         val_accuracy=val_accuracy,
         per_class_test_accuracy=per_class,
+        test_log_loss=log_loss(linear, scaler(x_all[test]), y_all[test]),
     )
 
 
@@ -259,8 +309,8 @@ def baseline_model(kind: str, trained: AudioEmbedder, seed: int = 0) -> AudioEmb
 
 def validate(cfg: ProbeConfig) -> None:
     """Every option checked before any work; ValueError in one line."""
-    if not Path(cfg.checkpoint).is_file():
-        raise ValueError(f"no such checkpoint: {cfg.checkpoint}")
+    if not Path(cfg.checkpoint).exists():
+        raise ValueError(f"no such checkpoint or model folder: {path_text(cfg.checkpoint)}")
     resolve_device(cfg.device)
     if cfg.split_file is None and not 0.0 < cfg.test_fraction < 1.0:
         raise ValueError(f"--test-fraction must lie strictly between 0 and 1, got {cfg.test_fraction}")
@@ -315,7 +365,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     for name, model in models.items():
         features = embed_files(model, paths, cfg.batch_size, cfg.progress)
         result = linear_probe(features, labels, train, test, cfg.l2_grid, cfg.val_fraction, cfg.seed, cfg.max_iter)
-        results[name] = {"dimensions": int(features.shape[1]), **asdict(result)}
+        results[name] = {"dimensions": int(features.shape[1]), "weights_sha256": _weights_sha256(model), **asdict(result)}
     test_counts = Counter(labels[i] for i in test)
     report = {
         "checkpoint": str(cfg.checkpoint),
@@ -335,11 +385,17 @@ def run_probe(cfg: ProbeConfig) -> dict:
     return report
 
 
+def _weights_sha256(model: AudioEmbedder):
+    # Which weights produced a row of the report (None for weightless log-mel statistics).
+    state = model.encoder.state_dict()
+    return state_dict_sha256(state) if state else None
+
+
 def format_report(report: dict) -> str:
     """The table the CLI prints: held-out accuracy per feature set, chance for scale."""
     lines = [f"{report['n_train']} train / {report['n_test']} test files, {len(report['classes'])} classes, "
              f"chance {report['chance_accuracy']:.3f}"]
     for name, result in report["results"].items():
-        lines.append(f"{name:<11} test accuracy {result['test_accuracy']:.3f}  "
+        lines.append(f"{name:<11} test accuracy {result['test_accuracy']:.3f}, log loss {result['test_log_loss']:.3f}  "
                      f"(train {result['train_accuracy']:.3f}, L2 {result['best_l2']:g}, {result['dimensions']} dims)")
     return "\n".join(lines)

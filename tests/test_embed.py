@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from doppeltrain.audio_files import StreamResampler, path_from_text, path_text
 from doppeltrain.cli import app
 from doppeltrain.inference import (
-    AudioReadError, clip_examples, count_examples, embed, embed_command, embed_files,
+    AudioReadError, ExampleFramer, clip_examples, count_examples, embed, embed_command, embed_files,
     expand_inputs, frame, load_audio, load_model, resample,
 )
 from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint
@@ -194,3 +202,122 @@ def test_cli_embed_bad_inputs_fail_in_one_line(cli, checkpoint, tmp_path, case):
     named = {"missing": "missing.wav", "unreadable": "bad.wav", "not-npy": "e.csv", "bad-checkpoint": "nope.pt", "bad-device": "tpu"}
     assert named[case] in lines[0]
     assert not (tmp_path / "embeddings.npy").exists()
+
+
+# --- long files stream in blocks --------------------------------------------------------
+
+
+@pytest.mark.parametrize("orig_sr", [44100, 22050, 48000, 8000, 16000])
+@pytest.mark.parametrize("block", [1, 441, 1000, 65536])
+def test_stream_resampler_equals_resampling_the_whole_signal(orig_sr, block):
+    signal = _clip(20, int(0.35 * orig_sr) + 13)
+    resampler = StreamResampler(orig_sr, SR)
+    parts = [resampler.push(chunk) for chunk in signal.split(block)] + [resampler.finish()]
+    streamed = torch.cat(parts)
+    whole = resample(signal, orig_sr, SR)
+    assert streamed.shape == whole.shape
+    torch.testing.assert_close(streamed, whole, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("samples", [1, 9000, WINDOW, HOP + HOP // 2, 3 * HOP + 9000, 5 * HOP + 100])
+@pytest.mark.parametrize("block", [1000, 15360, 70000])
+def test_example_framer_equals_clip_examples(model, samples, block):
+    clip = _clip(21, samples)
+    framer = ExampleFramer(model.framing)
+    streamed = torch.cat([framer.push(chunk) for chunk in clip.split(block)] + [framer.finish()])
+    assert torch.equal(streamed, clip_examples(clip, model.framing))
+
+
+def _write_noise(path, seconds: float, sr: int = 44100, channels: int = 2, seed: int = 0) -> None:
+    """A 16-bit WAV of noise, written a block at a time (the test's own memory stays small):
+    10 s of noise repeated, each repetition scaled differently."""
+    block = (0.2 * np.random.default_rng(seed).standard_normal((10 * sr, channels))).astype(np.float32)
+    with sf.SoundFile(path, "w", sr, channels, subtype="PCM_16") as handle:
+        left, index = int(seconds * sr), 0
+        while left:
+            frames = min(left, len(block))
+            handle.write(block[:frames] * (0.5 + 0.5 * ((index * 7) % 11) / 10))
+            left, index = left - frames, index + 1
+
+
+def test_a_long_file_streams_to_its_in_memory_embedding(model, tmp_path):
+    # 3 min of 44.1 kHz stereo: about 30 blocks, each boundary resampled and framed.
+    path = tmp_path / "long.wav"
+    _write_noise(path, 180.3)
+    streamed = torch.from_numpy(embed_files(model, [path]))
+    data, sr = sf.read(path, dtype="float32", always_2d=True)
+    in_memory = embed(model, torch.from_numpy(data).mean(dim=1), sr)
+    # The stated tolerance: 1e-5 per coordinate of a (nearly) unit vector.
+    torch.testing.assert_close(streamed, in_memory, rtol=0, atol=1e-5)
+
+
+MEASURE_PEAK = """
+import json, resource, sys
+from doppeltrain.inference import embed_files, load_model
+model = load_model(sys.argv[1], device="cpu")
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+base = peak()
+embed_files(model, [sys.argv[2]])  # warm-up: whole batches, the resampler, the decoder
+warm = peak()
+embed_files(model, [sys.argv[3]])
+print(json.dumps({"warm_up": warm - base, "long": peak() - warm}))
+"""
+
+
+def test_embedding_a_long_file_takes_memory_independent_of_its_length(checkpoint, tmp_path):
+    """10 min of 44.1 kHz stereo (212 MB as float32, what reading it whole would hold):
+    its peak memory beyond a 1.5 min warm-up (whole batches through the network) stays
+    under 25 MB, the issue's 300 MB for 2 hours scaled to 10 minutes, and in all under
+    300 MB."""
+    warm, long = tmp_path / "warm.wav", tmp_path / "long.wav"
+    _write_noise(warm, 90)
+    _write_noise(long, 600, seed=1)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE_PEAK, str(checkpoint), str(warm), str(long)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    growth = json.loads(result.stdout)
+    assert growth["long"] < 25e6, growth
+    assert growth["warm_up"] + growth["long"] < 300e6, growth
+
+
+# --- file names that are not one line of UTF-8 ------------------------------------------
+
+
+def test_names_with_newlines_and_non_utf8_bytes_are_escaped_one_line_each(checkpoint, model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = [b"a\nnewline.wav", b"back\\slash.wav", b"latin-\xe9\xff.wav", b"plain.wav"]
+    for seed, name in enumerate(names):
+        sf.write(os.path.join(os.fsencode(folder), name), _clip(30 + seed, 20000).numpy(), SR, format="WAV")
+    result = embed_command(checkpoint, [str(folder)], tmp_path / "e.npy", device="cpu", progress=False)
+    rows = np.load(tmp_path / "e.npy")
+    lines = (tmp_path / "e.txt").read_bytes().decode("utf-8").splitlines()
+    assert result.shape == rows.shape and len(lines) == len(rows) == len(names)
+    assert [line.rsplit("/", 1)[1] for line in lines] == ["a\\nnewline.wav", "back\\\\slash.wav", "latin-\\xe9\\xff.wav", "plain.wav"]
+    paths = [path_from_text(line) for line in lines]
+    assert sorted(os.fsencode(p).rsplit(b"/", 1)[1] for p in paths) == sorted(names)
+    for row, path in zip(rows, paths):
+        np.testing.assert_allclose(row, embed_files(model, [path])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_an_unreadable_file_with_a_newline_in_its_name_is_named_on_one_line(cli, checkpoint, tmp_path):
+    bad = os.path.join(os.fsencode(tmp_path), b"bad\nname\xff.wav")
+    with open(bad, "wb") as handle:
+        handle.write(b"not audio")
+    result = cli("embed", checkpoint, os.fsdecode(bad), "--no-progress")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "bad\\nname\\xff.wav" in lines[0], result.output
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(), st.binary().map(os.fsdecode)))
+def test_path_text_is_one_line_of_utf8_and_reversible(name):
+    text = path_text(name)
+    assert len(text.splitlines()) <= 1 and "\n" not in text
+    text.encode("utf-8")  # no lone surrogates left
+    assert path_from_text(text) == name
+    if name.isprintable() and "\\" not in name:
+        assert text == name  # ordinary names are written as they are

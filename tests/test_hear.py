@@ -75,10 +75,27 @@ def test_timestamp_hop_is_a_model_option(checkpoint):
     assert timestamps[0].tolist() == [0.0, 250.0, 500.0, 750.0]
 
 
-def test_the_model_moves_with_to(model):
-    moved = model.to("cpu")
-    assert moved.embedder.device.type == "cpu"
-    assert hear.get_scene_embeddings(_audio(1, 0.5), moved).device.type == "cpu"
+def test_the_model_moves_with_to(checkpoint):
+    # The kit calls model.to(device): every weight and buffer (the frontend's window and
+    # filterbank included) must go, so ask for a device none of them is on.
+    moved = hear.load_model(str(checkpoint)).to("meta")
+    tensors = dict(moved.named_parameters()) | dict(moved.named_buffers())
+    assert "embedder.frontend.filterbank" in tensors and "embedder.encoder.conv1.weight" in tensors
+    assert {name: t.device.type for name, t in tensors.items()} == {name: "meta" for name in tensors}
+    assert moved.embedder.device.type == "meta"
+    doubled = hear.load_model(str(checkpoint)).to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in doubled.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_model_embeds_on_the_gpu_as_on_the_cpu(model, checkpoint):
+    audio = _audio(2, 1.7)
+    on_gpu = hear.load_model(str(checkpoint)).to("cuda")
+    scene = hear.get_scene_embeddings(audio.cuda(), on_gpu)
+    assert scene.device.type == "cuda"
+    torch.testing.assert_close(scene.cpu(), hear.get_scene_embeddings(audio, model), rtol=1e-3, atol=1e-4)
+    embeddings, timestamps = hear.get_timestamp_embeddings(audio.cuda(), on_gpu)
+    assert embeddings.device.type == timestamps.device.type == "cuda"
 
 
 def test_bad_calls_fail_clearly(model, tmp_path):

@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tracemalloc
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from doppeltrain import hear
 from doppeltrain.cli import app
 from doppeltrain.config import TrainConfig
 from doppeltrain.inference import embed_files, load_model
+from doppeltrain.model import build_model
 from doppeltrain.probe import (
     LogMelStatistics, ProbeConfig, Standardizer, baseline_model, fit_logistic_regression,
     linear_probe, read_labelled_data, read_split_file, run_probe, stratified_split,
 )
 from doppeltrain.train import fit
 from use_fixtures import CLASSES, EMBEDDING_DIM, write_checkpoint, write_labelled_folder
+
+# Inputs per fuzz test: a short run in the suite; `DOPPELGANGERS_FUZZ_EXAMPLES=20000` for a long one.
+FUZZ_EXAMPLES = int(os.environ.get("DOPPELGANGERS_FUZZ_EXAMPLES", "200"))
+
+
+def weights_sha256(state_dict) -> str:
+    """The digest the probe reports, computed here from the weights as a file holds them."""
+    digest = hashlib.sha256()
+    for key, tensor in state_dict.items():
+        digest.update(key.encode())
+        digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 PER_CLASS = 10
 
@@ -130,6 +149,20 @@ def test_probe_separates_easy_classes_far_above_chance(checkpoint, labelled, tmp
     assert report["results"]["logmel"]["dimensions"] == 128
     for name, result in report["results"].items():
         assert result["test_accuracy"] >= 0.8, (name, result)
+    # Every feature set passes on easy classes, so the row must be shown to come from the
+    # given checkpoint: its weights, and the probe of exactly their embeddings.
+    row = report["results"]["checkpoint"]
+    assert row["weights_sha256"] == weights_sha256(torch.load(checkpoint, weights_only=True)["model"])
+    assert report["results"]["random"]["weights_sha256"] != row["weights_sha256"]
+    assert report["results"]["logmel"]["weights_sha256"] is None
+    items = read_labelled_data(labelled)
+    features = embed_files(load_model(checkpoint, device="cpu"), [item.path for item in items])
+    labels = [item.label for item in items]
+    train, test = stratified_split(labels, 0.3, seed=0)
+    expected = asdict(linear_probe(features, labels, train, test))
+    assert row["test_log_loss"] == pytest.approx(expected.pop("test_log_loss"), rel=1e-6)
+    assert {key: row[key] for key in expected} == expected
+    assert row["test_log_loss"] != pytest.approx(report["results"]["random"]["test_log_loss"], rel=1e-3)
 
 
 def test_probe_from_a_csv_with_a_given_split(checkpoint, labelled, tmp_path):
@@ -154,7 +187,7 @@ def test_cli_probe_prints_accuracy_and_writes_the_report(cli, checkpoint, labell
     assert set(report["results"]) == {"checkpoint", "logmel"}
 
 
-@pytest.mark.parametrize("case", ["one-class", "tiny-class", "baseline", "fraction", "no-data"])
+@pytest.mark.parametrize("case", ["one-class", "tiny-class", "baseline", "fraction", "no-data", "wav-as-data", "wav-as-split"])
 def test_cli_probe_bad_inputs_fail_in_one_line(cli, checkpoint, labelled, tmp_path, case):
     one_class = tmp_path / "one"
     (one_class / "only").mkdir(parents=True)
@@ -172,6 +205,8 @@ def test_cli_probe_bad_inputs_fail_in_one_line(cli, checkpoint, labelled, tmp_pa
         "baseline": ((labelled, "--baseline", "mfcc"), "mfcc"),
         "fraction": ((labelled, "--test-fraction", "1.5"), "--test-fraction"),
         "no-data": ((tmp_path / "nowhere",), "nowhere"),
+        "wav-as-data": ((labelled / "tone" / "tone-00.wav",), "tone-00.wav: not a UTF-8 text file"),
+        "wav-as-split": ((labelled, "--split", labelled / "tone" / "tone-01.wav"), "tone-01.wav: not a UTF-8 text file"),
     }[case]
     result = cli("probe", checkpoint, *args, "--device", "cpu", "--no-progress")
     assert result.exit_code == 2
@@ -198,11 +233,20 @@ def fitted_checkpoint(voice_shards, tmp_path_factory):
     return summary["checkpoint"]
 
 
-def test_probe_with_a_fit_checkpoint_beats_chance(fitted_checkpoint, labelled, tmp_path):
-    cfg = ProbeConfig(checkpoint=str(fitted_checkpoint), data=str(labelled), test_fraction=0.3,
-                      device="cpu", out=str(tmp_path / "report.json"))
+def test_probe_with_a_fit_checkpoint_reads_the_trained_weights(fitted_checkpoint, labelled, tmp_path):
+    # The random baseline with the fit's seed is exactly the network fit started from.
+    cfg = ProbeConfig(checkpoint=str(fitted_checkpoint), data=str(labelled), test_fraction=0.3, baselines=("random",),
+                      seed=TrainConfig().seed, device="cpu", out=str(tmp_path / "report.json"))
     report = run_probe(cfg)
-    assert report["results"]["checkpoint"]["test_accuracy"] >= 0.8 > 2 * report["chance_accuracy"]
+    trained, untrained = report["results"]["checkpoint"], report["results"]["random"]
+    assert trained["test_accuracy"] >= 0.8 > 2 * report["chance_accuracy"]
+    assert trained["weights_sha256"] == weights_sha256(torch.load(fitted_checkpoint, weights_only=True)["model"])
+    torch.manual_seed(TrainConfig().seed)
+    start = build_model(TrainConfig.from_dict(torch.load(fitted_checkpoint, weights_only=True)["config"]).model)
+    assert untrained["weights_sha256"] == weights_sha256(start.state_dict())
+    # Three steps moved the weights, and the probe sees it.
+    assert trained["weights_sha256"] != untrained["weights_sha256"]
+    assert trained["test_log_loss"] != pytest.approx(untrained["test_log_loss"], rel=1e-4)
 
 
 def test_a_fit_checkpoint_serves_embed_and_hear(fitted_checkpoint, labelled):
@@ -213,3 +257,52 @@ def test_a_fit_checkpoint_serves_embed_and_hear(fitted_checkpoint, labelled):
     hear_model = hear.load_model(str(fitted_checkpoint))
     scene = hear.get_scene_embeddings(torch.zeros(2, 8000), hear_model)
     assert scene.shape == (2, hear_model.scene_embedding_size)
+
+
+# --- fuzzing the CSV readers -------------------------------------------------------------
+
+CELLS = st.one_of(
+    st.sampled_from(["tone/tone-00.wav", "noise/noise-01.wav", "clicks/clicks-02.wav", "missing.wav", "/no/such.wav",
+                     "path", "label", "split", "train", "test", "", " ", '"', '""', "a,b", "\x00", "\r", "..", "/"]),
+    st.text(max_size=12),
+)
+FILES = st.sampled_from(["tone/tone-00.wav", "noise/noise-01.wav", "clicks/clicks-02.wav", " tone/tone-03.wav "])
+WELL_FORMED = st.tuples(FILES, st.one_of(st.sampled_from(["tone", "noise", "train", "test"]), st.text(max_size=8))).map(",".join)
+ROWS = st.one_of(WELL_FORMED, st.lists(CELLS, max_size=4).map(",".join))
+CSV_TEXT = st.tuples(st.sampled_from(["", "path,label\n", "path,split\n", "\ufeff"]), st.lists(ROWS, max_size=12).map("\n".join)).map("".join)
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(labelled, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz")
+    for name in ("tone", "noise", "clicks"):
+        (folder / name).symlink_to(labelled / name)
+    return folder
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=3000), CSV_TEXT.map(str.encode)))
+@example(data=b'"' + b"a" * 140_000)  # one field over csv's limit
+@example(data=b"tone/tone-00.wav,x\x00y\n")
+@example(data=b"RIFF\x80\x00\x00\x00WAVEfmt ")
+def test_fuzz_the_probe_csv_readers(fuzz_dir, labelled, data):
+    """Any bytes as a probe set's or split's CSV: files and labels, or a one-line
+    ValueError naming the CSV; never another exception, and memory bounded by the input."""
+    csv_path = fuzz_dir / "set.csv"
+    csv_path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        for read in (lambda: read_labelled_data(csv_path), lambda: read_split_file(csv_path, read_labelled_data(labelled))):
+            try:
+                result = read()
+            except ValueError as error:
+                message = str(error)
+                assert "\n" not in message and "set.csv" in message, message
+                event(f"refused: {message.split(': ', 1)[-1].split(' (')[0].split(',')[0][:40]}")
+            else:
+                assert result is not None
+                event("read")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000 + 50 * len(data), peak

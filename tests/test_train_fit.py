@@ -138,7 +138,8 @@ def test_fit_checkpoints_hold_the_documented_keys(fitted, voice_shards):
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == ["epoch-0001.pt", "epoch-0002.pt", "latest.pt"]  # no temporaries left
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
-    assert set(state) == set(CHECKPOINT_KEYS) | {"world_size"} and state["world_size"] == 1
+    assert set(state) == set(CHECKPOINT_KEYS) | {"world_size"}
+    assert state["world_size"] == 1
     assert (state["epoch"], state["step"]) == (2, 2 * STEPS_PER_EPOCH)
     assert state["config"] == cfg.to_dict()
     manifest_sha = hashlib.sha256((voice_shards / "manifest.json").read_bytes()).hexdigest()

@@ -11,7 +11,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from doppeltrain.checkpoint import save_checkpoint
+from doppeltrain.checkpoint import rng_state, save_checkpoint
 from doppeltrain.config import ModelConfig, TrainConfig
 from doppeltrain.model import build_model
 
@@ -29,8 +29,8 @@ def write_checkpoint(path: Path, seed: int = 1) -> Path:
     torch.manual_seed(seed)
     model = build_model(config.model)
     state = {
-        "model": model.state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 0, "step": 0,
-        "rng": {}, "config": config.to_dict(), "manifests": {},
+        "model": model.state_dict(), "optimizer": {}, "epoch": 0, "step": 0,
+        "rng": rng_state(), "config": config.to_dict(), "manifests": {},
     }
     return save_checkpoint(state, path)
 
