@@ -17,7 +17,6 @@ every ``checkpoint_every`` epochs and at the end).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -46,6 +45,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    state_dict_sha256,
 )
 from .config import TrainConfig
 from .evaluate import embed_views, evaluate
@@ -85,12 +85,8 @@ def resume_config(run_dir: Path) -> TrainConfig:
 
 
 def weights_digest(model: nn.Module) -> str:
-    """sha256 over the state_dict tensors, in key order."""
-    digest = hashlib.sha256()
-    for key, tensor in dist_utils.unwrap(model).state_dict().items():
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """sha256 over the (unwrapped) network's state_dict tensors, in key order."""
+    return state_dict_sha256(dist_utils.unwrap(model).state_dict())
 
 
 @contextmanager
