@@ -30,6 +30,7 @@ from doppelgen.format import (
     stats_name,
 )
 from doppelgen.kernel import RenderError, redraw_nonfinite, render_pairs
+from doppelgen.output_claim import LOCK_NAME, RECIPE_MARKER
 from doppelgen.synths import param_layout
 
 runner = CliRunner()
@@ -219,7 +220,8 @@ def test_rerun_renders_only_missing_shards(tmp_path, voice_shards, voice_recipe)
     summary = render_dataset(voice_recipe, out, batch_size=8, workers=0, progress=False)
     assert summary.rendered == [1, 2] and summary.skipped == [0, 3] and summary.manifest_written
     assert folder_bytes(out) == folder_bytes(voice_shards)
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [other_host.name]
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name not in (RECIPE_MARKER, LOCK_NAME)]
+    assert hidden == [other_host.name]
 
 
 def test_resume_after_kill_9_gives_the_bytes_of_a_clean_run(tmp_path):
@@ -285,8 +287,8 @@ def test_cli_renders_from_a_recipe_file_with_overrides(tmp_path, voice_shards, v
     "args, message",
     [
         (["--synth", "piano"], "unknown synth 'piano'"),
-        (["--delta", "-0.1"], "delta must be >= 0"),
-        (["--shards", "0"], "number of shards must be >= 1"),
+        (["--delta", "-0.1"], "delta must lie in [0, 4], got -0.1"),
+        (["--shards", "0"], "n_shards must lie in [1, 100000], got 0"),
         (["--shard-range", "3:1"], "bad shard range '3:1'"),
         (["--shard-range", "0:9", "--shards", "4"], "bad shard range '0:9'"),
         (["--codec", "mp3"], "unknown codec 'mp3'"),
@@ -356,7 +358,7 @@ def test_recipe_values_are_canonical_and_checked(voice_recipe):
 
 def test_encoding_workers_fit_in_shared_memory(tmp_path, voice_recipe, voice_shards, monkeypatch):
     from doppelgen import dataset
-    from doppelgen.shard_writer import SlotLayout
+    from doppelgen.encoding_workers import SlotLayout
 
     slot = SlotLayout(rows=8, samples=16000, param_shape=(1, 3, len(param_layout(voice_recipe)))).nbytes
     monkeypatch.setattr(dataset, "shared_memory_room", lambda: 2 * slot + 1)  # one worker's worth
@@ -376,12 +378,21 @@ def test_usage_errors_are_one_line(args, capsys):
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("field, value", [("duration", None), ("n_shards", "4"), ("sample_rate", 0), ("pairs_per_shard", True)])
-def test_readers_refuse_a_manifest_with_a_bad_recipe_field(tmp_path, voice_shards, field, value):
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("duration", None, "recipe field duration must be a number, got None"),
+        ("n_shards", "4", "recipe field n_shards must be a whole number, got '4'"),
+        ("sample_rate", 0, "sample_rate must lie in [1000, 192000], got 0"),
+        ("pairs_per_shard", True, "recipe field pairs_per_shard must be a whole number, got True"),
+    ],
+)
+def test_readers_refuse_a_manifest_with_a_bad_recipe_field(tmp_path, voice_shards, field, value, message):
     from doppelgen.format import FormatError
 
     manifest = json.loads((voice_shards / "manifest.json").read_text())
     manifest["recipe"][field] = value
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(FormatError, match=f"recipe field {field} must be a positive number"):
+    with pytest.raises(FormatError) as caught:
         read_manifest(tmp_path)
+    assert str(caught.value) == f"{tmp_path / 'manifest.json'}: {message}"

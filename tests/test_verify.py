@@ -12,11 +12,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from doppelgen import verify as verify_module
+from doppelgen import rerender as rerender_module
 from doppelgen.cli_publish import register
 from doppelgen.format import MANIFEST_NAME, encode_clip, iter_tar_members, shard_name
 from doppelgen.shard_writer import pair_sample
-from doppelgen.verify import RERENDER_TOLERANCE, VerifyError, compare_pair, verify_dataset
+from doppelgen.rerender import RERENDER_TOLERANCE, compare_pair
+from doppelgen.verify import VerifyError, verify_dataset
 
 
 @pytest.fixture()
@@ -67,7 +68,7 @@ def test_rerendered_pairs_match_byte_for_byte(voice_shards):
 
 
 def test_rerender_on_another_platform_compares_within_tolerance(voice_shards, monkeypatch):
-    monkeypatch.setattr(verify_module, "same_platform", lambda record: False)
+    monkeypatch.setattr(rerender_module, "same_platform", lambda record: False)
     report = verify_dataset(voice_shards, rerender=8, seed=3)
     assert report.ok, report.problems
     assert "1e-04 x peak" in report.rerender_mode or f"{RERENDER_TOLERANCE:g} x peak" in report.rerender_mode
