@@ -325,15 +325,44 @@ def test_a_folder_of_another_recipe_is_refused_unless_overwrite(tmp_path, voice_
     assert read_manifest(out)["recipe"]["delta"] == 0.0
 
 
-def test_compiled_kernels_go_to_the_persistent_cache(voice_shards):
+def test_compiled_kernels_go_to_the_persistent_cache(voice_recipe, caplog):
+    import logging
+    import re
+
     import jax
 
+    from doppelgen import kernel
     from doppelgen.jax_runtime import default_cache_dir
 
     cache = default_cache_dir()
+    kernel._kernel_for_shape.cache_clear()  # a new jitted kernel: JAX must compile or load it
+    with caplog.at_level(logging.DEBUG, logger="jax._src.compiler"):
+        render_pairs(voice_recipe, range(2), batch_size=8)  # the session fixture's batch shape
+    # This kernel's own entry, found (a hit) or written (a miss): not just any file an
+    # earlier run left in the cache.
+    pattern = re.compile(r"(?:cache hit for|Writing) '?jit__lambda'? .*with key '([^']+)'")
+    keys = [m.group(1) for m in (pattern.search(r.getMessage()) for r in caplog.records) if m]
+    assert keys, [r.getMessage()[:120] for r in caplog.records]
+    assert all((cache / f"{key}-cache").is_file() for key in keys)
     assert jax.config.jax_compilation_cache_dir == str(cache)
     assert jax.config.jax_default_prng_impl == "threefry2x32" and jax.config.jax_threefry_partitionable
-    assert any(entry.name.startswith("jit_") for entry in cache.iterdir())
+
+
+def test_the_attempt_number_changes_the_real_kernels_draw(voice_recipe):
+    from doppelgen.kernel import pair_kernel
+
+    render = pair_kernel(voice_recipe)
+    indices = np.arange(8)
+    first = render(indices, np.zeros(8, np.uint32))
+    second = render(indices, np.ones(8, np.uint32))
+    for row in range(8):
+        assert not np.array_equal(first[0][row], second[0][row])  # another parameter draw
+        assert not np.array_equal(first[1][row], second[1][row])  # and so other audio
+    # Each row follows its own attempt number, not its batch-mates'.
+    mixed = render(indices, np.array([0, 1] * 4, np.uint32))
+    for row in range(8):
+        expected = (first, second)[row % 2]
+        assert all(np.array_equal(part[row], expected_part[row]) for part, expected_part in zip(mixed, expected))
 
 
 def test_recipe_values_are_canonical_and_checked(voice_recipe):
