@@ -194,6 +194,7 @@ def dump_json(obj: Any) -> bytes:
 MAX_JSON_DEPTH = 32
 MAX_SAMPLE_JSON_BYTES = 1 << 20
 MAX_MANIFEST_BYTES = 64 << 20
+MAX_STATS_BYTES = 1 << 20
 # A stored clip's gain is its peak: a synth's is of order 1, a recording's at most 1.
 MAX_GAIN = 1e6
 
@@ -234,6 +235,19 @@ def parse_json(data: bytes | str, max_bytes: int, finite_floats: bool = True) ->
                 if isinstance(child, (dict, list)):
                     stack.append((child, depth + 1))
     return value
+
+
+def read_json_file(path: str | os.PathLike, max_bytes: int) -> Any:
+    """:func:`parse_json` of a file, read in blocks: a file over ``max_bytes`` is refused
+    having cost at most that much memory. OSError passes through."""
+    blocks, size = [], 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            size += len(block)
+            if size > max_bytes:
+                raise FormatError(f"JSON of more than the {max_bytes} bytes allowed")
+            blocks.append(block)
+    return parse_json(b"".join(blocks), max_bytes)
 
 
 REQUIRED_SAMPLE_FIELDS = ("index", "seed", "gain", "params")
@@ -369,16 +383,17 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FormatError(f"{folder}: no {MANIFEST_NAME} (not a finished pair dataset)")
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        manifest = read_json_file(path, MAX_MANIFEST_BYTES)
     except OSError as error:
         raise FormatError(f"{path}: unreadable manifest ({error.strerror or error})") from None
-    return parse_manifest(data, str(path))
+    except FormatError as error:
+        raise FormatError(f"{path}: unreadable manifest ({error})") from None
+    return check_manifest(manifest, str(path))
 
 
 def parse_manifest(data: bytes, where: str) -> dict:
-    """A manifest's bytes (read from a folder or a URL) parsed and checked: FormatError
-    naming ``where`` unless :func:`parse_json` and :func:`check_manifest` accept them."""
+    """A manifest's bytes (read from a URL, say) parsed and checked: FormatError naming
+    ``where`` unless :func:`parse_json` and :func:`check_manifest` accept them."""
     try:
         manifest = parse_json(data, MAX_MANIFEST_BYTES)
     except FormatError as error:

@@ -14,7 +14,7 @@ from typing import Any
 from .config import Recipe
 from .console import one_line
 from .files import write_atomic
-from .format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, dump_json, parse_json, stats_name
+from .format import MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_STATS_BYTES, FormatError, dump_json, read_json_file, stats_name
 
 
 def recipe_sha256(recipe_dict: dict) -> str:
@@ -39,19 +39,10 @@ def software_versions() -> dict[str, Any]:
     }
 
 
-# A stats file is a few hundred bytes; the limit only bounds what a hostile one costs.
-MAX_STATS_BYTES = 1 << 20
-
-
-def _read_json(path: Path) -> Any:
-    with open(path, "rb") as handle:
-        return parse_json(handle.read(MAX_STATS_BYTES + 1), MAX_STATS_BYTES)
-
-
 def read_stats(out_dir: Path, shard: int) -> dict:
     path = out_dir / stats_name(shard)
     try:
-        stats = _read_json(path)
+        stats = read_json_file(path, MAX_STATS_BYTES)
     except (OSError, FormatError) as error:
         raise FormatError(f"{path}: unreadable shard stats ({one_line(error)})") from None
     if not isinstance(stats, dict):
@@ -96,14 +87,13 @@ def existing_recipe_hashes(out_dir: Path) -> set[str]:
     manifest = out_dir / MANIFEST_NAME
     if manifest.is_file():
         try:
-            with open(manifest, "rb") as handle:
-                hashes.add(recipe_sha256(parse_json(handle.read(MAX_MANIFEST_BYTES + 1), MAX_MANIFEST_BYTES)["recipe"]))
+            hashes.add(recipe_sha256(read_json_file(manifest, MAX_MANIFEST_BYTES)["recipe"]))
         except (OSError, FormatError, KeyError, TypeError, ValueError):
             hashes.add("unreadable manifest")
     for entry in os.listdir(out_dir) if out_dir.is_dir() else []:
         if entry.endswith(".stats.json") and not entry.startswith("."):
             try:
-                hashes.add(str(_read_json(out_dir / entry).get("recipe_sha256", "unknown")))
+                hashes.add(str(read_json_file(out_dir / entry, MAX_STATS_BYTES).get("recipe_sha256", "unknown")))
             except (OSError, FormatError, AttributeError):
                 hashes.add("unreadable stats")
     return hashes

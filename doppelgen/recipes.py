@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .config import Recipe, RecipeError, make_recipe
-from .format import MAX_MANIFEST_BYTES, FormatError, is_packed_recipe, parse_json
+from .format import MAX_MANIFEST_BYTES, FormatError, is_packed_recipe, read_json_file
 
 # The paper's configurations (Cherep & Singh, ICLR 2025): three synths at delta 0.25,
 # and the voice synth over the delta sweep. All share seed 0, so the voice sweep draws
@@ -60,8 +60,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     names the file when it is missing, not JSON, or not a valid recipe."""
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
-            data = parse_json(handle.read(MAX_MANIFEST_BYTES + 1), MAX_MANIFEST_BYTES)
+        data = read_json_file(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe file") from None
     except OSError as error:

@@ -17,13 +17,14 @@ import numpy as np
 from .console import one_line
 from .files import file_sha256
 from .format import (
+    MAX_STATS_BYTES,
     FormatError,
     decode_clip,
     iter_tar_members,
     member_names,
     pair_index,
     pair_key,
-    parse_json,
+    read_json_file,
     parse_sample_json,
     printable,
     shard_name,
@@ -32,8 +33,6 @@ from .format import (
 )
 
 MAX_PROBLEMS_PER_SHARD = 20
-# A stats file is a few hundred bytes; the limit only bounds what a hostile one costs.
-MAX_STATS_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -150,8 +149,7 @@ def check_pair(key: str, group: list[tuple[str, bytes]], expected_index: int, ex
 
 def read_stats_record(path: Path) -> dict:
     """A shard's stats file as a dict; FormatError (or OSError) if it cannot be."""
-    with open(path, "rb") as handle:
-        record = parse_json(handle.read(MAX_STATS_BYTES + 1), MAX_STATS_BYTES)
+    record = read_json_file(path, MAX_STATS_BYTES)
     if not isinstance(record, dict):
         raise FormatError("not a JSON object")
     return record
