@@ -144,8 +144,9 @@ def write_batches(recipe: Recipe, out: Path, todo: list[int], batches: Iterable,
     options = {"seed": recipe.seed, "sample_rate": recipe.sample_rate, "codec": recipe.codec, "recipe_sha256": recipe_sha256(recipe.to_dict())}
     if workers > 0:
         # One slot filling here while every worker encodes one, as far as /dev/shm holds
-        # them (a container's default is 64 MB; a slot is a whole shard).
-        slots = min(workers + 1, shared_memory_room() // max(1, layout.nbytes))
+        # them (a container's default is 64 MB; a slot is a whole shard), and no more
+        # workers than shards to write.
+        slots = min(workers + 1, len(todo) + 1, shared_memory_room() // max(1, layout.nbytes))
         if slots < 2:
             raise DatasetError(
                 f"not enough shared memory for the encoding workers ({layout.nbytes / 2**20:.0f} MB a shard): "

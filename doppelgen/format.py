@@ -326,6 +326,31 @@ def decode_pair(key: str, members: dict[str, bytes], out: tuple[np.ndarray, np.n
 MAX_MEMBER_BYTES = 64 << 20
 
 
+class _FileWithinItsSize:
+    """A binary file that never reads or seeks past its end. tarfile reads a header's
+    claimed size in one ``read(n)``, and Python allocates ``n`` bytes before reading: a
+    hostile size field cost 24 GB of address space, or an OverflowError in seek."""
+
+    mode = "rb"
+
+    def __init__(self, handle, size: int):
+        self.handle, self.size, self.name = handle, size, getattr(handle, "name", None)
+
+    def read(self, n: int | None = -1) -> bytes:
+        remaining = max(0, self.size - self.handle.tell())
+        return self.handle.read(remaining if n is None or n < 0 else min(n, remaining))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            offset = min(max(offset, 0), self.size)
+        elif whence == os.SEEK_CUR:
+            offset, whence = min(max(self.handle.tell() + offset, 0), self.size), os.SEEK_SET
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
 def iter_tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
     """``(member name, bytes)`` of the regular files of a tar, in tar order; links,
     folders and other kinds are passed over. A damaged tar, a member past the end of
@@ -333,8 +358,9 @@ def iter_tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
     memory is bounded by what is on disk."""
     shard = printable(os.path.basename(path))
     try:
-        with open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
+        with open(path, "rb") as handle:
             file_size = os.fstat(handle.fileno()).st_size
+            archive = tarfile.open(fileobj=_FileWithinItsSize(handle, file_size), mode="r:")
             for info in archive:
                 if not info.isfile():
                     continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +24,7 @@ from .format import (
     iter_tar_members,
     pair_key,
     parse_sample_json,
+    shard_index,
     shard_name,
     split_member_name,
 )
@@ -89,8 +91,11 @@ def rerender_pairs(folder: Path, manifest: dict, count: int, seed: int) -> Reren
         return result
     from .kernel import render_pairs  # JAX: loaded only when pairs are rendered again
 
+    # At most as many pairs as the shards on disk could hold: a manifest's claims do not
+    # size the draw (choice keeps only the drawn indices for a small sample).
+    on_disk = sum(1 for index in map(shard_index, os.listdir(folder)) if index is not None and index < recipe.n_shards)
     rng = np.random.default_rng(seed)
-    indices = np.sort(rng.choice(recipe.n_pairs, size=min(count, recipe.n_pairs), replace=False))
+    indices = np.sort(rng.choice(recipe.n_pairs, size=min(count, recipe.n_pairs, on_disk * recipe.pairs_per_shard), replace=False))
     stored = read_pairs(folder, indices.tolist(), recipe.pairs_per_shard)
     indices = np.array([i for i in indices if i in stored], dtype=np.int64)
     if not len(indices):

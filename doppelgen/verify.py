@@ -35,6 +35,10 @@ from .shard_checks import ShardExpectation, check_shard
 from .worker_lifetime import exit_with_parent
 
 
+# Starting a process costs about a second: not worth it for a handful of shards.
+MIN_SHARDS_PER_WORKER = 4
+
+
 def default_verify_workers() -> int:
     """Processes checking shards: reading and decoding is CPU-bound, a few cores suffice."""
     return default_workers(cap=4)
@@ -183,8 +187,7 @@ def verify_dataset(folder: str | os.PathLike, *, rerender: int = 0, workers: int
 
 
 def _map_shards(folder: str, expectations: list[ShardExpectation], workers: int) -> Iterator[tuple[list[str], int]]:
-    # Starting processes costs about a second each: not worth it for a handful of shards.
-    if workers <= 1 or len(expectations) < 4 * workers:
+    if workers <= 1 or len(expectations) < MIN_SHARDS_PER_WORKER * workers:
         for exp in expectations:
             yield check_shard(folder, exp)
         return

@@ -260,3 +260,33 @@ def test_member_names_from_the_data_are_printed_on_one_line(dataset):
     rewrite_shard(dataset, 3, lambda members: members.insert(0, ["evil\nname\x1b[2J.txt", b"x"]))
     problems = verify_dataset(dataset).problems
     assert problems == ["pairs-000003.tar: evil\\nname\\x1b[2J.txt: not a member of any pair (its key is not a 10-digit pair index)"]
+
+
+def with_size_field(tar: bytes, size: int) -> bytes:
+    """``tar`` with its first header's size field rewritten (base-256) and checksummed."""
+    data = bytearray(tar)
+    data[124:136] = b"\x80" + size.to_bytes(11, "big")
+    data[148:156] = b" " * 8
+    data[148:155] = f"{sum(data[:512]):06o}\0".encode()
+    return bytes(data)
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_a_hostile_header_size_costs_no_memory(tmp_path, tar_format):
+    """Found by fuzzing: tarfile reads a long-name header's claimed size in one read(n),
+    and Python allocated n (24 GB for 2**87), or seek overflowed."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as archive:
+        info = tarfile.TarInfo("x" * 300 + ".json")  # a long name: a PAX 'x' or GNU 'L' header first
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"{}"))
+    for size in (2**40, 2**87):
+        (tmp_path / "hostile.tar").write_bytes(with_size_field(buffer.getvalue(), size))
+        tracemalloc.start()
+        try:
+            with pytest.raises(FormatError, match=r"^hostile\.tar: "):
+                list(iter_tar_members(tmp_path / "hostile.tar"))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 10 * 2**20

@@ -205,10 +205,13 @@ def test_a_shard_outside_the_recipe_is_caught(dataset):
     assert "pairs-000004.tar: not part of this dataset (the recipe has 4 shards)" in verify_dataset(dataset).problems
 
 
-def test_checking_in_worker_processes_gives_the_same_report(dataset):
+def test_checking_in_worker_processes_gives_the_same_report(dataset, monkeypatch):
+    from doppelgen import verify as verify_module
+
     (dataset / shard_name(3)).unlink()
     inline = verify_dataset(dataset, workers=0)
-    pooled = verify_dataset(dataset, workers=1)
+    monkeypatch.setattr(verify_module, "MIN_SHARDS_PER_WORKER", 1)  # 4 shards: worth a pool of 2 here
+    pooled = verify_dataset(dataset, workers=2)
     assert pooled.problems == inline.problems and pooled.pairs_checked == inline.pairs_checked == 24
 
 
