@@ -455,13 +455,53 @@ def check_manifest(manifest: Any, where: str) -> dict:
         raise FormatError(f"{where}: {problem}")
     if "codec" in recipe and recipe["codec"] not in CODECS:
         raise FormatError(f"{where}: unknown codec {_shown(recipe['codec'])}: expected one of {', '.join(CODECS)}")
+    _check_recipe_objects(recipe, where)
     record = manifest.get("record")
     if record is not None and not isinstance(record, dict):
         raise FormatError(f"{where}: the manifest's record is not an object")
-    shards = (record or {}).get("shards")
-    if shards is not None:
-        _check_shard_entries(shards, recipe["n_shards"], recipe["pairs_per_shard"], where)
+    if record:
+        _check_record_fields(record, where)
+        if record.get("shards") is not None:
+            _check_shard_entries(record["shards"], recipe["n_shards"], recipe["pairs_per_shard"], where)
     return manifest
+
+
+def _check_recipe_objects(recipe: dict, where: str) -> None:
+    """The recipe's non-numeric fields have the kinds FORMAT.md gives them."""
+    synth = recipe.get("synth")
+    if synth is not None and not isinstance(synth, str):
+        if not (isinstance(synth, dict) and isinstance(synth.get("name", ""), str) and isinstance(synth.get("args") or {}, dict)):
+            raise FormatError(f"{where}: recipe.synth must be a name or an object with a name and args, got {_shown(synth)}")
+    for field in ("source", "rng"):
+        if recipe.get(field) is not None and not isinstance(recipe[field], dict):
+            raise FormatError(f"{where}: recipe.{field} must be an object, got {_shown(recipe[field])}")
+    jitter, max_n = recipe.get("temporal_jitter", False), recipe.get("max_n")
+    if not isinstance(jitter, bool) or (max_n is not None and (isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1)):
+        raise FormatError(f"{where}: recipe.temporal_jitter must be true or false and max_n a whole number >= 1 or null")
+
+
+# The kind each record field must have where present (FORMAT.md ``record``), so that
+# readers can format them without looking twice.
+_RECORD_FIELDS = {
+    "param_names": (list, "a list"), "software": (dict, "an object"), "platform": (dict, "an object"),
+    "created": (str, "text"), "render_seconds": ((int, float), "a number"), "skipped": (list, "a list"),
+    "n_skipped": (int, "a whole number"),
+}
+
+
+def _check_record_fields(record: dict, where: str) -> None:
+    for field, (kind, described) in _RECORD_FIELDS.items():
+        value = record.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise FormatError(f"{where}: record.{field} must be {described}, got {_shown(value)}")
+    for field in ("render_seconds", "n_skipped"):
+        value = record.get(field)
+        if value is not None and not 0 <= value < math.inf:
+            raise FormatError(f"{where}: record.{field} must be >= 0, got {_shown(value)}")
+    for field in ("software", "platform"):
+        for key, value in (record.get(field) or {}).items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+                raise FormatError(f"{where}: record.{field}.{printable(key, 40)} must be text or a number, got {_shown(value)}")
 
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
