@@ -40,7 +40,7 @@ from doppelgen.recipes import load_recipe
 from doppelgen.shard_checks import ShardExpectation, check_shard
 from doppelgen.verify import VerifyError, verify_dataset
 
-EXAMPLES = int(os.environ.get("DOPPELGANGERS_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("DOPPELGANGERS_FUZZ_EXAMPLES", "100"))
 SECONDS = 20  # generous: the machine is shared; a hang is minutes
 MEGABYTES = 100
 FUZZ = settings(
