@@ -90,6 +90,7 @@ class EncoderPool:
         self.processes: list = []
         self.views: list[ShardPairs] = []
         self.linked = True
+        self.broken = False  # a worker died
         try:
             for slot in range(slots):
                 self.segments.append(shared_memory.SharedMemory(name=f"{token}-{slot}", create=True, size=max(1, layout.nbytes)))
@@ -138,6 +139,9 @@ class EncoderPool:
             except queue.Empty:
                 dead = [p for p in self.processes if not p.is_alive()]
                 if dead:
+                    # A worker killed inside a queue operation holds its lock forever:
+                    # the others cannot be stopped politely.
+                    self.broken = True
                     raise EncodingWorkerError(
                         f"an encoding worker died (exit code {dead[0].exitcode}); completed shards are kept, re-run to resume"
                     ) from None
@@ -149,9 +153,12 @@ class EncoderPool:
                 segment.unlink()
 
     def close(self) -> None:
-        """Let the workers finish the shards they were given, then stop them and free the slots."""
+        """Let the workers finish the shards they were given (unless one died: then stop
+        them at once), then free the slots."""
         for process in self.processes:
-            if process.is_alive():
+            if self.broken:
+                process.kill()
+            elif process.is_alive():
                 self.tasks.put(None)
         for process in self.processes:
             process.join()

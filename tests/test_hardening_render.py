@@ -128,6 +128,26 @@ def test_kill_9_of_a_render_leaves_no_process_and_no_shared_memory(tmp_path):
     assert segments_of(process.pid) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_killed_encoding_worker_ends_the_render_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    args = ["--shards", "40", "--pairs-per-shard", "8", "--batch-size", "8", "--workers", "2", "-q"]
+    process = subprocess.Popen([*RENDER, str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / stats_name(0)).exists():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read().decode()[-2000:]
+        time.sleep(0.005)
+    workers = sorted(pid for pid in descendants(process.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    assert len(workers) == 2  # the encoding workers (the resource tracker is a child too)
+    os.kill(workers[0], signal.SIGKILL)  # the out-of-memory killer, say
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr.decode()
+    assert stderr.decode() == (
+        "error: an encoding worker died (exit code -9); completed shards are kept, re-run to resume\n"
+    )
+    assert alive(set(workers)) == set()
+
+
 # --- rows 6 and 7: absurd and non-finite recipe values, refused before any work ---------
 
 
