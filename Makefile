@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # JAX compiles each synth for tens of seconds; keep compiled kernels between runs.
 export DOPPELGANGERS_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install test demo bench probe-set clean
+.PHONY: install test fuzz demo bench probe-set clean
 
 install: $(STAMP)
 
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The suite fuzzes the readers briefly (dataset manifests, sample JSON and audio, tar
+# layouts, probe's CSV); this runs each target FUZZ_EXAMPLES times and prints
+# hypothesis's statistics (inputs tried, time per input).
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	DOPPELGANGERS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_fuzz_readers.py tests/test_probe.py -k "fuzz" --hypothesis-show-statistics
 
 demo: $(STAMP)
 	$(BIN)/doppelgen render demo-shards --synth voice --delta 0.25 --shards 4 --pairs-per-shard 64 --batch-size 64

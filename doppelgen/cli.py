@@ -64,6 +64,7 @@ def render(
 ) -> None:
     """Render the pairs of a recipe into OUT. Re-running resumes: only missing shards are rendered."""
     from .dataset import DatasetError, render_dataset
+    from .encoding_workers import EncodingWorkerError
     from .kernel import RenderError
 
     if synth is not None and synth != "parametric" and any(v is not None for v in (sine, square_saw, fm_sine, fm_square_saw)):
@@ -78,7 +79,7 @@ def render(
         summary = render_dataset(recipe, out, batch_size=batch_size, workers=workers, shard_range=shard_range, overwrite=overwrite, progress=not quiet)
     except (RecipeError, DatasetError, FormatError) as error:
         fail(str(error))
-    except RenderError as error:
+    except (RenderError, EncodingWorkerError) as error:
         fail(str(error), EXIT_FAILURE)
     except OSError as error:
         fail(f"writing {out} failed: {error.strerror or error}; completed shards are kept, re-run to resume", EXIT_FAILURE)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .format import CODECS, FORMAT_VERSION
+from .format import CODECS, FORMAT_VERSION, printable
 
 SYNTHS = ("voice", "voicefm", "parametric")
 PARAMETRIC_DEFAULTS = {"sine": 2, "square_saw": 2, "fm_sine": 1, "fm_square_saw": 1}
@@ -28,6 +28,71 @@ PRNG_FLAGS = {"jax_threefry_partitionable": True}
 
 class RecipeError(ValueError):
     """A recipe value is invalid; the message is one line naming it."""
+
+
+# The range of every recipe number. Every reader checks them before any work
+# (make_recipe, load_recipe, format.check_manifest), so an absurd or hostile value is one
+# line instead of an OverflowError, a 420 GB allocation or an hour-long trace (each layer
+# is unrolled into the kernel). The ranges are generous: the paper uses 16 kHz, 1 s,
+# delta <= 0.5, one layer and 512 shards of 1,000 pairs.
+RECIPE_BOUNDS: dict[str, tuple[type, float, float]] = {
+    # field: (kind, lowest, highest), both ends included
+    "sample_rate": (int, 1_000, 192_000),
+    "duration": (float, 1e-3, 60.0),
+    "control_rate": (int, 1, 192_000),
+    "eps": (float, 1e-12, 0.1),
+    "delta": (float, 0.0, 4.0),
+    "seed": (int, 0, 2**32 - 1),
+    "n_layers": (int, 1, 16),
+    "pairs_per_shard": (int, 1, 100_000),
+    "n_shards": (int, 1, 100_000),
+}
+# A clip's samples (duration x sample rate): 262 s at 16 kHz, 87 s at 48 kHz.
+MAX_CLIP_SAMPLES = 2**22
+# A shard's samples (pairs x clip samples): its two float32 views fill 4 GiB, the
+# shared-memory slot an encoding worker reads and what a reader may buffer of one shard.
+MAX_SHARD_SAMPLES = 2**29
+# Pair indices are folded into uint32 JAX keys.
+MAX_PAIRS = 2**32
+# Oscillators of each kind in a parametric synth (the paper's has 6 in all).
+MAX_OSCILLATORS = 16
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to one short line (a hostile value may be 10**5000 or a
+    megabyte of text, whose repr alone fails or floods the terminal)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def recipe_number_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be recipe field ``name`` (one line), or None if it lies in its
+    range. Int fields take ints only (not bools, not 4.0); float fields ints or floats."""
+    kind, low, high = RECIPE_BOUNDS[name]
+    accepted = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        return f"recipe field {name} must be {'a whole number' if kind is int else 'a number'}, got {shown(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"recipe field {name} must be finite, got {shown(value)}"
+    if not low <= value <= high:
+        low_text, high_text = (f"{low}", f"{high}") if kind is int else (f"{low:g}", f"{high:g}")
+        return f"{name} must lie in [{low_text}, {high_text}], got {shown(value)}"
+    return None
+
+
+def recipe_size_problem(sample_rate: int, duration: float, pairs_per_shard: int, n_shards: int) -> str | None:
+    """Why a recipe's sizes break the limits above (one line), or None. For values that
+    passed :func:`recipe_number_problem`."""
+    clip = int(round(duration * sample_rate))
+    if not 1 <= clip <= MAX_CLIP_SAMPLES:
+        return f"a clip of {duration:g} s at {sample_rate} Hz is {clip} samples; it must be 1 to {MAX_CLIP_SAMPLES}"
+    if pairs_per_shard * clip > MAX_SHARD_SAMPLES:
+        return f"{pairs_per_shard} pairs of {clip} samples exceed a shard's {MAX_SHARD_SAMPLES} samples; use fewer pairs per shard"
+    if pairs_per_shard * n_shards > MAX_PAIRS:
+        return f"more than {MAX_PAIRS} pairs cannot be addressed"
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,37 +137,34 @@ class Recipe:
         return range(start, min(start + self.pairs_per_shard, self.n_pairs))
 
     def validate(self) -> "Recipe":
+        """The recipe itself, if every value lies in its range (``RECIPE_BOUNDS``) and the
+        values fit together; RecipeError naming the first that does not."""
         if self.synth.name not in SYNTHS:
-            raise RecipeError(f"unknown synth {self.synth.name!r}: expected one of {', '.join(SYNTHS)}")
+            raise RecipeError(f"unknown synth {shown(self.synth.name)}: expected one of {', '.join(SYNTHS)}")
         if self.synth.name == "parametric":
             unknown = set(self.synth.args) - set(PARAMETRIC_DEFAULTS)
             if unknown:
-                raise RecipeError(f"unknown parametric synth arguments: {', '.join(sorted(unknown))}")
-            if any((not isinstance(v, int)) or v < 0 for v in self.synth.args.values()):
-                raise RecipeError("parametric oscillator counts must be integers >= 0")
+                raise RecipeError(f"unknown parametric synth arguments: {printable(', '.join(sorted(unknown)))}")
+            if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_OSCILLATORS for v in self.synth.args.values()):
+                raise RecipeError(f"parametric oscillator counts must be whole numbers in [0, {MAX_OSCILLATORS}]")
             if sum(self.synth.args.values()) == 0:
                 raise RecipeError("a parametric synth needs at least one oscillator")
         elif self.synth.args:
-            raise RecipeError(f"synth {self.synth.name!r} takes no arguments")
-        checks = [
-            (self.delta >= 0, f"delta must be >= 0, got {self.delta}"),
-            (self.sample_rate > 0, f"sample rate must be positive, got {self.sample_rate}"),
-            (self.duration > 0, f"duration must be positive, got {self.duration}"),
-            (self.control_rate > 0, f"control rate must be positive, got {self.control_rate}"),
-            (0 < self.eps < 1, f"eps must lie in (0, 1), got {self.eps}"),
-            (self.n_layers >= 1, f"n_layers must be >= 1, got {self.n_layers}"),
-            (self.pairs_per_shard >= 1, f"pairs per shard must be >= 1, got {self.pairs_per_shard}"),
-            (self.n_shards >= 1, f"the number of shards must be >= 1, got {self.n_shards}"),
-            (self.codec in CODECS, f"unknown codec {self.codec!r}: expected one of {', '.join(CODECS)}"),
-            (0 <= self.seed < 2**32, f"seed must lie in [0, 2**32), got {self.seed}"),
-            # SynthAX renders ceil(duration * rate) samples, FORMAT.md wants round().
-            (math.ceil(self.duration * self.sample_rate) == self.n_samples,
-             f"duration {self.duration} s at {self.sample_rate} Hz is not a whole number of samples"),
-            (self.n_pairs <= 2**32, "more than 2**32 pairs cannot be addressed"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise RecipeError(message)
+            raise RecipeError(f"synth {shown(self.synth.name)} takes no arguments")
+        for name in RECIPE_BOUNDS:
+            problem = recipe_number_problem(name, getattr(self, name))
+            if problem:
+                raise RecipeError(problem)
+        if self.codec not in CODECS:
+            raise RecipeError(f"unknown codec {shown(self.codec)}: expected one of {', '.join(CODECS)}")
+        problem = recipe_size_problem(self.sample_rate, self.duration, self.pairs_per_shard, self.n_shards)
+        if problem:
+            raise RecipeError(problem)
+        if self.control_rate > self.sample_rate:
+            raise RecipeError(f"control rate {self.control_rate} Hz exceeds the sample rate {self.sample_rate} Hz")
+        # SynthAX renders ceil(duration * rate) samples, FORMAT.md wants round().
+        if math.ceil(self.duration * self.sample_rate) != self.n_samples:
+            raise RecipeError(f"duration {self.duration} s at {self.sample_rate} Hz is not a whole number of samples")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,50 +193,52 @@ class Recipe:
         data = dict(data)
         version = data.pop("format", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise RecipeError(f"unknown recipe format version {version!r} (this doppelgen writes {FORMAT_VERSION})")
+            raise RecipeError(f"unknown recipe format version {shown(version)} (this doppelgen writes {FORMAT_VERSION})")
         rng = data.pop("rng", None)
         if rng is not None and (not isinstance(rng, dict) or rng.get("impl") != PRNG_IMPL or rng.get("flags") != PRNG_FLAGS):
-            raise RecipeError(f"recipe asks for PRNG {rng!r}; this doppelgen uses {PRNG_IMPL} {PRNG_FLAGS}")
+            raise RecipeError(f"recipe asks for PRNG {shown(rng)}; this doppelgen uses {PRNG_IMPL} {PRNG_FLAGS}")
         synth = data.pop("synth", {"name": "voice"})
         if isinstance(synth, str):
             synth = {"name": synth}
         if not isinstance(synth, dict):
-            raise RecipeError(f"recipe field synth must be an object, got {synth!r}")
+            raise RecipeError(f"recipe field synth must be an object, got {shown(synth)}")
         return make_recipe(synth=synth.get("name", "voice"), synth_args=synth.get("args") or {}, **data)
 
 
 def _coerce(name: str, value: Any, kind: type) -> Any:
     """Recipe values in one canonical type, so that 1 and 1.0 give the same recipe hash."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise RecipeError(f"recipe field {name} must be {kind.__name__}, got {value!r}")
+        raise RecipeError(f"recipe field {name} must be {kind.__name__}, got {shown(value)}")
     if kind is str:
         if not isinstance(value, str):
-            raise RecipeError(f"recipe field {name} must be a string, got {value!r}")
+            raise RecipeError(f"recipe field {name} must be a string, got {shown(value)}")
         return value
     if isinstance(value, str):
-        raise RecipeError(f"recipe field {name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise RecipeError(f"recipe field {name} must be finite, got {value!r}")
+        raise RecipeError(f"recipe field {name} must be a number, got {shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"recipe field {name} must be finite, got {shown(value)}")
     if kind is int:
-        if float(value) != int(value):
-            raise RecipeError(f"recipe field {name} must be a whole number, got {value!r}")
+        if isinstance(value, float) and not value.is_integer():
+            raise RecipeError(f"recipe field {name} must be a whole number, got {shown(value)}")
         return int(value)
+    if isinstance(value, int) and value.bit_length() > 1000:  # float() would overflow
+        raise RecipeError(f"recipe field {name} must be finite, got {shown(value)}")
     return float(value)
 
 
 def make_recipe(synth: str = "voice", synth_args: dict[str, int] | None = None, **fields: Any) -> Recipe:
     """A validated recipe; ``parametric`` gets the paper's oscillator counts unless overridden."""
     if not isinstance(synth, str):
-        raise RecipeError(f"recipe field synth must be a name, got {synth!r}")
+        raise RecipeError(f"recipe field synth must be a name, got {shown(synth)}")
     if not isinstance(synth_args or {}, dict):
-        raise RecipeError(f"synth arguments must be an object, got {synth_args!r}")
-    args = {key: _coerce(f"synth.args.{key}", value, int) for key, value in (synth_args or {}).items()}
+        raise RecipeError(f"synth arguments must be an object, got {shown(synth_args)}")
+    args = {key: _coerce(f"synth.args.{printable(key, 40)}", value, int) for key, value in (synth_args or {}).items()}
     if synth == "parametric":
         args = {**PARAMETRIC_DEFAULTS, **args}
     types = {f.name: f.type for f in dataclasses.fields(Recipe)}
     unknown = set(fields) - set(types) - {"synth"}
     if unknown:
-        raise RecipeError(f"unknown recipe fields: {', '.join(sorted(unknown))}")
+        raise RecipeError(f"unknown recipe fields: {printable(', '.join(sorted(unknown)))}")
     kinds = {"int": int, "float": float, "str": str}
     values = {name: _coerce(name, value, kinds[types[name]]) for name, value in fields.items()}
     recipe = Recipe(synth=SynthSpec(name=synth, arg_items=tuple(sorted(args.items()))), **values)

@@ -1,25 +1,23 @@
-"""render_dataset: which shards to render, the batch loop, and the encoding workers."""
+"""render_dataset: which shards to render, the claim on the output folder, and the batch loop."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from .config import Recipe
+from .encoding_workers import EncoderPool, InlineWriter, SlotLayout, shared_memory_room
 from .files import default_workers, remove_dead_temporaries
 from .format import MANIFEST_NAME, complete_shards, shard_index
 from .manifest import build_manifest, existing_recipe_hashes, recipe_sha256, write_manifest
-from .shard_writer import ShardPairs, SlotLayout, ignore_interrupts, write_shard, write_shard_from_slot
+from .output_claim import FolderTakenError, claimed_folder
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -56,8 +54,11 @@ def parse_shard_range(text: str | None, n_shards: int) -> range:
     return range(start, stop)
 
 
-def prepare_output(recipe: Recipe, out: Path, overwrite: bool) -> None:
-    """Make the folder, clear a killed run's temporaries, refuse a different recipe."""
+@contextmanager
+def prepared_output(recipe: Recipe, out: Path, overwrite: bool) -> Iterator[None]:
+    """Make the folder, clear a killed run's temporaries, and hold the folder for this
+    recipe for the ``with`` block (``output_claim``): a different recipe is refused,
+    or, with ``overwrite``, cleared first."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -66,11 +67,11 @@ def prepare_output(recipe: Recipe, out: Path, overwrite: bool) -> None:
     except OSError as error:
         raise DatasetError(f"cannot write to {out}: {error.strerror or error}") from None
     remove_dead_temporaries(out)
-    held = existing_recipe_hashes(out)
-    if held and held != {recipe_sha256(recipe.to_dict())}:
-        if not overwrite:
-            raise DatasetError(f"{out} holds a different dataset recipe; choose another folder or pass --overwrite")
-        clear_dataset(out)
+    try:
+        with claimed_folder(out, recipe_sha256(recipe.to_dict()), existing_recipe_hashes, overwrite, clear_dataset):
+            yield
+    except FolderTakenError as error:
+        raise DatasetError(str(error)) from None
 
 
 def clear_dataset(out: Path) -> None:
@@ -79,83 +80,6 @@ def clear_dataset(out: Path) -> None:
         name = entry.name
         if name == MANIFEST_NAME or shard_index(name) is not None or (name.startswith("pairs-") and name.endswith(".stats.json")):
             entry.unlink()
-
-
-def shared_memory_room() -> int:
-    """Free bytes where shared memory lives (Linux: /dev/shm); unbounded elsewhere."""
-    try:
-        return shutil.disk_usage("/dev/shm").free
-    except OSError:
-        return 2**62
-
-
-class _EncoderPool:
-    """Encoding workers fed through shared-memory slots, one shard per slot."""
-
-    def __init__(self, workers: int, layout: SlotLayout, out: Path, options: dict):
-        self.layout, self.out, self.options = layout, out, options
-        # One slot filling in the main process while every worker encodes one, as far as
-        # /dev/shm holds them (a container's default is 64 MB; a slot is a whole shard).
-        slots = min(workers + 1, shared_memory_room() // max(1, layout.nbytes))
-        if slots < 2:
-            raise DatasetError(
-                f"not enough shared memory for the encoding workers ({layout.nbytes / 2**20:.0f} MB a shard): "
-                "use fewer --pairs-per-shard, --workers 0, or a larger /dev/shm"
-            )
-        self.executor = ProcessPoolExecutor(
-            max_workers=slots - 1, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
-        )
-        self.free = [shared_memory.SharedMemory(create=True, size=max(1, layout.nbytes)) for _ in range(slots)]
-        self.all_slots = list(self.free)
-        self.running: dict[Future, shared_memory.SharedMemory] = {}
-
-    def acquire(self) -> tuple[shared_memory.SharedMemory, ShardPairs]:
-        while not self.free:
-            self._collect()
-        slot = self.free.pop()
-        return slot, self.layout.arrays(slot.buf)
-
-    def submit(self, slot, shard: int, n_rows: int) -> None:
-        future = self.executor.submit(write_shard_from_slot, slot.name, self.layout, shard, n_rows, str(self.out), self.options)
-        self.running[future] = slot
-
-    def _collect(self) -> None:
-        done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
-        for future in done:
-            self.free.append(self.running.pop(future))
-            future.result()  # re-raises a worker's error here
-
-    def drain(self) -> None:
-        while self.running:
-            self._collect()
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        for slot in self.all_slots:
-            slot.close()
-            slot.unlink()
-
-
-class _InlineWriter:
-    """workers=0: encode in the main process (simplest path; used by tests and debugging)."""
-
-    def __init__(self, layout: SlotLayout, out: Path, options: dict):
-        self.layout, self.out, self.options = layout, out, options
-
-    def acquire(self):
-        buffer = bytearray(max(1, self.layout.nbytes))
-        return buffer, self.layout.arrays(buffer)
-
-    def submit(self, slot, shard: int, n_rows: int) -> None:
-        view = self.layout.arrays(slot)
-        pairs = ShardPairs(shard, view.indices[:n_rows], view.a[:n_rows], view.b[:n_rows], view.params[:n_rows], view.redraws[:n_rows])
-        write_shard(self.out, pairs, **self.options)
-
-    def drain(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def render_dataset(
@@ -178,21 +102,20 @@ def render_dataset(
         raise DatasetError(f"workers must be >= 0, got {workers}")
     shards = shard_range if isinstance(shard_range, range) else parse_shard_range(shard_range, recipe.n_shards)
     out = Path(out)
-    prepare_output(recipe, out, overwrite)
+    with prepared_output(recipe, out, overwrite):
+        started = time.perf_counter()
+        done = set(complete_shards(out))
+        summary = RenderSummary(out=out, skipped=[s for s in shards if s in done])
+        todo = [s for s in shards if s not in done]
+        if todo:
+            _render_shards(recipe, out, todo, batch_size, workers, progress, summary)
+        summary.seconds = time.perf_counter() - started
 
-    started = time.perf_counter()
-    done = set(complete_shards(out))
-    summary = RenderSummary(out=out, skipped=[s for s in shards if s in done])
-    todo = [s for s in shards if s not in done]
-    if todo:
-        _render_shards(recipe, out, todo, batch_size, workers, progress, summary)
-    summary.seconds = time.perf_counter() - started
-
-    all_shards = len(complete_shards(out)) >= recipe.n_shards
-    if all_shards and (summary.rendered or not (out / MANIFEST_NAME).exists()):
-        _finish_manifest(recipe, out, summary.seconds)
-        summary.manifest_written = True
-    summary.complete = all_shards and (out / MANIFEST_NAME).exists()
+        all_shards = len(complete_shards(out)) >= recipe.n_shards
+        if all_shards and (summary.rendered or not (out / MANIFEST_NAME).exists()):
+            _finish_manifest(recipe, out, summary.seconds)
+            summary.manifest_written = True
+        summary.complete = all_shards and (out / MANIFEST_NAME).exists()
     return summary
 
 
@@ -219,9 +142,21 @@ def write_batches(recipe: Recipe, out: Path, todo: list[int], batches: Iterable,
 
     layout = SlotLayout(rows=recipe.pairs_per_shard, samples=recipe.n_samples, param_shape=(recipe.n_layers, 3, len(param_layout(recipe))))
     options = {"seed": recipe.seed, "sample_rate": recipe.sample_rate, "codec": recipe.codec, "recipe_sha256": recipe_sha256(recipe.to_dict())}
-    writer = _EncoderPool(workers, layout, out, options) if workers > 0 else _InlineWriter(layout, out, options)
+    if workers > 0:
+        # One slot filling here while every worker encodes one, as far as /dev/shm holds
+        # them (a container's default is 64 MB; a slot is a whole shard), and no more
+        # workers than shards to write.
+        slots = min(workers + 1, len(todo) + 1, shared_memory_room() // max(1, layout.nbytes))
+        if slots < 2:
+            raise DatasetError(
+                f"not enough shared memory for the encoding workers ({layout.nbytes / 2**20:.0f} MB a shard): "
+                "use fewer --pairs-per-shard, --workers 0, or a larger /dev/shm"
+            )
+        writer = EncoderPool(slots, layout, out, options)
+    else:
+        writer = InlineWriter(layout, out, options)
     queue, written = list(todo), []
-    current = None  # [shard, slot, arrays, rows filled]
+    current = arrays = None  # [shard, slot, arrays, rows filled]
     try:
         for batch in batches:
             row = 0
@@ -244,6 +179,7 @@ def write_batches(recipe: Recipe, out: Path, todo: list[int], batches: Iterable,
                 on_batch(batch)
         writer.drain()
     finally:
+        current = arrays = None  # views into a shared-memory slot keep it from closing
         writer.close()
         remove_dead_temporaries(out)
     return written

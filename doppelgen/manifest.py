@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import Recipe
-from .format import MANIFEST_NAME, FormatError, dump_json, stats_name
+from .console import one_line
 from .files import write_atomic
+from .format import MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_STATS_BYTES, FormatError, dump_json, read_json_file, stats_name
 
 
 def recipe_sha256(recipe_dict: dict) -> str:
@@ -41,9 +42,12 @@ def software_versions() -> dict[str, Any]:
 def read_stats(out_dir: Path, shard: int) -> dict:
     path = out_dir / stats_name(shard)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise FormatError(f"{path}: unreadable shard stats ({error})") from None
+        stats = read_json_file(path, MAX_STATS_BYTES)
+    except (OSError, FormatError) as error:
+        raise FormatError(f"{path}: unreadable shard stats ({one_line(error)})") from None
+    if not isinstance(stats, dict):
+        raise FormatError(f"{path}: unreadable shard stats (not a JSON object)")
+    return stats
 
 
 def build_manifest(
@@ -53,10 +57,12 @@ def build_manifest(
     platform: dict,
     render_seconds: float,
 ) -> dict:
-    shards = []
+    shards, expected = [], recipe_sha256(recipe.to_dict())
     for shard in range(recipe.n_shards):
         stats = read_stats(out_dir, shard)
-        stats.pop("recipe_sha256", None)
+        if stats.pop("recipe_sha256", None) != expected:
+            # The folder claim keeps recipes apart; this is the last line of defence.
+            raise FormatError(f"{out_dir / stats_name(shard)}: written for another recipe; the folder mixes datasets")
         shards.append(stats)
     return {
         "recipe": recipe.to_dict(),
@@ -81,13 +87,13 @@ def existing_recipe_hashes(out_dir: Path) -> set[str]:
     manifest = out_dir / MANIFEST_NAME
     if manifest.is_file():
         try:
-            hashes.add(recipe_sha256(json.loads(manifest.read_text())["recipe"]))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            hashes.add(recipe_sha256(read_json_file(manifest, MAX_MANIFEST_BYTES)["recipe"]))
+        except (OSError, FormatError, KeyError, TypeError, ValueError):
             hashes.add("unreadable manifest")
     for entry in os.listdir(out_dir) if out_dir.is_dir() else []:
         if entry.endswith(".stats.json") and not entry.startswith("."):
             try:
-                hashes.add(json.loads((out_dir / entry).read_text()).get("recipe_sha256", "unknown"))
-            except (OSError, json.JSONDecodeError, AttributeError):
+                hashes.add(str(read_json_file(out_dir / entry, MAX_STATS_BYTES).get("recipe_sha256", "unknown")))
+            except (OSError, FormatError, AttributeError):
                 hashes.add("unreadable stats")
     return hashes

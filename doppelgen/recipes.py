@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .config import Recipe, RecipeError, make_recipe
-from .format import is_packed_recipe
+from .format import MAX_MANIFEST_BYTES, FormatError, is_packed_recipe, read_json_file
 
 # The paper's configurations (Cherep & Singh, ICLR 2025): three synths at delta 0.25,
 # and the voice synth over the delta sweep. All share seed 0, so the voice sweep draws
@@ -60,10 +60,12 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     names the file when it is missing, not JSON, or not a valid recipe."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except OSError as error:
+        raise RecipeError(f"{path}: unreadable recipe ({error.strerror or error})") from None
+    except FormatError as error:
         raise RecipeError(f"{path}: unreadable recipe ({error})") from None
     if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
         data = data["recipe"]  # a finished dataset's manifest

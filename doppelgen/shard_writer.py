@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import os
-import signal
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,56 +127,3 @@ def write_samples(out_dir: str | os.PathLike, shard: int, samples: list[dict], s
     record = dict(entry, recipe_sha256=recipe_sha256)
     write_atomic(out_dir / stats_name(shard), json.dumps(record, indent=1, sort_keys=True).encode())
     return entry
-
-
-# --- shared-memory hand-off to encoding workers ---------------------------------------
-# Pickling a shard's float audio to a worker costs as much as encoding it; the main
-# process instead copies rendered rows into a shared-memory slot and sends only its name.
-
-
-@dataclass(frozen=True)
-class SlotLayout:
-    rows: int
-    samples: int
-    param_shape: tuple[int, int, int]  # (n_layers, 3, P)
-
-    def arrays(self, buffer) -> ShardPairs:
-        """Views of the slot's arrays inside ``buffer`` (shard index filled in by the caller)."""
-        offset, views = 0, []
-        for shape, dtype in (
-            ((self.rows,), np.int64),
-            ((self.rows, self.samples), np.float32),
-            ((self.rows, self.samples), np.float32),
-            ((self.rows, *self.param_shape), np.float32),
-            ((self.rows,), np.int64),
-        ):
-            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            views.append(np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset))
-            offset += size
-        return ShardPairs(-1, *views)
-
-    @property
-    def nbytes(self) -> int:
-        per_row = 8 + 2 * self.samples * 4 + int(np.prod(self.param_shape)) * 4 + 8
-        return self.rows * per_row
-
-
-def ignore_interrupts() -> None:
-    """Encoding workers leave Ctrl-C to the main process, which stops them cleanly (a
-    worker interrupted inside soundfile's I/O callback prints a traceback instead)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def write_shard_from_slot(slot_name: str, layout: SlotLayout, shard: int, n_rows: int, out_dir: str, options: dict) -> dict:
-    """Worker entry point: encode the first ``n_rows`` rows of a shared-memory slot."""
-    from multiprocessing import shared_memory
-
-    block = shared_memory.SharedMemory(name=slot_name)
-    try:
-        view = layout.arrays(block.buf)
-        pairs = ShardPairs(shard, *(array[:n_rows] for array in (view.indices, view.a, view.b, view.params, view.redraws)))
-        entry = write_shard(out_dir, pairs, **options)
-        del pairs, view  # release the buffer before closing it
-        return entry
-    finally:
-        block.close()

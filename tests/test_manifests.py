@@ -18,7 +18,7 @@ from doppelgen.dataset import render_dataset
 from doppelgen.format import iter_shard_pairs, read_manifest, shard_name
 from doppelgen.recipes import DELTA_SWEEP, MANIFESTS_DIR, load_recipe, paper_recipes, recipe_text, sweep_name
 from doppelgen.synths import param_layout
-from doppelgen.verify import ShardExpectation, check_shard
+from doppelgen.shard_checks import ShardExpectation, check_shard
 
 # Small enough to be cheap, and the fixture's batch shape so voice reuses its kernel.
 PAIRS = 8
@@ -69,7 +69,7 @@ def test_load_recipe_reads_manifests_and_refuses_what_is_not_a_recipe(voice_shar
     (tmp_path / "packed.json").write_text(json.dumps({"recipe": {"format": 1, "source": {}, "sample_rate": 16000}}))
     (tmp_path / "odd.json").write_text(json.dumps({"synth": "voice", "delta": -1}))
     for name, message in [("missing.json", "no such recipe file"), ("bad.json", "unreadable recipe"),
-                          ("packed.json", "packed real-audio dataset"), ("odd.json", "delta must be >= 0")]:
+                          ("packed.json", "packed real-audio dataset"), ("odd.json", r"delta must lie in \[0, 4\], got -1")]:
         with pytest.raises(RecipeError, match=message):
             load_recipe(tmp_path / name)
 

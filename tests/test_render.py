@@ -30,6 +30,7 @@ from doppelgen.format import (
     stats_name,
 )
 from doppelgen.kernel import RenderError, redraw_nonfinite, render_pairs
+from doppelgen.output_claim import LOCK_NAME, RECIPE_MARKER
 from doppelgen.synths import param_layout
 
 runner = CliRunner()
@@ -219,7 +220,8 @@ def test_rerun_renders_only_missing_shards(tmp_path, voice_shards, voice_recipe)
     summary = render_dataset(voice_recipe, out, batch_size=8, workers=0, progress=False)
     assert summary.rendered == [1, 2] and summary.skipped == [0, 3] and summary.manifest_written
     assert folder_bytes(out) == folder_bytes(voice_shards)
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [other_host.name]
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name not in (RECIPE_MARKER, LOCK_NAME)]
+    assert hidden == [other_host.name]
 
 
 def test_resume_after_kill_9_gives_the_bytes_of_a_clean_run(tmp_path):
@@ -285,8 +287,8 @@ def test_cli_renders_from_a_recipe_file_with_overrides(tmp_path, voice_shards, v
     "args, message",
     [
         (["--synth", "piano"], "unknown synth 'piano'"),
-        (["--delta", "-0.1"], "delta must be >= 0"),
-        (["--shards", "0"], "number of shards must be >= 1"),
+        (["--delta", "-0.1"], "delta must lie in [0, 4], got -0.1"),
+        (["--shards", "0"], "n_shards must lie in [1, 100000], got 0"),
         (["--shard-range", "3:1"], "bad shard range '3:1'"),
         (["--shard-range", "0:9", "--shards", "4"], "bad shard range '0:9'"),
         (["--codec", "mp3"], "unknown codec 'mp3'"),
@@ -323,15 +325,44 @@ def test_a_folder_of_another_recipe_is_refused_unless_overwrite(tmp_path, voice_
     assert read_manifest(out)["recipe"]["delta"] == 0.0
 
 
-def test_compiled_kernels_go_to_the_persistent_cache(voice_shards):
+def test_compiled_kernels_go_to_the_persistent_cache(voice_recipe, caplog):
+    import logging
+    import re
+
     import jax
 
+    from doppelgen import kernel
     from doppelgen.jax_runtime import default_cache_dir
 
     cache = default_cache_dir()
+    kernel._kernel_for_shape.cache_clear()  # a new jitted kernel: JAX must compile or load it
+    with caplog.at_level(logging.DEBUG, logger="jax._src.compiler"):
+        render_pairs(voice_recipe, range(2), batch_size=8)  # the session fixture's batch shape
+    # This kernel's own entry, found (a hit) or written (a miss): not just any file an
+    # earlier run left in the cache.
+    pattern = re.compile(r"(?:cache hit for|Writing) '?jit__lambda'? .*with key '([^']+)'")
+    keys = [m.group(1) for m in (pattern.search(r.getMessage()) for r in caplog.records) if m]
+    assert keys, [r.getMessage()[:120] for r in caplog.records]
+    assert all((cache / f"{key}-cache").is_file() for key in keys)
     assert jax.config.jax_compilation_cache_dir == str(cache)
     assert jax.config.jax_default_prng_impl == "threefry2x32" and jax.config.jax_threefry_partitionable
-    assert any(entry.name.startswith("jit_") for entry in cache.iterdir())
+
+
+def test_the_attempt_number_changes_the_real_kernels_draw(voice_recipe):
+    from doppelgen.kernel import pair_kernel
+
+    render = pair_kernel(voice_recipe)
+    indices = np.arange(8)
+    first = render(indices, np.zeros(8, np.uint32))
+    second = render(indices, np.ones(8, np.uint32))
+    for row in range(8):
+        assert not np.array_equal(first[0][row], second[0][row])  # another parameter draw
+        assert not np.array_equal(first[1][row], second[1][row])  # and so other audio
+    # Each row follows its own attempt number, not its batch-mates'.
+    mixed = render(indices, np.array([0, 1] * 4, np.uint32))
+    for row in range(8):
+        expected = (first, second)[row % 2]
+        assert all(np.array_equal(part[row], expected_part[row]) for part, expected_part in zip(mixed, expected))
 
 
 def test_recipe_values_are_canonical_and_checked(voice_recipe):
@@ -356,7 +387,7 @@ def test_recipe_values_are_canonical_and_checked(voice_recipe):
 
 def test_encoding_workers_fit_in_shared_memory(tmp_path, voice_recipe, voice_shards, monkeypatch):
     from doppelgen import dataset
-    from doppelgen.shard_writer import SlotLayout
+    from doppelgen.encoding_workers import SlotLayout
 
     slot = SlotLayout(rows=8, samples=16000, param_shape=(1, 3, len(param_layout(voice_recipe)))).nbytes
     monkeypatch.setattr(dataset, "shared_memory_room", lambda: 2 * slot + 1)  # one worker's worth
@@ -376,12 +407,21 @@ def test_usage_errors_are_one_line(args, capsys):
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("field, value", [("duration", None), ("n_shards", "4"), ("sample_rate", 0), ("pairs_per_shard", True)])
-def test_readers_refuse_a_manifest_with_a_bad_recipe_field(tmp_path, voice_shards, field, value):
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("duration", None, "recipe field duration must be a number, got None"),
+        ("n_shards", "4", "recipe field n_shards must be a whole number, got '4'"),
+        ("sample_rate", 0, "sample_rate must lie in [1000, 192000], got 0"),
+        ("pairs_per_shard", True, "recipe field pairs_per_shard must be a whole number, got True"),
+    ],
+)
+def test_readers_refuse_a_manifest_with_a_bad_recipe_field(tmp_path, voice_shards, field, value, message):
     from doppelgen.format import FormatError
 
     manifest = json.loads((voice_shards / "manifest.json").read_text())
     manifest["recipe"][field] = value
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(FormatError, match=f"recipe field {field} must be a positive number"):
+    with pytest.raises(FormatError) as caught:
         read_manifest(tmp_path)
+    assert str(caught.value) == f"{tmp_path / 'manifest.json'}: {message}"

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,11 +13,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from doppelgen import verify as verify_module
+from doppelgen import rerender as rerender_module
 from doppelgen.cli_publish import register
 from doppelgen.format import MANIFEST_NAME, encode_clip, iter_tar_members, shard_name
 from doppelgen.shard_writer import pair_sample
-from doppelgen.verify import RERENDER_TOLERANCE, VerifyError, compare_pair, verify_dataset
+from doppelgen.rerender import RERENDER_TOLERANCE, compare_pair
+from doppelgen.verify import VerifyError, verify_dataset
 
 
 @pytest.fixture()
@@ -66,11 +68,51 @@ def test_rerendered_pairs_match_byte_for_byte(voice_shards):
     assert report.rerendered == 8 and report.rerender_mode == "bytes"
 
 
-def test_rerender_on_another_platform_compares_within_tolerance(voice_shards, monkeypatch):
-    monkeypatch.setattr(verify_module, "same_platform", lambda record: False)
-    report = verify_dataset(voice_shards, rerender=8, seed=3)
-    assert report.ok, report.problems
-    assert "1e-04 x peak" in report.rerender_mode or f"{RERENDER_TOLERANCE:g} x peak" in report.rerender_mode
+def perturb_view_a(folder, relative_error: float) -> None:
+    """Add ``relative_error`` x peak to view a of every pair, re-encoded with its new gain,
+    and reseal the checksums so only the re-render can notice."""
+    from doppelgen.files import file_sha256
+    from doppelgen.format import decode_clip, stats_name
+
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    for entry in manifest["record"]["shards"]:
+        shard = int(entry["name"][6:12])
+
+        def edit(members):
+            for row in range(0, len(members), 3):
+                meta = json.loads(members[row + 2][1])
+                audio, _ = decode_clip(members[row][1], meta["gain"][0])
+                peak = float(np.abs(audio).max())
+                members[row][1], meta["gain"][0] = encode_clip(audio + np.float32(relative_error * peak), 16000)
+                members[row + 2][1] = json.dumps(meta).encode()
+
+        rewrite_shard(folder, shard, edit)
+        digest, size = file_sha256(folder / entry["name"])
+        stats = json.loads((folder / stats_name(shard)).read_text())
+        stats["sha256"] = entry["sha256"] = digest
+        stats["bytes"] = entry["bytes"] = size
+        (folder / stats_name(shard)).write_text(json.dumps(stats))
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("relative_error, agrees", [(1e-6, True), (1e-3, False)])
+def test_rerender_on_another_platform_compares_within_tolerance(dataset, monkeypatch, relative_error, agrees):
+    perturb_view_a(dataset, relative_error)
+    monkeypatch.setattr(rerender_module, "same_platform", lambda record: False)
+    report = verify_dataset(dataset, rerender=8, seed=3)
+    assert report.rerendered == 8 and report.rerender_mode == f"audio within {RERENDER_TOLERANCE:g} x peak, params exact"
+    if agrees:  # the audio differs (the bytes do), but within the tolerance
+        assert report.ok, report.problems
+    else:
+        assert len(report.problems) == 8, report.problems
+        assert all(re.fullmatch(r"pairs-00000\d\.tar: \d{10}\.a\.flac: differs from the new render by 1\.0\de-03 x peak \(> 0\.0001\)", p)
+                   for p in report.problems), report.problems
+    # On the same platform the bytes must match, and the report says how far apart they are.
+    monkeypatch.setattr(rerender_module, "same_platform", lambda record: True)
+    exact = verify_dataset(dataset, rerender=8, seed=3)
+    assert exact.rerender_mode == "bytes" and len(exact.problems) == 16
+    assert sum(p.endswith(".a.flac: re-rendered bytes differ" + (" (but agree within 0.0001 x peak)" if agrees else ""))
+               for p in exact.problems) == 8
 
 
 def test_tolerance_comparison_flags_audio_beyond_it_only():
@@ -163,10 +205,13 @@ def test_a_shard_outside_the_recipe_is_caught(dataset):
     assert "pairs-000004.tar: not part of this dataset (the recipe has 4 shards)" in verify_dataset(dataset).problems
 
 
-def test_checking_in_worker_processes_gives_the_same_report(dataset):
+def test_checking_in_worker_processes_gives_the_same_report(dataset, monkeypatch):
+    from doppelgen import verify as verify_module
+
     (dataset / shard_name(3)).unlink()
     inline = verify_dataset(dataset, workers=0)
-    pooled = verify_dataset(dataset, workers=1)
+    monkeypatch.setattr(verify_module, "MIN_SHARDS_PER_WORKER", 1)  # 4 shards: worth a pool of 2 here
+    pooled = verify_dataset(dataset, workers=2)
     assert pooled.problems == inline.problems and pooled.pairs_checked == inline.pairs_checked == 24
 
 

@@ -1,0 +1,106 @@
+"""One folder, one recipe: how a render claims its output folder, even under races.
+
+Checking the folder's contents and then writing is not enough: two renders of different
+recipes started together both saw an empty folder and mixed their shards. So a render
+first claims the folder for its recipe with a marker file holding the recipe's sha256,
+created atomically (a fully written temporary hard-linked to the marker's name: the
+link fails if the name exists, on NFS too). A render whose recipe differs from the
+marker's is refused; renders of the same recipe share the folder, from several machines
+too (``--shard-range``).
+
+Replacing a dataset (``--overwrite``) must not pull the folder from under a render still
+writing into it, so every render also holds ``flock`` on a lock file: shared while
+rendering, exclusive while replacing. Where the file system has no locks, the marker
+alone still refuses a second recipe; only --overwrite loses that protection.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .files import temporary_path
+
+RECIPE_MARKER = ".doppelgen-recipe"
+LOCK_NAME = ".doppelgen.lock"
+
+
+class FolderTakenError(RuntimeError):
+    """The folder holds, or is being written with, another recipe; the message is one line."""
+
+
+def marked_recipe(out: Path) -> str | None:
+    """The recipe sha256 the folder is claimed for, None when unclaimed."""
+    try:
+        with open(out / RECIPE_MARKER, "rb") as handle:
+            text = handle.read(200).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None
+    return text or "unreadable marker"
+
+
+def claim_folder(out: Path, recipe_sha256: str) -> bool:
+    """Claim ``out`` for the recipe unless it is claimed already; True if this call made
+    the claim. Atomic: of renders racing for an unclaimed folder exactly one wins."""
+    temporary = temporary_path(out / RECIPE_MARKER)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(f"{recipe_sha256}\n".encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temporary, out / RECIPE_MARKER)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def release_claim(out: Path) -> None:
+    (out / RECIPE_MARKER).unlink(missing_ok=True)
+
+
+@contextmanager
+def folder_lock(out: Path, exclusive: bool) -> Iterator[None]:
+    """Hold the folder's render lock, shared or exclusive, for the ``with`` block; a
+    conflicting holder is refused at once (FolderTakenError), never waited for."""
+    descriptor = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            doing = "writing into" if exclusive else "replacing the dataset in"
+            raise FolderTakenError(f"another render is {doing} {out}; wait for it to end") from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            # No locks on this file system: the recipe marker still guards the folder.
+        yield
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def claimed_folder(out: Path, recipe_sha256: str, held: Callable[[Path], set[str]], overwrite: bool,
+                   clear: Callable[[Path], None]) -> Iterator[None]:
+    """Hold ``out`` for one recipe for the ``with`` block: refuse (FolderTakenError) when
+    the folder's marker or contents (``held(out)``: recipe hashes of its manifest and
+    stats files) name another recipe, unless ``overwrite``, which ``clear``s it first."""
+    with folder_lock(out, exclusive=overwrite):
+        holds = held(out)
+        marker = marked_recipe(out)
+        if marker is not None:
+            holds.add(marker)
+        if holds and holds != {recipe_sha256}:
+            if not overwrite:
+                raise FolderTakenError(f"{out} holds a different dataset recipe; choose another folder or pass --overwrite")
+            clear(out)
+            release_claim(out)
+        if not claim_folder(out, recipe_sha256) and marked_recipe(out) != recipe_sha256:
+            # Lost a race to a render of another recipe that started at the same moment.
+            raise FolderTakenError(f"{out} is being rendered with a different dataset recipe; choose another folder")
+        yield
