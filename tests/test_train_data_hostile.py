@@ -109,15 +109,21 @@ def test_pairs_claimed_beyond_the_recipe_refuse_the_dataset(voice_shards, tmp_pa
 def test_a_shard_claiming_more_pairs_than_its_file_holds_is_left_out(voice_shards, tmp_path, caplog):
     folder = copy_dataset(voice_shards, tmp_path / "data")
 
-    def claim(manifest):
-        manifest["recipe"]["pairs_per_shard"] = 10**12  # the recipe agrees: only the tar's size can tell
-        manifest["record"]["shards"][2]["n_pairs"] = 10**12
+    def claim(pairs):
+        def edit(manifest):
+            manifest["recipe"]["pairs_per_shard"] = pairs  # the recipe agrees: only the tar's size can tell
+            manifest["record"]["shards"][2]["n_pairs"] = pairs
+        return edit
 
-    edit_manifest(folder, claim)
+    edit_manifest(folder, claim(10**12))
+    with pytest.raises(DataError, match="pairs_per_shard must lie in") as error:  # past any recipe's bounds
+        discover([str(folder)], SR)
+    assert_one_line(error, folder)
+    edit_manifest(folder, claim(10_000))  # a shard size a recipe may have
     with caplog.at_level(logging.WARNING, logger="doppeltrain.data"):
         (info,) = discover([str(folder)], SR)
     assert info.n_pairs == 24 and "pairs-000002.tar" not in {shard.url[-16:] for shard in info.shards}
-    assert "pairs-000002.tar holds 1000000000000 pairs, more than its" in caplog.text
+    assert "pairs-000002.tar holds 10000 pairs, more than its" in caplog.text
     loader = make_loader(list(info.shards), config(), train=True, epoch_ref=SharedEpoch(0))
     assert len(loader) == 6 and len(epoch_keys(loader, 0)) == 24  # one pass: what is on disk
     for index in range(4):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,20 +15,18 @@ import webdataset as wds
 from doppelgen.console import one_line
 from doppelgen.format import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     FormatError,
-    check_manifest,
     complete_shards,
     dump_json,
     n_samples,
+    parse_manifest,
     read_manifest,
+    shard_index,
 )
 
 logger = logging.getLogger(__name__)
 
-# A shard name exactly as FORMAT.md writes it, ASCII digits only and nothing after it:
-# names read from a manifest become paths and URLs (and, for pipe: datasets, part of a
-# shell command), so anything else is refused before it is used.
-SHARD_NAME = re.compile(r"pairs-[0-9]{6}\.tar")
 # The fewest bytes a pair takes in a tar: three members, each a 512-byte header and at
 # least one 512-byte block of data. A shard cannot hold more pairs than its size allows.
 MIN_PAIR_BYTES = 3 * 2 * 512
@@ -79,8 +75,10 @@ def is_url(location: str) -> bool:
 
 
 def is_shard_name(name: object) -> bool:
-    """Whether ``name`` is exactly ``pairs-NNNNNN.tar``: no path, no other character."""
-    return isinstance(name, str) and SHARD_NAME.fullmatch(name) is not None
+    """A shard name exactly as FORMAT.md writes it (``doppelgen.format.shard_index``): names
+    read from a manifest become paths and URLs (and, for pipe: datasets, part of a shell
+    command), so anything else is refused before it is used."""
+    return shard_index(name) is not None
 
 
 def _shown(name: object) -> str:
@@ -110,11 +108,12 @@ def read_url_manifest(location: str) -> dict:
     url = member_url(location, MANIFEST_NAME)
     try:
         with wds.gopen(url, "rb") as stream:
-            manifest = json.loads(stream.read().decode("utf-8"))
-    except Exception as error:  # gopen raises whatever its scheme's tool raises; json a RecursionError
+            # One byte past the limit: parse_manifest then refuses it as too large.
+            data = stream.read(MAX_MANIFEST_BYTES + 1)
+    except Exception as error:  # gopen raises whatever its scheme's tool raises
         raise DataError(f"{location}: cannot read {MANIFEST_NAME} ({one_line(error)})") from None
     try:
-        return check_manifest(manifest, location)
+        return parse_manifest(data, location)
     except FormatError as error:
         raise DataError(one_line(error)) from None
 
