@@ -28,6 +28,16 @@ PACKED_LICENSE = "other"
 TASK_CATEGORIES = ["audio-classification", "feature-extraction"]
 DATA_FILES = "pairs-*.tar"
 PAPER = "Cherep & Singh, *Contrastive Learning from Synthetic Audio Doppelgängers*, ICLR 2025"
+# The paper in BibTeX, for every card we write (datasets here, models in doppeltrain).
+PAPER_CITATION = """```bibtex
+@inproceedings{cherep2025doppelgangers,
+  title     = {Contrastive Learning from Synthetic Audio Doppelg{\\"a}ngers},
+  author    = {Cherep, Manuel and Singh, Nikhil},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2025}
+}
+```
+"""
 # The Hub's size_categories buckets, upper bounds exclusive.
 SIZE_CATEGORIES = [
     (1_000, "n<1K"),
@@ -234,15 +244,7 @@ Check the download against this card and the manifest with `doppelgen verify pat
 
 ## Citation
 
-```bibtex
-@inproceedings{{cherep2025doppelgangers,
-  title     = {{Contrastive Learning from Synthetic Audio Doppelg{{\\"a}}ngers}},
-  author    = {{Cherep, Manuel and Singh, Nikhil}},
-  booktitle = {{International Conference on Learning Representations (ICLR)}},
-  year      = {{2025}}
-}}
-```
-"""
+{PAPER_CITATION}"""
 
 
 def pack_description(recipe: dict, skipped: int) -> str:

@@ -34,10 +34,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from doppelgen.card import PAPER_CITATION
 from doppelgen.console import one_line
 from doppelgen.files import file_sha256, write_atomic
 
-from .checkpoint import CheckpointError, config_from_state, load_checkpoint, network_with_weights
+from .checkpoint import (
+    CheckpointError,
+    config_from_state,
+    load_checkpoint,
+    network_with_weights,
+)
 from .config import TrainConfig
 
 MODEL_FILE = "model.safetensors"
@@ -239,15 +245,7 @@ For the HEAR 2021 evaluation kit: `python -m heareval.embeddings.runner doppeltr
 
 ## Citation
 
-```bibtex
-@inproceedings{{cherep2025doppelgangers,
-  title     = {{Contrastive Learning from Synthetic Audio Doppelg{{\\"a}}ngers}},
-  author    = {{Cherep, Manuel and Singh, Nikhil}},
-  booktitle = {{International Conference on Learning Representations (ICLR)}},
-  year      = {{2025}}
-}}
-```
-"""
+{PAPER_CITATION}"""
 
 
 # --- reading ---------------------------------------------------------------------------
