@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .format import CODECS, MANIFEST_NAME, FormatError, complete_shards, is_packed_recipe, read_manifest, shard_index, shard_name
+from .format import MANIFEST_NAME, FormatError, complete_shards, is_packed_recipe, read_manifest
 
 # Per-shard record fields summarised across shards (FORMAT.md ``record.shards``).
 SHARD_STATS = ("n_pairs", "bytes", "peak", "mean_rms", "silent_fraction", "nonfinite_fraction", "redraws")
@@ -46,38 +46,15 @@ def _is_count(value: Any) -> bool:
 
 
 def manifest_problem(manifest: dict) -> str | None:
-    """What makes a manifest unfit to describe, export or publish, beyond what
-    ``format.check_manifest`` checks; None if nothing. Hand-edited or hostile manifests
-    then give one line instead of a traceback or a card with NaN in it."""
-    recipe, record = manifest["recipe"], manifest.get("record", {})
+    """What makes a manifest unfit to describe, export or publish beyond what
+    ``format.check_manifest`` (field kinds, recipe bounds, shard names and counts) and its
+    JSON reader (no NaN or Infinity) refuse; None if nothing. Here: every number fits an
+    int64, so sums stay finite, and each shard's statistics are numbers."""
     for part in ("recipe", "record"):
         where = unfit_number(manifest.get(part), part)
         if where is not None:
             return f"{where} is NaN, infinite or out of range"
-    if recipe.get("codec", "flac") not in CODECS:
-        return f"recipe.codec must be one of {', '.join(CODECS)}, got {recipe.get('codec')!r}"
-    n_layers = recipe.get("n_layers", 1)
-    if not (_is_count(n_layers) and n_layers >= 1):
-        return f"recipe.n_layers must be a whole number >= 1, got {n_layers!r}"
-    for name in ("synth", "source", "rng"):
-        if name in recipe and not isinstance(recipe[name], dict):
-            return f"recipe.{name} must be an object"
-    if not isinstance(record, dict):
-        return "record must be an object"
-    for name, kind, what in (
-        ("software", dict, "an object"), ("platform", dict, "an object"), ("shards", list, "a list"),
-        ("skipped", list, "a list"), ("param_names", list, "a list"), ("created", str, "a string"),
-        ("render_seconds", (int, float), "a number"),
-    ):
-        value = record.get(name)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            return f"record.{name} must be {what}"
-    for position, shard in enumerate(record.get("shards") or []):
-        if not isinstance(shard, dict):
-            return f"record.shards[{position}] must be an object"
-        name = shard.get("name")
-        if not (isinstance(name, str) and shard_index(name) is not None and shard_name(shard_index(name)) == name):
-            return f"record.shards[{position}].name must be a shard name like pairs-000000.tar, got {name!r}"
+    for position, shard in enumerate((manifest.get("record") or {}).get("shards") or []):
         for field in SHARD_COUNTS:
             if field in shard and not _is_count(shard[field]):
                 return f"record.shards[{position}].{field} must be a whole number in [0, 2**63), got {shard[field]!r}"
@@ -85,8 +62,6 @@ def manifest_problem(manifest: dict) -> str | None:
             value = shard.get(field)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 return f"record.shards[{position}].{field} must be a number, got {value!r}"
-        if not isinstance(shard.get("sha256", ""), str):
-            return f"record.shards[{position}].sha256 must be a string"
     return None
 
 

@@ -30,14 +30,15 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from .format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, read_json_file
 from .irs_rooms import SPEED_OF_SOUND, IrError, IrMethod, Room, RoomRanges, draw_room, render_impulse_response, response_generators
 from .manifest import recipe_sha256
 
 __all__ = ["IrError", "IrSetConfig", "cached_ir_dir", "default_ir_dir", "impulse_response", "render_ir_set"]
 
-IR_KIND = "impulse_responses"
+IR_KIND = "impulse_responses"  # its manifest has a pair dataset's name: `doppelgen verify` reads either
 IR_FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"  # same name as a pair dataset's: `doppelgen verify` reads either
+
 RECIPE_NAME = "recipe.json"  # written first: tells a resumed render which recipe the files follow
 _PCM24_SCALE = float(2**23)
 # 300 rooms: about 3 CPU-seconds to render, 5.5 MB; the trainer holds them all in memory.
@@ -221,9 +222,11 @@ def _prepare_folder(out: Path, recipe: dict) -> None:
 
 
 def read_json_or_none(path: Path) -> Any:
+    """A JSON file within the format's limits (size, depth, no NaN), or None when it is
+    missing or unreadable: the same reader as every dataset manifest's."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_json_file(path, MAX_MANIFEST_BYTES)
+    except (OSError, FormatError):
         return None
 
 
