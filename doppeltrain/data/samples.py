@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
 import tarfile
 from typing import Iterable, Iterator, Sequence
@@ -18,10 +17,6 @@ from .batches import BatchBuilder
 from .datasets import ShardRef, is_url
 
 logger = logging.getLogger(__name__)
-
-# A clip's stored gain is its peak. Audio this loud is no audio: a gain beyond it (or
-# not positive, or not finite) would only turn the loss into NaN or infinity.
-MAX_GAIN = 1e6
 
 
 class SampleReader:
@@ -100,18 +95,15 @@ class SampleReader:
             yield key
 
     def decode_pair_into(self, key: str, members: dict[str, bytes], row_a: np.ndarray, row_b: np.ndarray) -> None:
-        """``doppelgen.format.decode_pair`` into two given rows (they fix the clip length),
-        then checked: this stream's sample rate, an index that matches the key, sane gains
-        and finite audio. FormatError if the sample is unusable (the rows then hold junk)."""
-        with np.errstate(over="ignore", invalid="ignore"):  # an absurd gain is refused below, not warned about
-            pair = decode_pair(key, members, out=(row_a, row_b))
+        """``doppelgen.format.decode_pair`` into two given rows (they fix the clip length;
+        it refuses gains that are not finite or absurd), then checked: this stream's
+        sample rate, an index that matches the key, and finite audio (a float WAV may
+        hold NaN). FormatError if the sample is unusable (the rows then hold junk)."""
+        pair = decode_pair(key, members, out=(row_a, row_b))
         if pair.sample_rate != self.sample_rate:
             raise FormatError(f"{pair.sample_rate} Hz, expected {self.sample_rate} Hz")
         index = pair.meta["index"]
         if type(index) is not int or index < 0 or pair_key(index) != key:
             raise FormatError(f"its JSON says index {repr(index)[:40]}, not the key's")
-        for gain in pair.meta["gain"]:
-            if not (math.isfinite(gain) and 0 < gain <= MAX_GAIN):
-                raise FormatError(f"gain {gain!r} (must be finite, > 0 and <= {MAX_GAIN:g})")
         if not (np.isfinite(row_a).all() and np.isfinite(row_b).all()):
             raise FormatError("audio holds NaN or infinity")
