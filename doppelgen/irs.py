@@ -221,9 +221,13 @@ def _prepare_folder(out: Path, recipe: dict) -> None:
 
 
 def read_json_or_none(path: Path) -> Any:
+    """The JSON in ``path``, None if it is missing or not JSON within ``format.parse_json``'s
+    limits (a manifest of 100,000 brackets raised RecursionError in json.loads)."""
+    from .format import MAX_MANIFEST_BYTES, FormatError, read_json_file
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_json_file(path, MAX_MANIFEST_BYTES)
+    except (OSError, FormatError):
         return None
 
 
