@@ -14,7 +14,7 @@ can use it without paying for either. Its modules, in the order data flows:
 Every public name is importable from here (``from doppelgen.format import decode_pair``).
 """
 
-from .audio import decode_clip, encode_clip, float_wav
+from .audio import ROUND_TRIP_BOUNDS, decode_clip, encode_clip, float_wav, round_trip_bound
 from .json_data import (
     MAX_GAIN,
     MAX_JSON_DEPTH,
@@ -54,10 +54,10 @@ from .tar_reading import MAX_MEMBER_BYTES, iter_shard_pairs, iter_tar_members
 __all__ = [
     "AUDIO_MEMBERS", "CODECS", "FORMAT_VERSION", "MANIFEST_NAME", "MAX_GAIN", "MAX_JSON_DEPTH",
     "MAX_MANIFEST_BYTES", "MAX_MEMBER_BYTES", "MAX_SAMPLE_JSON_BYTES", "MAX_STATS_BYTES",
-    "REQUIRED_SAMPLE_FIELDS", "SUPPORTED_FORMATS", "TAR_MODE", "TAR_MTIME", "TAR_USER", "FormatError",
+    "REQUIRED_SAMPLE_FIELDS", "ROUND_TRIP_BOUNDS", "SUPPORTED_FORMATS", "TAR_MODE", "TAR_MTIME", "TAR_USER", "FormatError",
     "Pair", "audio_extension", "check_manifest", "complete_shards", "decode_clip", "decode_pair",
     "dump_json", "encode_clip", "float_wav", "is_packed_recipe", "iter_shard_pairs", "iter_tar_members",
     "member_names", "n_samples", "pair_index", "pair_key", "parse_json", "parse_manifest",
-    "parse_sample_json", "printable", "read_json_file", "read_manifest", "shard_index", "shard_name",
+    "parse_sample_json", "printable", "read_json_file", "read_manifest", "round_trip_bound", "shard_index", "shard_name",
     "split_member_name", "stats_name",
 ]

@@ -11,14 +11,26 @@ import soundfile as sf
 from ..console import one_line
 from .names import FormatError, audio_extension
 
-_PCM24_SCALE = float(2**23)
+# Bits of the FLAC codecs' PCM samples.
+PCM_BITS = {"flac": 24, "flac16": 16}
+# The round-trip error of each codec, a fraction of the clip's peak: half a PCM step of
+# rounding, or one step where the peak itself is clipped to the largest positive code
+# (24-bit measures 2**-22, the bound FORMAT.md states; float32 WAV is exact).
+ROUND_TRIP_BOUNDS = {"flac": 2.0**-22, "flac16": 2.0**-15, "wav": 0.0}
+
+
+def round_trip_bound(codec: str) -> float:
+    """The largest error ``decode(encode(x))`` may have with ``codec``, as a fraction of the peak."""
+    audio_extension(codec)  # FormatError for an unknown codec
+    return ROUND_TRIP_BOUNDS[codec]
+
 
 def encode_clip(waveform: np.ndarray, sample_rate: int, codec: str = "flac") -> tuple[bytes, float]:
     """Encode one mono clip; returns ``(bytes, gain)`` with ``waveform ~= decode * gain``.
 
-    FLAC stores 24-bit PCM of ``waveform / peak`` (the synth is not bounded to [-1, 1]),
-    so the round-trip error is at most 2**-22 of the peak. WAV stores float32 exactly
-    with gain 1.
+    FLAC stores 24-bit PCM (``flac16``: 16-bit) of ``waveform / peak`` (the synth is not
+    bounded to [-1, 1]), so the round-trip error is at most 2**-22 (2**-15) of the peak
+    (:func:`round_trip_bound`). WAV stores float32 exactly with gain 1.
     """
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim != 1:
@@ -28,13 +40,15 @@ def encode_clip(waveform: np.ndarray, sample_rate: int, codec: str = "flac") -> 
     buffer = io.BytesIO()
     if audio_extension(codec) == "wav":
         return float_wav(waveform, sample_rate), 1.0
+    bits = PCM_BITS[codec]
+    full_scale = float(2 ** (bits - 1))
     peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
     gain = peak if peak > 0.0 else 1.0
     # float32 is enough: |scaled| <= 2**23, so rounding costs at most one 24-bit step.
-    scaled = np.rint(waveform * np.float32(_PCM24_SCALE / gain))
-    quantized = np.clip(scaled, -_PCM24_SCALE, _PCM24_SCALE - 1).astype(np.int32)
-    # libsndfile takes int32 input as full-scale 32-bit and keeps its top 24 bits.
-    sf.write(buffer, quantized << 8, sample_rate, format="FLAC", subtype="PCM_24")
+    scaled = np.rint(waveform * np.float32(full_scale / gain))
+    quantized = np.clip(scaled, -full_scale, full_scale - 1).astype(np.int32)
+    # libsndfile takes int32 input as full-scale 32-bit and keeps its top ``bits`` bits.
+    sf.write(buffer, quantized << (32 - bits), sample_rate, format="FLAC", subtype=f"PCM_{bits}")
     return buffer.getvalue(), gain
 
 

@@ -5,17 +5,22 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path
 from typing import Any
 
+from ..console import one_line
+from ..storage import StorageError, local_folder, open_store
 from .json_data import MAX_MANIFEST_BYTES, parse_json, read_json_file
 from .names import CODECS, MANIFEST_NAME, SUPPORTED_FORMATS, FormatError, _shown, printable, shard_index, stats_name
 
 
-def read_manifest(folder: str | os.PathLike) -> dict:
+def read_manifest(folder) -> dict:
     """Load and check ``folder/manifest.json`` (:func:`check_manifest`); raises
-    FormatError with one line."""
-    path = Path(folder) / MANIFEST_NAME
+    FormatError with one line. ``folder``: a path, a ``file://``, ``s3://`` or ``gs://``
+    URL, or a ``storage`` store (whose StorageError passes through for a bad URL)."""
+    local = local_folder(folder)
+    if local is None:
+        return _read_stored_manifest(folder)
+    path = local / MANIFEST_NAME
     if not path.is_file():
         raise FormatError(f"{folder}: no {MANIFEST_NAME} (not a finished pair dataset)")
     try:
@@ -25,6 +30,21 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     except FormatError as error:
         raise FormatError(f"{path}: unreadable manifest ({error})") from None
     return check_manifest(manifest, str(path))
+
+
+def _read_stored_manifest(location) -> dict:
+    store = open_store(location)
+    where = store.where(MANIFEST_NAME)
+    try:
+        # One byte past the limit: parse_json then refuses it as too large.
+        data = store.read_bytes(MANIFEST_NAME, MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise FormatError(f"{store.location}: no {MANIFEST_NAME} (not a finished pair dataset)") from None
+    except StorageError:
+        raise  # no credentials, no answer: one line that names the store already
+    except OSError as error:
+        raise FormatError(f"{where}: unreadable manifest ({one_line(error)})") from None
+    return parse_manifest(data, where)
 
 
 def parse_manifest(data: bytes, where: str) -> dict:
@@ -145,9 +165,15 @@ def _check_shard_entries(shards: Any, n_shards: int, pairs_per_shard: int, where
             raise FormatError(f"{at}: sha256 of {name} must be 64 hex digits, got {_shown(digest)}")
 
 
-def complete_shards(folder: str | os.PathLike) -> list[int]:
-    """Indices of the shards whose tar and stats file both exist under their final names."""
-    folder = Path(folder)
+def complete_shards(folder) -> list[int]:
+    """Indices of the shards whose tar and stats file both exist under their final names.
+    ``folder``: a path, a URL or a ``storage`` store (listed: one request per 1,000
+    objects on S3)."""
+    local = local_folder(folder)
+    if local is None:
+        names = set(open_store(folder).names())
+        return sorted(i for i in map(shard_index, names) if i is not None and stats_name(i) in names)
+    folder = local
     if not folder.is_dir():
         return []
     done = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tarfile
-from typing import Iterator
+from contextlib import nullcontext
+from typing import BinaryIO, Iterator
 
 from ..console import one_line
 from .names import FormatError, printable, split_member_name
@@ -40,32 +41,35 @@ class _FileWithinItsSize:
         return self.handle.tell()
 
 
-def iter_tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
+def iter_tar_members(path: str | os.PathLike | BinaryIO, name: str | None = None) -> Iterator[tuple[str, bytes]]:
     """``(member name, bytes)`` of the regular files of a tar, in tar order; links,
     folders and other kinds are passed over. A damaged tar, a member past the end of
     the file, a sparse member or one over ``MAX_MEMBER_BYTES`` raises FormatError, so
-    memory is bounded by what is on disk."""
-    shard = printable(os.path.basename(path))
+    memory is bounded by what is on disk. ``path`` may also be a seekable binary file
+    (``storage``'s copy of an object, say), read from its start; ``name`` names it in
+    messages."""
+    opened = hasattr(path, "read")
+    shard = printable(name or (os.path.basename(getattr(path, "name", "tar") or "tar") if opened else os.path.basename(path)))
     try:
-        with open(path, "rb") as handle:
-            file_size = os.fstat(handle.fileno()).st_size
+        with nullcontext(path) if opened else open(path, "rb") as handle:
+            file_size = handle.seek(0, os.SEEK_END) if opened else os.fstat(handle.fileno()).st_size
+            handle.seek(0)
             archive = tarfile.open(fileobj=_FileWithinItsSize(handle, file_size), mode="r:")
             for info in archive:
                 if not info.isfile():
                     continue
-                name = printable(info.name)
+                member = printable(info.name)
                 if info.issparse() or info.size > MAX_MEMBER_BYTES:
-                    raise FormatError(f"{shard}: {name} claims {info.size} bytes (sparse or over {MAX_MEMBER_BYTES})")
+                    raise FormatError(f"{shard}: {member} claims {info.size} bytes (sparse or over {MAX_MEMBER_BYTES})")
                 if info.offset_data + info.size > file_size:
-                    raise FormatError(f"{shard}: {name} is truncated")
+                    raise FormatError(f"{shard}: {member} is truncated")
                 extracted = archive.extractfile(info)
                 data = extracted.read() if extracted is not None else b""
                 if len(data) != info.size:
-                    raise FormatError(f"{shard}: {name} is truncated")
+                    raise FormatError(f"{shard}: {member} is truncated")
                 yield info.name, data
     except (tarfile.TarError, EOFError, OSError) as error:
         raise FormatError(f"{shard}: unreadable tar ({one_line(error)[:200]})") from None
-
 
 
 def iter_shard_pairs(path: str | os.PathLike) -> Iterator[Pair]:
