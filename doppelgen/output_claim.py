@@ -88,8 +88,14 @@ def claimed_folder(store: Store, recipe_sha256: str, held: Callable[[Store], set
     out = store.location
     lock = folder_lock(store.folder, exclusive=overwrite) if isinstance(store, LocalStore) else nullcontext()
     with lock:
-        holds = held(store)
         marker = marked_recipe(store)
+        if marker == recipe_sha256 and not overwrite and not isinstance(store, LocalStore):
+            # Claimed for this recipe already. On an object store reading every stats file
+            # costs a request each, for every task of a cluster render; the claim made by
+            # the first render (after it read them) is what the others rely on.
+            yield
+            return
+        holds = held(store)
         if marker is not None:
             holds.add(marker)
         if holds and holds != {recipe_sha256}:
