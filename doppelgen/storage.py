@@ -378,9 +378,3 @@ def _client_error(error: BaseException) -> str:
     if isinstance(error, PermissionError) or getattr(error, "errno", None) == errno.EACCES:
         return f"access denied ({text})"
     return text
-
-
-def read_limited(store: Store, name: str, limit: int) -> bytes:
-    """At most ``limit + 1`` bytes of object ``name``: one byte past a reader's limit is
-    enough to refuse it as too large, having fetched no more."""
-    return store.read_bytes(name, limit + 1)
