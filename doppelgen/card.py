@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from .format import AUDIO_MEMBERS, FormatError, is_packed_recipe
+from .format import AUDIO_MEMBERS, FormatError, audio_extension, is_packed_recipe
 from .info import describe_dataset, human_bytes, human_duration, read_described_manifest
-from .files import write_atomic
+from .storage import open_store
 
 CARD_NAME = "README.md"
 SYNTH_LICENSE = "cc-by-4.0"
@@ -90,8 +90,8 @@ def json_features(recipe: dict) -> list[dict]:
 
 def features(recipe: dict) -> list[dict]:
     """``dataset_info.features`` in the Hub's YAML form: the views as binary FLAC bytes."""
-    codec = recipe.get("codec", "flac")
-    views = [member.replace("flac", codec) for member in AUDIO_MEMBERS]
+    extension = audio_extension(recipe.get("codec", "flac"))
+    views = [member.replace("flac", extension) for member in AUDIO_MEMBERS]
     return [
         {"name": "__key__", "dtype": "string"},
         {"name": "__url__", "dtype": "string"},
@@ -162,8 +162,12 @@ def card_body(desc: dict[str, Any], manifest: dict, title: str) -> str:
         if packed
         else "synth parameters in normalized [0, 1] space, in the order of `manifest.json`'s `record.param_names`"
     )
-    view_ext = recipe.get("codec", "flac")
-    coding = "float32 WAV, gain 1" if view_ext == "wav" else "24-bit FLAC of the waveform divided by its gain"
+    codec = recipe.get("codec", "flac")
+    view_ext = audio_extension(codec)
+    coding = {
+        "wav": "float32 WAV, gain 1",
+        "flac16": "16-bit FLAC of the waveform divided by its gain",
+    }.get(codec, "24-bit FLAC of the waveform divided by its gain")
     return f"""# {title}
 
 {what}
@@ -258,22 +262,23 @@ def pack_description(recipe: dict, skipped: int) -> str:
     return f"{how}.{unreadable} The recordings' own license applies."
 
 
-def write_card(folder: str | os.PathLike, *, license: str | None = None, title: str | None = None) -> Path:
-    """Write ``folder/README.md`` for the finished dataset in ``folder``; returns its path."""
-    folder = Path(folder)
+def write_card(folder: str | os.PathLike, *, license: str | None = None, title: str | None = None) -> Path | str:
+    """Write ``folder/README.md`` for the finished dataset in ``folder`` (a path or URL);
+    returns its path (its URL for an object store)."""
+    store = open_store(folder)
     try:
-        manifest = read_described_manifest(folder)
-        desc = describe_dataset(folder)
+        manifest = read_described_manifest(store)
+        desc = describe_dataset(store)
     except FormatError as error:
         raise CardError(str(error)) from None
     if not desc["totals"]["pairs"]:
-        raise CardError(f"{folder}: the manifest records no pairs")
+        raise CardError(f"{store.location}: the manifest records no pairs")
     header = card_header(desc, license=license, pretty_name=title)
     text = "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n\n"
     text += card_body(desc, manifest, header["pretty_name"])
-    path = folder / CARD_NAME
+    path = store.folder / CARD_NAME if store.local else store.where(CARD_NAME)
     try:
-        write_atomic(path, text.encode("utf-8"))
+        store.put(CARD_NAME, text.encode("utf-8"))
     except OSError as error:
         raise CardError(f"cannot write {path}: {error.strerror or error}") from None
     return path

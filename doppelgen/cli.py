@@ -41,7 +41,7 @@ def recipe_from_options(manifest: Optional[Path], overrides: dict, synth_args: d
 
 @app.command()
 def render(
-    out: Path = typer.Argument(Path("shards"), help="Output folder; created if missing."),
+    out: str = typer.Argument("shards", help="Output folder, or a file://, s3:// or gs:// URL; created if missing."),
     synth: Optional[str] = typer.Option(None, help="Synth architecture: voice, voicefm or parametric.  [default: voice]"),
     delta: Optional[float] = typer.Option(None, help="Perturbation scale in normalized parameter space.  [default: 0.25]"),
     shards: Optional[int] = typer.Option(None, help="Number of shards.  [default: 512]"),
@@ -50,7 +50,7 @@ def render(
     sample_rate: Optional[int] = typer.Option(None, help="Sample rate in Hz.  [default: 16000]"),
     duration: Optional[float] = typer.Option(None, help="Clip length in seconds.  [default: 1.0]"),
     n_layers: Optional[int] = typer.Option(None, help="Voices mixed into each view (their mean).  [default: 1]"),
-    codec: Optional[str] = typer.Option(None, help="Audio codec: flac (24-bit) or wav (float32).  [default: flac]"),
+    codec: Optional[str] = typer.Option(None, help="Audio codec: flac (24-bit), flac16 (16-bit, about 40% smaller; round trip within 2^-15 x peak) or wav (float32).  [default: flac]"),
     sine: Optional[int] = typer.Option(None, help=f"parametric: sine oscillators.  [default: {PARAMETRIC_DEFAULTS['sine']}]"),
     square_saw: Optional[int] = typer.Option(None, help=f"parametric: square/saw oscillators.  [default: {PARAMETRIC_DEFAULTS['square_saw']}]"),
     fm_sine: Optional[int] = typer.Option(None, help=f"parametric: FM sine pairs.  [default: {PARAMETRIC_DEFAULTS['fm_sine']}]"),

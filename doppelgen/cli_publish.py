@@ -28,21 +28,23 @@ def _input_errors() -> tuple[type[Exception], ...]:
     from .export import ExportError
     from .format import FormatError
     from .pack import PackError
+    from .storage import StorageError
     from .verify import VerifyError
 
-    return (CardError, ExportError, FormatError, PackError, RecipeError, VerifyError)
+    return (CardError, ExportError, FormatError, PackError, RecipeError, StorageError, VerifyError)
 
 
 def verify(
-    folder: Path = typer.Argument(..., help="Dataset folder (holds manifest.json and pairs-*.tar)."),
+    folder: str = typer.Argument(..., help="Dataset folder (holds manifest.json and pairs-*.tar), or its file://, s3:// or gs:// URL."),
     rerender: int = typer.Option(0, "--rerender", help="Render this many sampled pairs again and compare them with the shards."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --rerender sample."),
     workers: int = typer.Option(default_verify_workers(), "--workers", help="Processes checking shards (0: this one)."),
 ) -> None:
     """Check every shard against the manifest and FORMAT.md; exit 1 with one line per problem."""
     from .irs_cli import is_ir_set, verify_ir_folder
+    from .storage import is_url
 
-    if is_ir_set(folder):  # a `doppelgen irs` set: its own checks
+    if not is_url(folder) and is_ir_set(folder):  # a `doppelgen irs` set (a local folder): its own checks
         return verify_ir_folder(folder)
     from .verify import verify_dataset
 
@@ -63,7 +65,7 @@ def verify(
 
 
 def info(
-    folder: Path = typer.Argument(..., help="Dataset folder."),
+    folder: str = typer.Argument(..., help="Dataset folder or URL."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for scripts."),
 ) -> None:
     """The recipe, totals, software and per-shard statistics of a dataset."""
@@ -77,7 +79,7 @@ def info(
 
 
 def export(
-    folder: Path = typer.Argument(..., help="Dataset folder."),
+    folder: str = typer.Argument(..., help="Dataset folder or URL."),
     n: int = typer.Option(DEFAULT_EXPORT_PAIRS, "--n", help="Pairs to export (the first N)."),
     to: Path = typer.Option(Path("export"), "--to", help="Folder for the WAV and PNG files."),
 ) -> None:
@@ -100,7 +102,7 @@ def export(
 
 
 def card(
-    folder: Path = typer.Argument(..., help="Dataset folder; README.md is written into it."),
+    folder: str = typer.Argument(..., help="Dataset folder or URL; README.md is written into it."),
     license: Optional[str] = typer.Option(None, "--license", help="License id for the Hub. [default: cc-by-4.0; other for packed recordings]"),
     title: Optional[str] = typer.Option(None, "--title", help="Title of the card. [default: from the recipe]"),
 ) -> None:
@@ -116,13 +118,13 @@ def card(
 
 def pack(
     audio_dir: Path = typer.Argument(..., help="Folder of recordings (wav, flac, ogg; nested folders are searched)."),
-    out: Path = typer.Argument(Path("shards"), help="Output dataset folder."),
+    out: str = typer.Argument("shards", help="Output dataset folder, or a file://, s3:// or gs:// URL."),
     temporal_jitter: bool = typer.Option(PACK_DEFAULTS.temporal_jitter, "--temporal-jitter", help="Two independent crops per pair instead of one crop for both views."),
     n_layers: int = typer.Option(PACK_DEFAULTS.n_layers, "--n-layers", help="Sum this many random 1 s segments of a recording per pair (renormalized)."),
     max_n: Optional[int] = typer.Option(PACK_DEFAULTS.max_n, "--max-n", help="Pairs to make at most (default: one per readable recording)."),
     pairs_per_shard: int = typer.Option(PACK_DEFAULTS.pairs_per_shard, "--pairs-per-shard", help="Pairs in each shard."),
     seed: int = typer.Option(PACK_DEFAULTS.seed, "--seed", help="Seed of the crops and of the order recordings are taken in."),
-    codec: str = typer.Option(PACK_DEFAULTS.codec, "--codec", help="flac (24-bit) or wav (float32)."),
+    codec: str = typer.Option(PACK_DEFAULTS.codec, "--codec", help="flac (24-bit), flac16 (16-bit) or wav (float32)."),
     workers: int = typer.Option(0, "--workers", help="Decoding processes (0: this one). Does not change the output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

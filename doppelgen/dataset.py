@@ -14,10 +14,11 @@ from tqdm import tqdm
 
 from .config import Recipe
 from .encoding_workers import EncoderPool, InlineWriter, SlotLayout, shared_memory_room
-from .files import default_workers, remove_dead_temporaries
+from .files import default_workers
 from .format import MANIFEST_NAME, complete_shards, shard_index
 from .manifest import build_manifest, existing_recipe_hashes, recipe_sha256, write_manifest
 from .output_claim import FolderTakenError, claimed_folder
+from .storage import StorageError, Store, open_store
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -28,7 +29,7 @@ class DatasetError(RuntimeError):
 
 @dataclass
 class RenderSummary:
-    out: Path
+    out: Path | str  # the folder, or the URL of an object store
     rendered: list[int] = field(default_factory=list)  # shards written by this call
     skipped: list[int] = field(default_factory=list)  # shards in range that were already complete
     pairs: int = 0
@@ -55,18 +56,14 @@ def parse_shard_range(text: str | None, n_shards: int) -> range:
 
 
 @contextmanager
-def prepared_output(recipe: Recipe, out: Path, overwrite: bool) -> Iterator[None]:
-    """Make the folder, clear a killed run's temporaries, and hold the folder for this
-    recipe for the ``with`` block (``output_claim``): a different recipe is refused,
-    or, with ``overwrite``, cleared first."""
+def prepared_output(recipe: Recipe, out: Store, overwrite: bool) -> Iterator[None]:
+    """Make the folder (check the bucket takes objects), clear a killed run's temporaries,
+    and hold the folder for this recipe for the ``with`` block (``output_claim``): a
+    different recipe is refused, or, with ``overwrite``, cleared first."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise DatasetError(f"cannot write to {out}: {error.strerror or error}") from None
-    remove_dead_temporaries(out)
+        out.prepare()
+    except StorageError as error:
+        raise DatasetError(str(error)) from None
     try:
         with claimed_folder(out, recipe_sha256(recipe.to_dict()), existing_recipe_hashes, overwrite, clear_dataset):
             yield
@@ -74,12 +71,12 @@ def prepared_output(recipe: Recipe, out: Path, overwrite: bool) -> Iterator[None
         raise DatasetError(str(error)) from None
 
 
-def clear_dataset(out: Path) -> None:
+def clear_dataset(out: str | os.PathLike | Store) -> None:
     """Remove only what a render writes: shards, their stats and the manifest."""
-    for entry in out.iterdir():
-        name = entry.name
+    store = open_store(out)
+    for name in store.names():
         if name == MANIFEST_NAME or shard_index(name) is not None or (name.startswith("pairs-") and name.endswith(".stats.json")):
-            entry.unlink()
+            store.delete(name)
 
 
 def render_dataset(
@@ -93,7 +90,8 @@ def render_dataset(
     progress: bool = True,
 ) -> RenderSummary:
     """Render the shards of ``recipe`` that ``out`` lacks, then, once every shard of the
-    recipe is complete, write ``manifest.json``. Safe to re-run after any interruption."""
+    recipe is complete, write ``manifest.json``. Safe to re-run after any interruption.
+    ``out`` is a folder, or a ``file://``, ``s3://`` or ``gs://`` URL (``storage``)."""
     recipe.validate()
     if batch_size < 1:
         raise DatasetError(f"batch size must be >= 1, got {batch_size}")
@@ -101,25 +99,28 @@ def render_dataset(
     if workers < 0:
         raise DatasetError(f"workers must be >= 0, got {workers}")
     shards = shard_range if isinstance(shard_range, range) else parse_shard_range(shard_range, recipe.n_shards)
-    out = Path(out)
-    with prepared_output(recipe, out, overwrite):
+    try:
+        store = open_store(out)
+    except StorageError as error:
+        raise DatasetError(str(error)) from None
+    with prepared_output(recipe, store, overwrite):
         started = time.perf_counter()
-        done = set(complete_shards(out))
-        summary = RenderSummary(out=out, skipped=[s for s in shards if s in done])
+        done = set(complete_shards(store))
+        summary = RenderSummary(out=store.as_given, skipped=[s for s in shards if s in done])
         todo = [s for s in shards if s not in done]
         if todo:
-            _render_shards(recipe, out, todo, batch_size, workers, progress, summary)
+            _render_shards(recipe, store, todo, batch_size, workers, progress, summary)
         summary.seconds = time.perf_counter() - started
 
-        all_shards = len(complete_shards(out)) >= recipe.n_shards
-        if all_shards and (summary.rendered or not (out / MANIFEST_NAME).exists()):
-            _finish_manifest(recipe, out, summary.seconds)
+        all_shards = len(complete_shards(store)) >= recipe.n_shards
+        if all_shards and (summary.rendered or not store.exists(MANIFEST_NAME)):
+            _finish_manifest(recipe, store, summary.seconds)
             summary.manifest_written = True
-        summary.complete = all_shards and (out / MANIFEST_NAME).exists()
+        summary.complete = all_shards and store.exists(MANIFEST_NAME)
     return summary
 
 
-def _render_shards(recipe: Recipe, out: Path, todo: list[int], batch_size: int, workers: int, progress: bool, summary: RenderSummary) -> None:
+def _render_shards(recipe: Recipe, out: Store, todo: list[int], batch_size: int, workers: int, progress: bool, summary: RenderSummary) -> None:
     from .kernel import render_batch
 
     indices = np.concatenate([np.arange(r.start, r.stop) for r in map(recipe.shard_pairs, todo)])
@@ -134,10 +135,12 @@ def _render_shards(recipe: Recipe, out: Path, todo: list[int], batch_size: int, 
         summary.rendered.extend(write_batches(recipe, out, todo, batches, workers, on_batch=advance))
 
 
-def write_batches(recipe: Recipe, out: Path, todo: list[int], batches: Iterable, workers: int, on_batch: Callable | None = None) -> list[int]:
+def write_batches(recipe: Recipe, out: str | os.PathLike | Store, todo: list[int], batches: Iterable, workers: int,
+                  on_batch: Callable | None = None) -> list[int]:
     """Fill shards ``todo`` (in order) from rendered batches and write each one as soon as it
-    is full, in ``workers`` encoding processes (0: here). Batches may straddle shards.
-    Returns the shards written."""
+    is full, in ``workers`` encoding processes (0: here) into ``out`` (a folder, URL or
+    store). Batches may straddle shards. Returns the shards written."""
+    out = open_store(out)
     from .synths import param_layout
 
     layout = SlotLayout(rows=recipe.pairs_per_shard, samples=recipe.n_samples, param_shape=(recipe.n_layers, 3, len(param_layout(recipe))))
@@ -152,7 +155,7 @@ def write_batches(recipe: Recipe, out: Path, todo: list[int], batches: Iterable,
                 f"not enough shared memory for the encoding workers ({layout.nbytes / 2**20:.0f} MB a shard): "
                 "use fewer --pairs-per-shard, --workers 0, or a larger /dev/shm"
             )
-        writer = EncoderPool(slots, layout, out, options)
+        writer = EncoderPool(slots, layout, out.location, options)
     else:
         writer = InlineWriter(layout, out, options)
     queue, written = list(todo), []
@@ -181,11 +184,11 @@ def write_batches(recipe: Recipe, out: Path, todo: list[int], batches: Iterable,
     finally:
         current = arrays = None  # views into a shared-memory slot keep it from closing
         writer.close()
-        remove_dead_temporaries(out)
+        out.remove_dead_temporaries()
     return written
 
 
-def _finish_manifest(recipe: Recipe, out: Path, seconds: float) -> None:
+def _finish_manifest(recipe: Recipe, out: Store, seconds: float) -> None:
     from .jax_runtime import platform
     from .synths import param_layout
 

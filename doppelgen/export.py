@@ -37,6 +37,7 @@ from .format import (
 from .info import read_described_manifest, unfit_number
 from .logmel import LOG_OFFSET, MEL_FMIN, vggish_log_mel
 from .shard_checks import group_members
+from .storage import Store, open_store
 
 # Parameters with the largest |a - b| shown per picture: enough to read the names.
 TOP_PARAMS = 12
@@ -148,11 +149,11 @@ def missing_shards(start: int, stop: int) -> str:
     return f"{shard_name(start)} to {shard_name(stop - 1)}: missing ({stop - start} shards)"
 
 
-def iter_dataset_samples(folder: Path, n_shards: int, result: ExportResult) -> Iterator[tuple[str, str, dict[str, bytes]]]:
+def iter_dataset_samples(folder: Store, n_shards: int, result: ExportResult) -> Iterator[tuple[str, str, dict[str, bytes]]]:
     """``(shard name, key, members by extension)`` over the shards on disk, in index
     order; a missing or unreadable shard is reported to ``result``. Only the folder's
     listing is walked, so a manifest claiming 10**9 shards costs nothing."""
-    present = sorted(i for i in map(shard_index, os.listdir(folder)) if i is not None and i < n_shards)
+    present = sorted(i for i in map(shard_index, folder.names()) if i is not None and i < n_shards)
     expected = 0
     for index in present:
         if index > expected:
@@ -160,9 +161,10 @@ def iter_dataset_samples(folder: Path, n_shards: int, result: ExportResult) -> I
         expected = index + 1
         name = shard_name(index)
         try:
-            for key, group in group_members(iter_tar_members(folder / name)):
-                yield name, key, {split_member_name(member)[1]: data for member, data in group}
-        except FormatError as error:
+            with folder.open_local(name) as handle:
+                for key, group in group_members(iter_tar_members(handle, name)):
+                    yield name, key, {split_member_name(member)[1]: data for member, data in group}
+        except (FormatError, OSError) as error:
             message = shown(error, 400)
             result.report(message if message.startswith(f"{name}: ") else f"{name}: {message}")
     if expected < n_shards:
@@ -253,7 +255,7 @@ def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = DEF
     if the dataset cannot be read or holds no good pair; OSError if writing fails."""
     if n < 1:
         raise ExportError(f"--n must be >= 1, got {n}")
-    folder, out = Path(folder), Path(out)
+    folder, out = open_store(folder), Path(out)
     try:
         manifest = read_described_manifest(folder)
     except FormatError as error:
@@ -285,5 +287,5 @@ def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = DEF
             break
     if not result.keys:
         first = f"; first: {result.problems[0]}" if result.problems else ""
-        raise ExportError(f"{folder}: no readable pairs to export ({result.n_problems} problems{first})")
+        raise ExportError(f"{folder.location}: no readable pairs to export ({result.n_problems} problems{first})")
     return result

@@ -78,11 +78,16 @@ def remove_dead_temporaries(folder: str | os.PathLike) -> int:
 
 def file_sha256(path: str | os.PathLike) -> tuple[str, int]:
     """``(sha256 hex digest, size in bytes)`` of a file, read in 1 MiB blocks."""
-    digest, size = hashlib.sha256(), 0
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
+        return stream_sha256(handle)
+
+
+def stream_sha256(handle: BinaryIO) -> tuple[str, int]:
+    """``(sha256 hex digest, size in bytes)`` of what a binary handle reads to its end, in 1 MiB blocks."""
+    digest, size = hashlib.sha256(), 0
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+        size += len(block)
     return digest.hexdigest(), size
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 from .format import MANIFEST_NAME, FormatError, complete_shards, is_packed_recipe, read_manifest
+from .storage import Store, open_store
 
 # Per-shard record fields summarised across shards (FORMAT.md ``record.shards``).
 SHARD_STATS = ("n_pairs", "bytes", "peak", "mean_rms", "silent_fraction", "nonfinite_fraction", "redraws")
@@ -65,12 +65,14 @@ def manifest_problem(manifest: dict) -> str | None:
     return None
 
 
-def read_described_manifest(folder: str | os.PathLike) -> dict:
-    """``format.read_manifest`` plus :func:`manifest_problem`: FormatError, one line."""
-    manifest = read_manifest(folder)
+def read_described_manifest(folder: str | os.PathLike | Store) -> dict:
+    """``format.read_manifest`` plus :func:`manifest_problem`: FormatError, one line.
+    ``folder``: a path, URL or store (StorageError, one line, if it cannot be reached)."""
+    store = open_store(folder)
+    manifest = read_manifest(store)
     problem = manifest_problem(manifest)
     if problem is not None:
-        raise FormatError(f"{Path(folder) / MANIFEST_NAME}: {problem}")
+        raise FormatError(f"{store.where(MANIFEST_NAME)}: {problem}")
     return manifest
 
 
@@ -83,11 +85,12 @@ def summarize(values: list[Any]) -> dict[str, float] | None:
     return {"min": min(numbers), "mean": sum(numbers) / len(numbers), "max": max(numbers)}
 
 
-def describe_dataset(folder: str | os.PathLike) -> dict[str, Any]:
-    """A JSON-ready description of the dataset in ``folder``, every number finite;
-    FormatError (one line) if it has no readable manifest or one unfit to describe."""
-    folder = Path(folder)
-    manifest = read_described_manifest(folder)
+def describe_dataset(folder: str | os.PathLike | Store) -> dict[str, Any]:
+    """A JSON-ready description of the dataset in ``folder`` (a path, URL or store), every
+    number finite; FormatError (one line) if it has no readable manifest or one unfit to
+    describe."""
+    store = open_store(folder)
+    manifest = read_described_manifest(store)
     recipe = manifest["recipe"]
     record = manifest.get("record", {})
     shards = record.get("shards") or []
@@ -95,13 +98,13 @@ def describe_dataset(folder: str | os.PathLike) -> dict[str, Any]:
     param_names = record.get("param_names")
     duration = float(recipe["duration"])
     description = {
-        "folder": str(folder),
+        "folder": str(store.as_given),
         "kind": "packed real audio" if is_packed_recipe(recipe) else "synthetic",
         "recipe": recipe,
         "totals": {
             "pairs": n_pairs,
             "shards": len(shards),
-            "shards_complete_on_disk": len(complete_shards(folder)),
+            "shards_complete_on_disk": len(complete_shards(store)),
             # Each pair holds two clips; "hours" counts both, "pair_hours" one view.
             "pair_hours": n_pairs * duration / 3600.0,
             "hours": 2 * n_pairs * duration / 3600.0,
@@ -118,7 +121,7 @@ def describe_dataset(folder: str | os.PathLike) -> dict[str, Any]:
     }
     where = unfit_number({"totals": description["totals"], "shard_stats": description["shard_stats"]}, "info")
     if where is not None:  # totals or means of finite numbers that overflowed
-        raise FormatError(f"{folder / MANIFEST_NAME}: {where} is not finite (the manifest's numbers are too large)")
+        raise FormatError(f"{store.where(MANIFEST_NAME)}: {where} is not finite (the manifest's numbers are too large)")
     return description
 
 

@@ -8,13 +8,12 @@ import json
 import os
 import platform as _platform
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from .config import Recipe
 from .console import one_line
-from .files import write_atomic
-from .format import MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_STATS_BYTES, FormatError, dump_json, read_json_file, stats_name
+from .format import MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_STATS_BYTES, FormatError, dump_json, parse_json, stats_name
+from .storage import Store, open_store
 
 
 def recipe_sha256(recipe_dict: dict) -> str:
@@ -39,10 +38,17 @@ def software_versions() -> dict[str, Any]:
     }
 
 
-def read_stats(out_dir: Path, shard: int) -> dict:
-    path = out_dir / stats_name(shard)
+def read_store_json(store: Store, name: str, max_bytes: int):
+    """``format.parse_json`` of object ``name``, fetching at most one byte past
+    ``max_bytes``; FileNotFoundError, OSError and FormatError pass through."""
+    return parse_json(store.read_bytes(name, max_bytes + 1), max_bytes)
+
+
+def read_stats(out_dir: str | os.PathLike | Store, shard: int) -> dict:
+    store = open_store(out_dir)
+    path = store.where(stats_name(shard))
     try:
-        stats = read_json_file(path, MAX_STATS_BYTES)
+        stats = read_store_json(store, stats_name(shard), MAX_STATS_BYTES)
     except (OSError, FormatError) as error:
         raise FormatError(f"{path}: unreadable shard stats ({one_line(error)})") from None
     if not isinstance(stats, dict):
@@ -52,17 +58,18 @@ def read_stats(out_dir: Path, shard: int) -> dict:
 
 def build_manifest(
     recipe: Recipe,
-    out_dir: Path,
+    out_dir: str | os.PathLike | Store,
     param_names: list[dict],
     platform: dict,
     render_seconds: float,
 ) -> dict:
+    store = open_store(out_dir)
     shards, expected = [], recipe_sha256(recipe.to_dict())
     for shard in range(recipe.n_shards):
-        stats = read_stats(out_dir, shard)
+        stats = read_stats(store, shard)
         if stats.pop("recipe_sha256", None) != expected:
             # The folder claim keeps recipes apart; this is the last line of defence.
-            raise FormatError(f"{out_dir / stats_name(shard)}: written for another recipe; the folder mixes datasets")
+            raise FormatError(f"{store.where(stats_name(shard))}: written for another recipe; the folder mixes datasets")
         shards.append(stats)
     return {
         "recipe": recipe.to_dict(),
@@ -77,23 +84,24 @@ def build_manifest(
     }
 
 
-def write_manifest(out_dir: Path, manifest: dict) -> None:
-    write_atomic(Path(out_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
+def write_manifest(out_dir: str | os.PathLike | Store, manifest: dict) -> None:
+    open_store(out_dir).put(MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
 
 
-def existing_recipe_hashes(out_dir: Path) -> set[str]:
+def existing_recipe_hashes(out_dir: str | os.PathLike | Store) -> set[str]:
     """The recipes a folder already holds: from its manifest, else from its shard stats."""
+    store = open_store(out_dir)
     hashes: set[str] = set()
-    manifest = out_dir / MANIFEST_NAME
-    if manifest.is_file():
+    names = store.names()
+    if MANIFEST_NAME in names:
         try:
-            hashes.add(recipe_sha256(read_json_file(manifest, MAX_MANIFEST_BYTES)["recipe"]))
+            hashes.add(recipe_sha256(read_store_json(store, MANIFEST_NAME, MAX_MANIFEST_BYTES)["recipe"]))
         except (OSError, FormatError, KeyError, TypeError, ValueError):
             hashes.add("unreadable manifest")
-    for entry in os.listdir(out_dir) if out_dir.is_dir() else []:
+    for entry in names:
         if entry.endswith(".stats.json") and not entry.startswith("."):
             try:
-                hashes.add(str(read_json_file(out_dir / entry, MAX_STATS_BYTES).get("recipe_sha256", "unknown")))
+                hashes.add(str(read_store_json(store, entry, MAX_STATS_BYTES).get("recipe_sha256", "unknown")))
             except (OSError, FormatError, AttributeError):
                 hashes.add("unreadable stats")
     return hashes

@@ -12,6 +12,12 @@ Replacing a dataset (``--overwrite``) must not pull the folder from under a rend
 writing into it, so every render also holds ``flock`` on a lock file: shared while
 rendering, exclusive while replacing. Where the file system has no locks, the marker
 alone still refuses a second recipe; only --overwrite loses that protection.
+
+On an object store (``storage.ObjectStore``) the marker is created by a conditional PUT
+(S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``): of renders racing for an
+unclaimed prefix exactly one wins there too, and a second recipe is refused. Object
+stores have no locks, so there --overwrite does not wait for, or stop, a render still
+writing into the prefix: replace a dataset only when nothing renders into it.
 """
 
 from __future__ import annotations
@@ -19,11 +25,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .files import temporary_path
+from .storage import LocalStore, Store
 
 RECIPE_MARKER = ".doppelgen-recipe"
 LOCK_NAME = ".doppelgen.lock"
@@ -33,35 +39,24 @@ class FolderTakenError(RuntimeError):
     """The folder holds, or is being written with, another recipe; the message is one line."""
 
 
-def marked_recipe(out: Path) -> str | None:
+def marked_recipe(store: Store) -> str | None:
     """The recipe sha256 the folder is claimed for, None when unclaimed."""
     try:
-        with open(out / RECIPE_MARKER, "rb") as handle:
-            text = handle.read(200).decode("ascii", "replace").strip()
+        text = store.read_bytes(RECIPE_MARKER, 200).decode("ascii", "replace").strip()
     except FileNotFoundError:
         return None
     return text or "unreadable marker"
 
 
-def claim_folder(out: Path, recipe_sha256: str) -> bool:
-    """Claim ``out`` for the recipe unless it is claimed already; True if this call made
-    the claim. Atomic: of renders racing for an unclaimed folder exactly one wins."""
-    temporary = temporary_path(out / RECIPE_MARKER)
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(f"{recipe_sha256}\n".encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(temporary, out / RECIPE_MARKER)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        temporary.unlink(missing_ok=True)
+def claim_folder(store: Store, recipe_sha256: str) -> bool:
+    """Claim the folder for the recipe unless it is claimed already; True if this call
+    made the claim. Atomic: of renders racing for an unclaimed folder exactly one wins
+    (``Store.create``)."""
+    return store.create(RECIPE_MARKER, f"{recipe_sha256}\n".encode())
 
 
-def release_claim(out: Path) -> None:
-    (out / RECIPE_MARKER).unlink(missing_ok=True)
+def release_claim(store: Store) -> None:
+    store.delete(RECIPE_MARKER)
 
 
 @contextmanager
@@ -85,22 +80,30 @@ def folder_lock(out: Path, exclusive: bool) -> Iterator[None]:
 
 
 @contextmanager
-def claimed_folder(out: Path, recipe_sha256: str, held: Callable[[Path], set[str]], overwrite: bool,
-                   clear: Callable[[Path], None]) -> Iterator[None]:
-    """Hold ``out`` for one recipe for the ``with`` block: refuse (FolderTakenError) when
-    the folder's marker or contents (``held(out)``: recipe hashes of its manifest and
-    stats files) name another recipe, unless ``overwrite``, which ``clear``s it first."""
-    with folder_lock(out, exclusive=overwrite):
-        holds = held(out)
-        marker = marked_recipe(out)
+def claimed_folder(store: Store, recipe_sha256: str, held: Callable[[Store], set[str]], overwrite: bool,
+                   clear: Callable[[Store], None]) -> Iterator[None]:
+    """Hold the store for one recipe for the ``with`` block: refuse (FolderTakenError) when
+    its marker or contents (``held(store)``: recipe hashes of its manifest and stats files)
+    name another recipe, unless ``overwrite``, which ``clear``s it first."""
+    out = store.location
+    lock = folder_lock(store.folder, exclusive=overwrite) if isinstance(store, LocalStore) else nullcontext()
+    with lock:
+        marker = marked_recipe(store)
+        if marker == recipe_sha256 and not overwrite and not isinstance(store, LocalStore):
+            # Claimed for this recipe already. On an object store reading every stats file
+            # costs a request each, for every task of a cluster render; the claim made by
+            # the first render (after it read them) is what the others rely on.
+            yield
+            return
+        holds = held(store)
         if marker is not None:
             holds.add(marker)
         if holds and holds != {recipe_sha256}:
             if not overwrite:
                 raise FolderTakenError(f"{out} holds a different dataset recipe; choose another folder or pass --overwrite")
-            clear(out)
-            release_claim(out)
-        if not claim_folder(out, recipe_sha256) and marked_recipe(out) != recipe_sha256:
+            clear(store)
+            release_claim(store)
+        if not claim_folder(store, recipe_sha256) and marked_recipe(store) != recipe_sha256:
             # Lost a race to a render of another recipe that started at the same moment.
             raise FolderTakenError(f"{out} is being rendered with a different dataset recipe; choose another folder")
         yield

@@ -38,11 +38,11 @@ import soundfile as sf
 
 from .console import one_line
 from .dataset import clear_dataset
-from .files import remove_dead_temporaries
 from .format import CODECS, FORMAT_VERSION, MANIFEST_NAME, n_samples
 from .manifest import recipe_sha256, software_versions, write_manifest
 from .recordings import AUDIO_EXTENSIONS, Resampler, UnreadableRecording, list_recordings, listing_sha256, plan_crops
 from .shard_writer import SILENCE_RMS, pair_sample, write_samples
+from .storage import StorageError, Store, open_store
 
 # Divisor guard of the layered mix (REFERENCE.md).
 MIX_EPS = 1e-6
@@ -102,7 +102,7 @@ class PackedPair:
 
 @dataclass
 class PackSummary:
-    out: Path
+    out: Path | str  # the folder, or the URL of an object store
     pairs: int = 0
     shards: int = 0
     skipped: list[dict] = field(default_factory=list)
@@ -223,7 +223,7 @@ def packed_stats(pairs: list[PackedPair]) -> dict:
     }
 
 
-def write_packed_shard(out: Path, shard: int, pairs: list[PackedPair], config: PackConfig, first_index: int, recipe_hash: str) -> dict:
+def write_packed_shard(out: Store, shard: int, pairs: list[PackedPair], config: PackConfig, first_index: int, recipe_hash: str) -> dict:
     samples = [
         pair_sample(
             first_index + row, config.seed, pair.a, pair.b, pair.offsets[None], config.sample_rate, config.codec,
@@ -234,18 +234,19 @@ def write_packed_shard(out: Path, shard: int, pairs: list[PackedPair], config: P
     return write_samples(out, shard, samples, packed_stats(pairs), recipe_hash)
 
 
-def prepare_pack_output(out: Path, overwrite: bool) -> None:
-    """Make ``out``, clear a killed run's temporaries; refuse a folder that holds a dataset
-    (any recipe) unless ``overwrite``, which removes what a render or pack writes there."""
+def prepare_pack_output(out: Store, overwrite: bool) -> None:
+    """Make ``out`` (check the bucket takes objects), clear a killed run's temporaries;
+    refuse a folder that holds a dataset (any recipe) unless ``overwrite``, which removes
+    what a render or pack writes there."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PackError(f"cannot write to {out}: {error.strerror or error}") from None
-    remove_dead_temporaries(out)
-    held = (out / MANIFEST_NAME).exists() or any(e.name.startswith("pairs-") for e in out.iterdir())
+        out.prepare()
+    except StorageError as error:
+        raise PackError(str(error)) from None
+    names = out.names()
+    held = MANIFEST_NAME in names or any(name.startswith("pairs-") for name in names)
     if held:
         if not overwrite:
-            raise PackError(f"{out} already holds a dataset; choose another folder or pass --overwrite")
+            raise PackError(f"{out.location} already holds a dataset; choose another folder or pass --overwrite")
         clear_dataset(out)
 
 
@@ -260,16 +261,21 @@ def pack_folder(
 ) -> PackSummary:
     """Pack the recordings under ``audio_dir`` into pair shards in ``out`` and write its
     manifest. Deterministic given the recordings and ``config``; ``workers`` (decoding
-    processes) does not change the output."""
+    processes) does not change the output. ``out``: a folder or a ``file://``, ``s3://``
+    or ``gs://`` URL."""
     config.validate()
-    root, out = Path(audio_dir), Path(out)
+    root = Path(audio_dir)
+    try:
+        out = open_store(out)
+    except StorageError as error:
+        raise PackError(str(error)) from None
     if not root.is_dir():
         raise PackError(f"{root}: no such folder of recordings")
     if workers < 0:
         raise PackError(f"workers must be >= 0, got {workers}")
-    if out.resolve() == root.resolve():
+    if out.local and out.folder.resolve() == root.resolve():
         raise PackError("the output folder must differ from the folder of recordings")
-    summary = PackSummary(out=out)
+    summary = PackSummary(out=out.as_given)
     files = list_recordings(root, summary.skipped)
     if not files:
         if summary.skipped:
@@ -299,7 +305,7 @@ def pack_folder(
             entries.append(write_packed_shard(out, len(entries), batch, config, summary.pairs - len(batch), pending_hash))
     finally:
         bar.close()
-        remove_dead_temporaries(out)
+        out.remove_dead_temporaries()
     if not entries:
         raise nothing_readable(root, summary.skipped)
     summary.shards = len(entries)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
 from .console import one_line
-from .files import file_sha256
+from .files import stream_sha256
 from .format import (
     MAX_STATS_BYTES,
     FormatError,
@@ -24,13 +23,14 @@ from .format import (
     member_names,
     pair_index,
     pair_key,
-    read_json_file,
+    parse_json,
     parse_sample_json,
     printable,
     shard_name,
     split_member_name,
     stats_name,
 )
+from .storage import Store, open_store
 
 MAX_PROBLEMS_PER_SHARD = 20
 
@@ -147,46 +147,53 @@ def check_pair(key: str, group: list[tuple[str, bytes]], expected_index: int, ex
     return problems
 
 
-def read_stats_record(path: Path) -> dict:
+def read_stats_record(store: Store, name: str) -> dict:
     """A shard's stats file as a dict; FormatError (or OSError) if it cannot be."""
-    record = read_json_file(path, MAX_STATS_BYTES)
+    record = parse_json(store.read_bytes(name, MAX_STATS_BYTES + 1), MAX_STATS_BYTES)
     if not isinstance(record, dict):
         raise FormatError("not a JSON object")
     return record
 
 
-def check_shard(folder: str, exp: ShardExpectation) -> tuple[list[str], int]:
-    """Every check of one shard; returns ``(problems, pairs read)``."""
-    folder_path = Path(folder)
-    tar, stats = folder_path / exp.name, folder_path / stats_name(exp.index)
-    if not tar.is_file():
+def check_shard(folder: str | Store, exp: ShardExpectation) -> tuple[list[str], int]:
+    """Every check of one shard of the dataset at ``folder`` (a path, URL or store);
+    returns ``(problems, pairs read)``. An object store's shard is fetched once."""
+    store = open_store(folder)
+    if not store.exists(exp.name):
         return [f"{exp.name}: missing"], 0
-    problems: list[str] = []
     try:
-        digest, size = file_sha256(tar)
+        with store.open_local(exp.name) as tar:
+            return _check_shard_file(store, tar, exp)
     except OSError as error:
-        return [f"{exp.name}: unreadable ({error.strerror or error})"], 0
+        return [f"{exp.name}: unreadable ({error.strerror or one_line(error)})"], 0
+
+
+def _check_shard_file(store: Store, tar: BinaryIO, exp: ShardExpectation) -> tuple[list[str], int]:
+    problems: list[str] = []
+    stats = stats_name(exp.index)
+    digest, size = stream_sha256(tar)
     if exp.sha256 is not None and digest != exp.sha256:
         problems.append(f"{exp.name}: sha256 {digest[:16]}... differs from the manifest's {exp.sha256[:16]}...")
     if exp.bytes is not None and size != exp.bytes:
         problems.append(f"{exp.name}: {size} bytes, the manifest says {exp.bytes}")
     stats_n_pairs = None
     try:
-        record = read_stats_record(stats)
+        record = read_stats_record(store, stats)
         stats_n_pairs = record.get("n_pairs")
         if record.get("sha256") != digest:
-            problems.append(f"{stats.name}: sha256 does not match {exp.name} (shard changed after it was written)")
+            problems.append(f"{stats}: sha256 does not match {exp.name} (shard changed after it was written)")
     except FileNotFoundError:
-        problems.append(f"{stats.name}: missing, so {exp.name} is not complete")
+        problems.append(f"{stats}: missing, so {exp.name} is not complete")
     except (OSError, FormatError) as error:
-        problems.append(f"{stats.name}: unreadable ({one_line(error)})")
+        problems.append(f"{stats}: unreadable ({one_line(error)})")
     if not (isinstance(stats_n_pairs, int) and not isinstance(stats_n_pairs, bool)):
         stats_n_pairs = None
 
     n_expected = exp.n_pairs if exp.n_pairs is not None else stats_n_pairs
     sequence = PairSequence(exp, n_expected)
     try:
-        for key, group in group_members(iter_tar_members(tar)):
+        tar.seek(0)
+        for key, group in group_members(iter_tar_members(tar, exp.name)):
             problems += sequence.check(key, group)
             if len(problems) > MAX_PROBLEMS_PER_SHARD:
                 break

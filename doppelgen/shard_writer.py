@@ -11,21 +11,21 @@ import json
 import os
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .files import write_atomic
 from .format import (
     TAR_MODE,
     TAR_MTIME,
     TAR_USER,
+    audio_extension,
     dump_json,
     encode_clip,
     pair_key,
     shard_name,
     stats_name,
 )
+from .storage import Store, open_store
 
 # A clip whose RMS is below this (relative to full scale 1.0) counts as near-silent.
 SILENCE_RMS = 1e-3
@@ -60,7 +60,8 @@ def pair_sample(
     a_bytes, gain_a = encode_clip(a, sample_rate, codec)
     b_bytes, gain_b = encode_clip(b, sample_rate, codec)
     meta = {"index": int(index), "seed": int(seed), "gain": [gain_a, gain_b], **params_json(params), **(extra or {})}
-    return {"__key__": pair_key(index), f"a.{codec}": a_bytes, f"b.{codec}": b_bytes, "json": dump_json(meta)}
+    extension = audio_extension(codec)
+    return {"__key__": pair_key(index), f"a.{extension}": a_bytes, f"b.{extension}": b_bytes, "json": dump_json(meta)}
 
 
 def tar_bytes(samples: list[dict]) -> bytes:
@@ -97,7 +98,7 @@ def audio_stats(pairs: ShardPairs) -> dict:
     }
 
 
-def write_shard(out_dir: str | os.PathLike, pairs: ShardPairs, *, seed: int, sample_rate: int, codec: str, recipe_sha256: str) -> dict:
+def write_shard(out_dir: str | os.PathLike | Store, pairs: ShardPairs, *, seed: int, sample_rate: int, codec: str, recipe_sha256: str) -> dict:
     """Encode and write one complete shard; returns its manifest entry.
 
     The tar goes into place first and the stats file second: a shard is complete only
@@ -110,10 +111,11 @@ def write_shard(out_dir: str | os.PathLike, pairs: ShardPairs, *, seed: int, sam
     return write_samples(out_dir, pairs.shard, samples, audio_stats(pairs), recipe_sha256)
 
 
-def write_samples(out_dir: str | os.PathLike, shard: int, samples: list[dict], stats: dict, recipe_sha256: str) -> dict:
-    """Write shard ``shard`` from encoded samples, the tar first and its stats file second;
-    returns its manifest entry (name, n_pairs, bytes, sha256 and ``stats``)."""
-    out_dir = Path(out_dir)
+def write_samples(out_dir: str | os.PathLike | Store, shard: int, samples: list[dict], stats: dict, recipe_sha256: str) -> dict:
+    """Write shard ``shard`` from encoded samples into a folder, URL or store, the tar
+    first and its stats file second, each whole or not at all (``Store.put``); returns its
+    manifest entry (name, n_pairs, bytes, sha256 and ``stats``)."""
+    store = open_store(out_dir)
     data = tar_bytes(samples)
     name = shard_name(shard)
     entry = {
@@ -123,7 +125,7 @@ def write_samples(out_dir: str | os.PathLike, shard: int, samples: list[dict], s
         "sha256": hashlib.sha256(data).hexdigest(),
         **stats,
     }
-    write_atomic(out_dir / name, data)
+    store.put(name, data)
     record = dict(entry, recipe_sha256=recipe_sha256)
-    write_atomic(out_dir / stats_name(shard), json.dumps(record, indent=1, sort_keys=True).encode())
+    store.put(stats_name(shard), json.dumps(record, indent=1, sort_keys=True).encode())
     return entry

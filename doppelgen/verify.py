@@ -32,6 +32,7 @@ from .format import (
     shard_name,
 )
 from .shard_checks import ShardExpectation, check_shard
+from .storage import Store, open_store
 from .worker_lifetime import exit_with_parent
 
 
@@ -50,7 +51,7 @@ class VerifyError(ValueError):
 
 @dataclass
 class VerifyReport:
-    folder: Path
+    folder: Path | str  # the folder, or the dataset's URL
     problems: list[str] = field(default_factory=list)
     shards_checked: int = 0
     pairs_checked: int = 0
@@ -62,15 +63,17 @@ class VerifyReport:
         return not self.problems
 
 
-def shard_expectations(folder: Path, manifest: dict | None) -> tuple[list[ShardExpectation], list[str]]:
+def shard_expectations(folder: str | os.PathLike | Store, manifest: dict | None) -> tuple[list[ShardExpectation], list[str]]:
     """What each shard must hold, and problems with the manifest itself.
 
     Without a manifest, every complete-looking shard on disk is checked against its own
     stats file and FORMAT.md alone.
     """
     problems: list[str] = []
+    folder = open_store(folder)
+    listing = folder.names()
     if manifest is None:
-        on_disk = sorted(i for i in (shard_index(e) for e in os.listdir(folder)) if i is not None)
+        on_disk = sorted(i for i in map(shard_index, listing) if i is not None)
         base = ShardExpectation(index=0, codec="flac", sample_rate=None, n_samples=None)
         guesses = [_expect_from_disk(folder, base, i) for i in on_disk]
         return guesses, problems
@@ -92,7 +95,7 @@ def shard_expectations(folder: Path, manifest: dict | None) -> tuple[list[ShardE
         problems.append(f"{MANIFEST_NAME}: no record of shards (rendering not finished?)")
         entries = []
     by_name = {entry["name"]: entry for entry in entries}
-    outside = [name for name in os.listdir(folder) if shard_index(name) is not None and shard_index(name) >= n_shards]
+    outside = [name for name in listing if shard_index(name) is not None and shard_index(name) >= n_shards]
     for name in sorted(outside):
         problems.append(f"{name}: not part of this dataset (the recipe has {n_shards} shards)")
     param_names = record.get("param_names")
@@ -134,43 +137,46 @@ def shard_expectations(folder: Path, manifest: dict | None) -> tuple[list[ShardE
     return expectations, problems
 
 
-def _expect_from_disk(folder: Path, base: ShardExpectation, index: int) -> ShardExpectation:
+def _expect_from_disk(folder: Store, base: ShardExpectation, index: int) -> ShardExpectation:
     """Without a manifest: the rate and length of the first clip of shard ``index`` stand in."""
     rate, length, codec = None, None, "flac"
     try:
-        for name, data in iter_tar_members(folder / shard_name(index)):
-            if name.endswith((".a.flac", ".a.wav")):
-                codec = name.rsplit(".", 1)[1]
-                audio, rate = decode_clip(data)
-                length = len(audio)
-                break
-    except FormatError:
+        with folder.open_local(shard_name(index)) as handle:
+            for name, data in iter_tar_members(handle, shard_name(index)):
+                if name.endswith((".a.flac", ".a.wav")):
+                    codec = name.rsplit(".", 1)[1]
+                    audio, rate = decode_clip(data)
+                    length = len(audio)
+                    break
+    except (FormatError, OSError):
         pass  # check_shard reports the damage
     return replace(base, index=index, codec=codec, sample_rate=rate, n_samples=length)
 
 
 def verify_dataset(folder: str | os.PathLike, *, rerender: int = 0, workers: int = 0, seed: int = 0) -> VerifyReport:
     """Check every shard of ``folder`` (see the module docstring) and, with ``rerender``
-    > 0, render that many pairs again (drawn with ``seed``) and compare them."""
-    folder = Path(folder)
+    > 0, render that many pairs again (drawn with ``seed``) and compare them. ``folder``
+    may be a ``file://``, ``s3://`` or ``gs://`` URL (StorageError, one line, if it cannot
+    be reached)."""
     if rerender < 0 or workers < 0:
         raise VerifyError("--rerender and --workers must be >= 0")
-    if not folder.is_dir():
-        raise VerifyError(f"{folder}: no such dataset folder")
-    report = VerifyReport(folder=folder)
+    store = open_store(folder)
+    if not store.found():
+        raise VerifyError(f"{store.location}: no such dataset folder")
+    report = VerifyReport(folder=store.as_given)
     manifest = None
-    if not (folder / MANIFEST_NAME).is_file():
+    if not store.exists(MANIFEST_NAME):
         report.problems.append(f"{MANIFEST_NAME}: missing (an unfinished render?); shards checked against their stats files only")
     else:
         try:
-            manifest = read_manifest(folder)
+            manifest = read_manifest(store)
         except FormatError as error:
             report.problems.append(f"{MANIFEST_NAME}: {error}")
     if rerender and manifest is not None and is_packed_recipe(manifest["recipe"]):
         raise VerifyError("--rerender needs a synth recipe; this dataset was packed from recordings")
-    expectations, problems = shard_expectations(folder, manifest)
+    expectations, problems = shard_expectations(store, manifest)
     report.problems += problems
-    for problems, pairs in _map_shards(str(folder), expectations, workers):
+    for problems, pairs in _map_shards(store.location, expectations, workers):
         report.problems += problems
         report.pairs_checked += pairs
         report.shards_checked += 1
@@ -180,7 +186,7 @@ def verify_dataset(folder: str | os.PathLike, *, rerender: int = 0, workers: int
         else:
             from .rerender import rerender_pairs
 
-            result = rerender_pairs(folder, manifest, rerender, seed)
+            result = rerender_pairs(store, manifest, rerender, seed)
             report.problems += result.problems
             report.rerendered, report.rerender_mode = result.rerendered, result.mode
     return report

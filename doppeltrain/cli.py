@@ -84,7 +84,7 @@ def _pairs_per_epoch(text: Optional[str]):
 
 @app.command("fit")
 def fit_command(
-    datasets: Optional[List[str]] = typer.Argument(None, help="Pair datasets: folders or WebDataset URLs (FORMAT.md)."),
+    datasets: Optional[List[str]] = typer.Argument(None, help="Pair datasets: folders, file://, s3:// or gs:// URLs, or WebDataset URLs (pipe:, http://; FORMAT.md)."),
     run: Optional[str] = typer.Option(
         None, "--run", "--name",
         help=f"Run name: its files go to RUNS_DIR/RUN. Spell it --name under torchrun, whose own parser reads --run as its --run-path. (default: {DEFAULTS.run})",

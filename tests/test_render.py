@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from doppelgen import files, shard_writer
+from doppelgen import files, shard_writer, storage
 from doppelgen.cli import app
 from doppelgen.config import Recipe, RecipeError, make_recipe
 from doppelgen.dataset import DatasetError, render_dataset
@@ -249,14 +249,14 @@ def test_resume_after_kill_9_gives_the_bytes_of_a_clean_run(tmp_path):
 
 
 def test_full_disk_keeps_finished_shards_and_resumes(tmp_path, voice_shards, voice_recipe, monkeypatch):
-    real_write = shard_writer.write_atomic
+    real_write = storage.write_atomic  # every local write of a shard goes through LocalStore.put
 
     def write_until_full(path, data):
         if path.name == shard_name(2):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(shard_writer, "write_atomic", write_until_full)
+    monkeypatch.setattr(storage, "write_atomic", write_until_full)
     out = tmp_path / "full"
     args = ["render", str(out), "--shards", "4", "--pairs-per-shard", "8", "--batch-size", "8", "--workers", "0", "-q"]
     result = runner.invoke(app, args)
@@ -265,7 +265,7 @@ def test_full_disk_keeps_finished_shards_and_resumes(tmp_path, voice_shards, voi
     assert "Traceback" not in result.output
     assert sorted(p.name for p in out.glob("*.stats.json")) == [stats_name(0), stats_name(1)]
     assert not (out / "manifest.json").exists()
-    monkeypatch.setattr(shard_writer, "write_atomic", real_write)
+    monkeypatch.setattr(storage, "write_atomic", real_write)
     assert runner.invoke(app, args).exit_code == 0
     assert folder_bytes(out) == folder_bytes(voice_shards)
 

@@ -103,7 +103,8 @@ def test_file_urls_give_the_batches_of_the_local_folder(voice_shards):
         for url_batch, local_batch in zip(url_batches, local_batches):
             assert url_batch.keys == local_batch.keys
             assert torch.equal(url_batch.a, local_batch.a) and torch.equal(url_batch.b, local_batch.b)
-    with pytest.raises(DataError, match="cannot read manifest.json") as error:
+    # A file:// URL is a folder (doppelgen.storage): listed like one, refused like one.
+    with pytest.raises(DataError, match="nowhere: no such dataset folder") as error:
         discover([f"file://{voice_shards}/nowhere"], SR)
     assert "\n" not in str(error.value)
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +21,9 @@ from doppelgen.format import (
     parse_manifest,
     read_manifest,
     shard_index,
+    stats_name,
 )
+from doppelgen.storage import Store, is_store_location, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class DataError(ValueError):
 class ShardRef:
     """One shard to read: where it is and what the manifest says it holds."""
 
-    url: str  # a local path or a URL webdataset's gopen opens
+    url: str  # a local path, a storage URL (file://, s3://, gs://) or a URL webdataset's gopen opens
     n_pairs: int
     n_samples: int  # samples per clip, from the manifest's duration and sample rate
 
@@ -68,10 +68,6 @@ class DatasetInfo:
         split wherever it is stored."""
         digest = hashlib.sha256(dump_json(self.manifest["recipe"])).digest()
         return int.from_bytes(digest[:8], "little")
-
-
-def is_url(location: str) -> bool:
-    return "://" in location or location.startswith("pipe:")
 
 
 def is_shard_name(name: object) -> bool:
@@ -143,18 +139,16 @@ def record_shards(location: str, manifest: dict) -> list[dict]:
     return shards
 
 
-def _local_entries(location: str, folder: Path, manifest: dict) -> list[dict]:
-    """The manifest's entries of shards complete on disk whose tars are large enough for
-    the pairs the manifest says they hold (logged and left out otherwise): a manifest
-    cannot make an epoch longer than what is on disk."""
-    complete = {f"pairs-{index:06d}.tar" for index in complete_shards(folder)}
+def _stored_entries(location: str, store: Store, manifest: dict) -> list[dict]:
+    """The manifest's entries of shards complete in the store (tar and stats listed) whose
+    tars are large enough for the pairs the manifest says they hold (logged and left out
+    otherwise): a manifest cannot make an epoch longer than what is stored."""
+    sizes = store.sizes()
     entries = []
     for entry in record_shards(location, manifest):
         name = entry["name"]
-        try:  # complete_shards also counts near-misses of the name (a trailing newline)
-            size = os.stat(folder / name).st_size if name in complete else None
-        except OSError:
-            size = None
+        complete = name in sizes and stats_name(shard_index(name)) in sizes
+        size = sizes[name] if complete else None
         if size is None:
             logger.warning("%s: %s is in the manifest but not complete on disk; skipped", location, name)
             continue
@@ -168,27 +162,41 @@ def _local_entries(location: str, folder: Path, manifest: dict) -> list[dict]:
     return entries
 
 
+def _open_dataset_store(location: str) -> Store:
+    try:
+        store = open_store(location)
+        if not store.found():
+            raise DataError(f"{location}: no such dataset folder")
+        if not complete_shards(store):
+            raise DataError(f"{location}: no complete shards (pairs-NNNNNN.tar with its .stats.json)")
+    except OSError as error:  # storage.StorageError: a bad URL, no credentials, no answer
+        raise DataError(one_line(error)) from None
+    return store
+
+
 def discover_dataset(location: str, sample_rate: int) -> DatasetInfo:
-    """Read one dataset's manifest and list its complete shards with their sizes."""
-    if is_url(location):
+    """Read one dataset's manifest and list its complete shards with their sizes. A folder
+    or storage URL (``file://``, ``s3://``, ``gs://``) is listed; any other URL (``pipe:``,
+    ``http://``) cannot be, and its manifest, written last, vouches for its shards."""
+    if not is_store_location(location):
         manifest = read_url_manifest(location)
-        # A URL cannot be listed: the manifest, written last, vouches for its shards.
         entries = record_shards(location, manifest)
         urls = {entry["name"]: member_url(location, entry["name"]) for entry in entries}
     else:
-        folder = Path(location)
-        if not folder.is_dir():
-            raise DataError(f"{location}: no such dataset folder")
-        if not complete_shards(folder):
-            raise DataError(f"{location}: no complete shards (pairs-NNNNNN.tar with its .stats.json)")
+        store = _open_dataset_store(location)
         try:
-            manifest = read_manifest(folder)
+            manifest = read_manifest(store)
         except FormatError as error:
             raise DataError(one_line(error)) from None
         except RecursionError:  # json's answer to nesting deeper than it can parse
             raise DataError(f"{location}: unreadable manifest (nested too deeply)") from None
-        entries = _local_entries(location, folder, manifest)
-        urls = {entry["name"]: str(folder / entry["name"]) for entry in entries}
+        except OSError as error:
+            raise DataError(one_line(error)) from None
+        try:
+            entries = _stored_entries(location, store, manifest)
+        except OSError as error:
+            raise DataError(one_line(error)) from None
+        urls = {entry["name"]: store.where(entry["name"]) for entry in entries}
     recipe = manifest["recipe"]
     rate = recipe.get("sample_rate")
     if rate != sample_rate:

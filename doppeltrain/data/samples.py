@@ -12,9 +12,10 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from doppelgen.console import one_line
 from doppelgen.format import FormatError, decode_pair, pair_key
+from doppelgen.storage import is_store_location, local_folder, open_object
 
 from .batches import BatchBuilder
-from .datasets import ShardRef, is_url
+from .datasets import ShardRef
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,30 @@ class SampleReader:
 
     def _members(self, shards: Sequence[ShardRef]) -> Iterator[dict]:
         for shard in shards:
-            if is_url(shard.url):
+            if not is_store_location(shard.url):  # pipe:, http://: webdataset's gopen
                 yield from tar_file_expander(url_opener([{"url": shard.url}], handler=self.skip), handler=self.skip)
-            else:
-                yield from self._local_members(shard.url)
+            elif (path := local_folder(shard.url)) is not None:  # a path or file://
+                yield from self._local_members(str(path), shard.url)
+            else:  # an object store: streamed through fsspec
+                yield from self._stored_members(shard.url)
 
-    def _local_members(self, path: str) -> Iterator[dict]:
+    def _stored_members(self, url: str) -> Iterator[dict]:
+        """webdataset's member records for a tar streamed from an object store, read ahead
+        in large ranged requests (``storage.ObjectStore.open``)."""
+        try:
+            stream = open_object(url)
+        except OSError as error:  # storage.StorageError or a missing object
+            self.skip(FormatError(f"{url}: unreadable tar ({one_line(error)})"))
+            yield {}
+            return
+        with stream:
+            yield from tar_file_expander([{"url": url, "stream": stream}], handler=self.skip)
+
+    def _local_members(self, path: str, url: str | None = None) -> Iterator[dict]:
         """webdataset's member records for a local tar, read by random access: tarfile's
-        stream mode (webdataset's, for URLs) costs a fifth of the FLAC decoding."""
+        stream mode (webdataset's, for URLs) costs a fifth of the FLAC decoding. ``url``:
+        how the shard was named (a file:// URL), for messages and ``__url__``."""
+        url = url or path
         try:
             with tarfile.open(path, mode="r:") as archive:
                 for info in archive:
@@ -59,9 +76,9 @@ class SampleReader:
                         data = archive.extractfile(info).read()
                         if len(data) != info.size:
                             raise OSError(f"{info.name} is truncated")
-                        yield {"fname": info.name, "data": data, "__url__": path}
+                        yield {"fname": info.name, "data": data, "__url__": url}
         except (tarfile.TarError, EOFError, OSError) as error:
-            self.skip(FormatError(f"{path}: unreadable tar ({one_line(error)})"))
+            self.skip(FormatError(f"{url}: unreadable tar ({one_line(error)})"))
         yield {}  # end of shard: samples never span two shards
 
     def _first_of_each_key(self, samples: Iterable[dict]) -> Iterator[dict]:

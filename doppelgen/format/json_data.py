@@ -1,0 +1,79 @@
+"""JSON read from a dataset: canonical dumps and size, depth and number limits on what is parsed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from ..console import one_line
+from .names import FormatError
+
+
+def dump_json(obj: Any) -> bytes:
+    """Canonical JSON bytes: the same object always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+# Limits on JSON read from a dataset, so that hostile input costs bounded memory and no
+# recursion: the deepest object we write (a multi-layer sample, a manifest's record) is 4
+# levels deep; a sample's JSON is a few kB (16 layers of ~100 parameters: about 100 kB);
+# a manifest holds about 300 bytes a shard.
+MAX_JSON_DEPTH = 32
+MAX_SAMPLE_JSON_BYTES = 1 << 20
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_STATS_BYTES = 1 << 20
+# A stored clip's gain is its peak: a synth's is of order 1, a recording's at most 1.
+MAX_GAIN = 1e6
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
+
+
+def parse_json(data: bytes | str, max_bytes: int, finite_floats: bool = True) -> Any:
+    """Parse JSON read from a dataset; FormatError (one line) unless it is UTF-8 JSON of at
+    most ``max_bytes`` bytes, nested at most ``MAX_JSON_DEPTH`` deep, without NaN or
+    Infinity (and, with ``finite_floats``, without numbers that overflow to infinity)."""
+    if len(data) > max_bytes:
+        raise FormatError(f"JSON of {len(data)} bytes, more than the {max_bytes} allowed")
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float if finite_floats else None)
+    except RecursionError:
+        raise FormatError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, refused numbers, int digit limit
+        raise FormatError(f"invalid JSON ({one_line(error)[:200]})") from None
+    # Depth can exceed the limit only with more opening brackets than the limit, so the
+    # walk below is skipped for every sample we write.
+    if isinstance(value, (dict, list)) and text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        stack = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if depth > MAX_JSON_DEPTH:
+                raise FormatError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, (dict, list)):
+                    stack.append((child, depth + 1))
+    return value
+
+
+def read_json_file(path: str | os.PathLike, max_bytes: int) -> Any:
+    """:func:`parse_json` of a file, read in blocks: a file over ``max_bytes`` is refused
+    having cost at most that much memory. OSError passes through."""
+    blocks, size = [], 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            size += len(block)
+            if size > max_bytes:
+                raise FormatError(f"JSON of more than the {max_bytes} bytes allowed")
+            blocks.append(block)
+    return parse_json(b"".join(blocks), max_bytes)

@@ -1,0 +1,76 @@
+"""One sample, one doppelgänger pair: its JSON's fields checked and its two views decoded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .audio import decode_clip
+from .json_data import MAX_GAIN, MAX_SAMPLE_JSON_BYTES, parse_json
+from .names import FormatError, _shown, printable
+
+REQUIRED_SAMPLE_FIELDS = ("index", "seed", "gain", "params")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_sample_json(data: bytes) -> dict:
+    """A sample's ``.json`` member as a dict; FormatError (one line) unless it is a JSON
+    object (within :func:`parse_json`'s limits) with FORMAT.md's fields, a whole
+    non-negative ``index`` and ``seed``, and two gains in (0, ``MAX_GAIN``]."""
+    meta = parse_json(data, MAX_SAMPLE_JSON_BYTES, finite_floats=False)
+    if not isinstance(meta, dict):
+        raise FormatError("sample JSON is not an object")
+    missing = [field for field in REQUIRED_SAMPLE_FIELDS if field not in meta]
+    if missing:
+        raise FormatError(f"sample JSON lacks {', '.join(missing)}")
+    for field in ("index", "seed"):
+        value = meta[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise FormatError(f"sample JSON {field} must be a whole number >= 0, got {_shown(value)}")
+    gain = meta["gain"]
+    if not (isinstance(gain, list) and len(gain) == 2 and all(_is_number(g) and 0 < g <= MAX_GAIN for g in gain)):
+        raise FormatError(f"sample JSON gain must be [gain_a, gain_b], two numbers in (0, {MAX_GAIN:g}], got {_shown(gain)}")
+    return meta
+
+
+@dataclass
+class Pair:
+    """One decoded doppelgänger pair."""
+
+    key: str
+    a: np.ndarray
+    b: np.ndarray
+    sample_rate: int
+    meta: dict
+
+
+def decode_pair(key: str, members: dict[str, bytes], out: tuple[np.ndarray, np.ndarray] | None = None) -> Pair:
+    """Decode one sample given its members by extension (``a.flac``, ``b.flac``, ``json``).
+    ``out``: two rows the views are decoded into (see :func:`decode_clip`). Any problem
+    with the sample (a member missing, bad JSON or gain, undecodable audio) is a one-line
+    FormatError naming the key, so a reader can skip the sample and count it."""
+    name = printable(key)
+    if "json" not in members:
+        raise FormatError(f"{name}: missing {name}.json")
+    try:
+        meta = parse_sample_json(members["json"])
+    except FormatError as error:
+        raise FormatError(f"{name}.json: {error}") from None
+    views = []
+    for view, gain, row in zip("ab", meta["gain"], out or (None, None)):
+        data = members.get(f"{view}.flac", members.get(f"{view}.wav"))
+        if data is None:
+            raise FormatError(f"{name}: missing {name}.{view}.flac")
+        try:
+            views.append(decode_clip(data, gain, out=row))
+        except FormatError as error:
+            raise FormatError(f"{name}.{view}: {error}") from None
+    (a, sr_a), (b, sr_b) = views
+    if sr_a != sr_b or a.shape != b.shape:
+        raise FormatError(f"{name}: the two views differ in sample rate or length")
+    return Pair(key=key, a=a, b=b, sample_rate=sr_a, meta=meta)
