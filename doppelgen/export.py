@@ -36,7 +36,7 @@ from .format import (
 )
 from .info import read_described_manifest, unfit_number
 from .logmel import LOG_OFFSET, MEL_FMIN, vggish_log_mel
-from .verify import group_members
+from .shard_checks import group_members
 
 # Parameters with the largest |a - b| shown per picture: enough to read the names.
 TOP_PARAMS = 12
