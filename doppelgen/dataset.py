@@ -91,9 +91,15 @@ def render_dataset(
     shard_range: str | range | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    manifest: bool = True,
+    elapsed: float = 0.0,
 ) -> RenderSummary:
     """Render the shards of ``recipe`` that ``out`` lacks, then, once every shard of the
-    recipe is complete, write ``manifest.json``. Safe to re-run after any interruption."""
+    recipe is complete, write ``manifest.json``. Safe to re-run after any interruption.
+
+    A distributor's tasks pass ``manifest=False``: only its driver knows when the last
+    task is done, and it asks for the one manifest write, passing as ``elapsed`` the
+    seconds the render took before this call (added to the manifest's render_seconds)."""
     recipe.validate()
     if batch_size < 1:
         raise DatasetError(f"batch size must be >= 1, got {batch_size}")
@@ -112,8 +118,8 @@ def render_dataset(
         summary.seconds = time.perf_counter() - started
 
         all_shards = len(complete_shards(out)) >= recipe.n_shards
-        if all_shards and (summary.rendered or not (out / MANIFEST_NAME).exists()):
-            _finish_manifest(recipe, out, summary.seconds)
+        if manifest and all_shards and (summary.rendered or not (out / MANIFEST_NAME).exists()):
+            _finish_manifest(recipe, out, elapsed + summary.seconds)
             summary.manifest_written = True
         summary.complete = all_shards and (out / MANIFEST_NAME).exists()
     return summary
