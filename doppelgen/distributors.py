@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 
 DISTRIBUTORS = ("local", "ray")
 RAY_EXTRA = "pip install 'doppelgangers[ray]'"
-# Seconds that cancelled tasks get to stop by themselves (their KeyboardInterrupt removes
-# their temporaries) before they are killed.
-CANCEL_GRACE_SECONDS = 10.0
 # How often the driver wakes from waiting on tasks: Ctrl-C is handled between waits.
 WAIT_SECONDS = 0.5
 # ray.init retried a HOST:PORT that nothing listened on for minutes (ray:// for 30 s):
@@ -236,17 +233,9 @@ def _result(ray, ref) -> RenderSummary:
 
 
 def _cancel(ray, refs: list) -> None:
-    """Stop ``refs``: politely first (a KeyboardInterrupt in the task, so its writers remove
-    their temporaries), then, after CANCEL_GRACE_SECONDS, by killing their processes (a
-    killed writer's temporaries go with the next run on that host)."""
-    if not refs:
-        return
+    """Stop ``refs`` by killing their processes. Not Ray's polite cancel: its
+    KeyboardInterrupt, landing in soundfile's I/O callback, was printed and swallowed and
+    the task went on encoding, with libsndfile handed a failed callback. A killed writer
+    leaves only a temporary, which the next run on that host removes."""
     for ref in refs:
-        ray.cancel(ref)
-    deadline = time.monotonic() + CANCEL_GRACE_SECONDS
-    remaining = refs
-    while remaining and time.monotonic() < deadline:
-        _, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.5)
-    for ref in remaining:
         ray.cancel(ref, force=True)
-
