@@ -74,6 +74,19 @@ class RayOptions:
                 raise DistributorError(f"{name} must be a fraction of 1 or a whole number{' > 0' if name == '--cpus-per-task' else ''}, got {value:g}")
 
 
+def task_resources(options: RayOptions, cluster: dict) -> dict:
+    """``ray.remote`` options of the tasks, given the cluster's resources (``ray.cluster_resources()``)."""
+    gpus = options.gpus_per_task if options.gpus_per_task is not None else (1.0 if cluster.get("GPU", 0) > 0 else 0.0)
+    return {
+        "num_cpus": options.cpus_per_task,
+        "num_gpus": gpus,
+        "max_retries": options.max_retries,
+        # JAX binds a process to the GPUs it saw first: a GPU task's process must serve no
+        # other task (Ray's default only when num_gpus is given here, not in .options()).
+        "max_calls": 1 if gpus > 0 else 0,
+    }
+
+
 def task_workers(options: RayOptions, gpus: float) -> int:
     """Encoding processes a task starts: the ones asked for, else none on a CPU task (its one
     core renders and encodes in turn; an encoder process would only compete for it) and
@@ -169,20 +182,14 @@ def render_with_ray(
     started = time.perf_counter()
     with ray_connection(ray, options.address):
         cluster = ray.cluster_resources()
-        gpus = options.gpus_per_task if options.gpus_per_task is not None else (1.0 if cluster.get("GPU", 0) > 0 else 0.0)
-        for name, wanted in (("CPU", options.cpus_per_task), ("GPU", gpus)):
-            if wanted > cluster.get(name, 0):
-                warn(f"each task asks for {wanted:g} {name}, the cluster has {cluster.get(name, 0):g} now: tasks wait until such nodes join")
-        task = ray.remote(render_run).options(
-            name="doppelgen-render",
-            num_cpus=options.cpus_per_task,
-            num_gpus=gpus,
-            max_retries=options.max_retries,
-            # A died process is always retried; of exceptions only those a retry can cure:
-            # storage errors (a network blip) and an encoding worker that was killed.
-            retry_exceptions=_retried_exceptions(),
-        )
-        workers = task_workers(options, gpus)
+        resources = task_resources(options, cluster)
+        for name, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+            if resources[key] > cluster.get(name, 0):
+                warn(f"each task asks for {resources[key]:g} {name}, the cluster has {cluster.get(name, 0):g} now: tasks wait until such nodes join")
+        # A died process is always retried; of exceptions only those a retry can cure:
+        # storage errors (a network blip) and an encoding worker that was killed.
+        task = ray.remote(**resources, retry_exceptions=_retried_exceptions())(render_run).options(name="doppelgen-render")
+        workers = task_workers(options, resources["num_gpus"])
         summary = RenderSummary(out=out)
         runs = shard_runs(shards, options.shards_per_task)
         pending = {task.remote(recipe, out, run, batch_size, workers): run for run in runs}
@@ -203,7 +210,7 @@ def render_with_ray(
         summary.rendered.sort()
         summary.skipped.sort()
         summary.seconds = time.perf_counter() - started
-        finish = ray.remote(render_run).options(name="doppelgen-manifest", num_cpus=options.cpus_per_task, num_gpus=gpus, max_retries=options.max_retries)
+        finish = ray.remote(**resources)(render_run).options(name="doppelgen-manifest")
         final = _result(ray, finish.remote(recipe, out, range(0), batch_size, 0, True, summary.seconds))
     summary.manifest_written, summary.complete = final.manifest_written, final.complete
     summary.seconds = time.perf_counter() - started

@@ -25,7 +25,7 @@ from ray_worker_hooks import ARM_NAME, FIRED_NAME, HOOK_DIR_ENV, MANIFEST_LOG_NA
 
 from doppelgen.cli import main
 from doppelgen.dataset import render_dataset
-from doppelgen.distributors import RayOptions, render_with_ray
+from doppelgen.distributors import RayOptions, render_with_ray, task_resources, task_workers
 from doppelgen.files import TEMP_MARK, file_sha256, process_alive
 from doppelgen.format import complete_shards, read_manifest, shard_name, stats_name
 
@@ -134,7 +134,7 @@ def test_ctrl_c_on_a_cluster_the_driver_started_keeps_complete_shards(ray_cluste
         assert process.returncode == 130, stderr[-3000:]
         assert stderr.strip().splitlines() == [f"error: interrupted; completed shards in {out} are kept, run the same command again to resume"]
         done = complete_shards(out)
-        assert 1 <= len(done) < n_shards and not (out / "manifest.json").exists()
+        assert 1 <= len(done) < n_shards and not (out / "manifest.json").exists(), (done, stdout, stderr)
         for shard in done:  # complete means whole: the tar is the one its stats describe
             stats = json.loads((out / stats_name(shard)).read_text())
             assert file_sha256(out / shard_name(shard)) == (stats["sha256"], stats["bytes"])
@@ -157,6 +157,18 @@ def processes_mentioning(text: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def test_tasks_ask_for_a_gpu_where_the_cluster_has_them():
+    on_gpus = task_resources(RayOptions(), {"CPU": 64.0, "GPU": 8.0})
+    assert on_gpus == {"num_cpus": 1.0, "num_gpus": 1.0, "max_retries": 3, "max_calls": 1}  # one process a GPU task
+    assert task_workers(RayOptions(cpus_per_task=8), on_gpus["num_gpus"]) == 8  # the cores encode
+    on_cpus = task_resources(RayOptions(), {"CPU": 64.0})
+    assert on_cpus["num_gpus"] == 0 and on_cpus["max_calls"] == 0  # CPU task processes are reused
+    assert task_workers(RayOptions(cpus_per_task=8), 0) == 0
+    assert task_resources(RayOptions(gpus_per_task=0), {"CPU": 64.0, "GPU": 8.0})["num_gpus"] == 0
+    assert task_resources(RayOptions(gpus_per_task=0.5), {"CPU": 64.0})["num_gpus"] == 0.5
+    assert task_workers(RayOptions(workers_per_task=3), 1.0) == 3
 
 
 @pytest.mark.parametrize(
