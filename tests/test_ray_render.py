@@ -8,6 +8,7 @@ of ``ray_worker_hooks`` in its workers (a logged manifest write, an armed mid-sh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import pytest
 from ray_worker_hooks import ARM_NAME, FIRED_NAME, HOOK_DIR_ENV, MANIFEST_LOG_NAME
 
 from doppelgen.cli import main
-from doppelgen.dataset import render_dataset
+from doppelgen.dataset import DatasetError, render_dataset
 from doppelgen.distributors import RayOptions, render_with_ray, task_resources, task_workers
 from doppelgen.files import TEMP_MARK, file_sha256, process_alive
 from doppelgen.format import complete_shards, read_manifest, shard_name, stats_name
@@ -97,6 +98,18 @@ def test_a_task_killed_mid_shard_is_retried_and_resumes_cleanly(ray_cluster, voi
     assert shard_files(out) == shard_files(voice_shards)
     assert read_manifest(out)["record"]["shards"] == read_manifest(voice_shards)["record"]["shards"]
     assert temporaries(out) == []
+
+
+def test_overwrite_replaces_another_recipe_once_before_the_tasks(ray_cluster, voice_shards, voice_recipe, tmp_path):
+    out = tmp_path / "replaced"
+    shutil.copytree(voice_shards, out)
+    other = dataclasses.replace(voice_recipe, delta=0.0)
+    with pytest.raises(DatasetError, match="holds a different dataset recipe"):
+        render_with_ray(other, out, RayOptions(), batch_size=8, progress=False)
+    assert shard_files(out) == shard_files(voice_shards)
+    summary = render_with_ray(other, out, RayOptions(), batch_size=8, overwrite=True, progress=False)
+    assert summary.complete and summary.rendered == [0, 1, 2, 3]
+    assert read_manifest(out)["recipe"] == other.to_dict()
 
 
 def test_cli_on_the_cluster_resumes_a_partial_local_render(ray_cluster, voice_shards, voice_recipe, tmp_path):
