@@ -62,7 +62,7 @@ def render(
     shard_range: Optional[str] = typer.Option(None, help="Render only shards A:B (B exclusive), e.g. to split a render across machines."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset of a different recipe in OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    distributor: str = typer.Option("local", help="Where shards are rendered: local (this process) or ray (tasks on a Ray cluster; pip install 'doppelgangers[ray]')."),
+    distributor: str = typer.Option("local", help="Where shards are rendered: local (this process) or ray (tasks on a Ray cluster; needs the package's ray extra)."),
     ray_address: Optional[str] = typer.Option(None, help="ray: auto (RAY_ADDRESS, else the cluster `ray start` started on this machine, else a new local one), local (always a new one), HOST:PORT or ray://HOST:PORT.  [default: auto]"),
     shards_per_task: Optional[int] = typer.Option(None, help=f"ray: shards rendered by one task.  [default: {RayOptions.shards_per_task}]"),
     cpus_per_task: Optional[float] = typer.Option(None, help=f"ray: CPUs each task asks for.  [default: {RayOptions.cpus_per_task:g}]"),
