@@ -9,6 +9,7 @@ import typer
 
 from .config import PARAMETRIC_DEFAULTS, Recipe, RecipeError, make_recipe
 from .console import EXIT_FAILURE, EXIT_INTERRUPTED, fail, run_app
+from .distributors import DISTRIBUTORS, ClusterError, DistributorError, RayOptions, render_with_ray
 from .format import FormatError
 
 app = typer.Typer(
@@ -57,10 +58,16 @@ def render(
     fm_square_saw: Optional[int] = typer.Option(None, help=f"parametric: FM square/saw pairs.  [default: {PARAMETRIC_DEFAULTS['fm_square_saw']}]"),
     manifest: Optional[Path] = typer.Option(None, help="Recipe (or manifest.json) to render; other options override it."),
     batch_size: int = typer.Option(256, help="Pairs per kernel call. Does not change the output."),
-    workers: Optional[int] = typer.Option(None, help="Encoding processes (0: encode in this process). Does not change the output.  [default: CPU count]"),
+    workers: Optional[int] = typer.Option(None, help="Encoding processes (0: encode in this process; with --distributor ray, in each task). Does not change the output.  [default: CPU count; ray: 0 in a CPU task, its CPUs in a GPU task]"),
     shard_range: Optional[str] = typer.Option(None, help="Render only shards A:B (B exclusive), e.g. to split a render across machines."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset of a different recipe in OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    distributor: str = typer.Option("local", help="Where shards are rendered: local (this process) or ray (tasks on a Ray cluster; needs the package's ray extra)."),
+    ray_address: Optional[str] = typer.Option(None, help="ray: auto (RAY_ADDRESS, else the cluster `ray start` started on this machine, else a new local one), local (always a new one), HOST:PORT or ray://HOST:PORT.  [default: auto]"),
+    shards_per_task: Optional[int] = typer.Option(None, help=f"ray: shards rendered by one task.  [default: {RayOptions.shards_per_task}]"),
+    cpus_per_task: Optional[float] = typer.Option(None, help=f"ray: CPUs each task asks for.  [default: {RayOptions.cpus_per_task:g}]"),
+    gpus_per_task: Optional[float] = typer.Option(None, help="ray: GPUs each task asks for (a fraction shares one).  [default: 1 where the cluster has GPUs, else 0]"),
+    max_retries: Optional[int] = typer.Option(None, help=f"ray: retries of a task whose process died or hit a storage error; a retry resumes.  [default: {RayOptions.max_retries}]"),
 ) -> None:
     """Render the pairs of a recipe into OUT. Re-running resumes: only missing shards are rendered."""
     from .dataset import DatasetError, render_dataset
@@ -75,11 +82,23 @@ def render(
         recipe = recipe_from_options(manifest, overrides, oscillators)
     except RecipeError as error:
         fail(str(error))
+    ray_options = dict(address=ray_address, shards_per_task=shards_per_task, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, max_retries=max_retries)
+    if distributor not in DISTRIBUTORS:
+        fail(f"unknown distributor {distributor!r}: choose {' or '.join(DISTRIBUTORS)}")
+    if distributor == "local" and any(value is not None for value in ray_options.values()):
+        fail("--ray-address, --shards-per-task, --cpus-per-task, --gpus-per-task and --max-retries apply only to --distributor ray")
     try:
-        summary = render_dataset(recipe, out, batch_size=batch_size, workers=workers, shard_range=shard_range, overwrite=overwrite, progress=not quiet)
-    except (RecipeError, DatasetError, FormatError) as error:
+        if distributor == "ray":
+            options = RayOptions(**{key: value for key, value in ray_options.items() if value is not None}, workers_per_task=workers)
+            summary = render_with_ray(
+                recipe, out, options, batch_size=batch_size, shard_range=shard_range, overwrite=overwrite, progress=not quiet,
+                warn=lambda message: typer.echo(f"note: {message}", err=True),
+            )
+        else:
+            summary = render_dataset(recipe, out, batch_size=batch_size, workers=workers, shard_range=shard_range, overwrite=overwrite, progress=not quiet)
+    except (RecipeError, DatasetError, FormatError, DistributorError) as error:
         fail(str(error))
-    except (RenderError, EncodingWorkerError) as error:
+    except (RenderError, EncodingWorkerError, ClusterError) as error:
         fail(str(error), EXIT_FAILURE)
     except OSError as error:
         fail(f"writing {out} failed: {error.strerror or error}; completed shards are kept, re-run to resume", EXIT_FAILURE)

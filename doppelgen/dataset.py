@@ -88,10 +88,16 @@ def render_dataset(
     shard_range: str | range | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    manifest: bool = True,
+    elapsed: float = 0.0,
 ) -> RenderSummary:
     """Render the shards of ``recipe`` that ``out`` lacks, then, once every shard of the
     recipe is complete, write ``manifest.json``. Safe to re-run after any interruption.
-    ``out`` is a folder, or a ``file://``, ``s3://`` or ``gs://`` URL (``storage``)."""
+    ``out`` is a folder, or a ``file://``, ``s3://`` or ``gs://`` URL (``storage``).
+
+    A distributor's tasks pass ``manifest=False``: only its driver knows when the last
+    task is done, and it asks for the one manifest write, passing as ``elapsed`` the
+    seconds the render took before this call (added to the manifest's render_seconds)."""
     recipe.validate()
     if batch_size < 1:
         raise DatasetError(f"batch size must be >= 1, got {batch_size}")
@@ -113,8 +119,8 @@ def render_dataset(
         summary.seconds = time.perf_counter() - started
 
         all_shards = len(complete_shards(store)) >= recipe.n_shards
-        if all_shards and (summary.rendered or not store.exists(MANIFEST_NAME)):
-            _finish_manifest(recipe, store, summary.seconds)
+        if manifest and all_shards and (summary.rendered or not store.exists(MANIFEST_NAME)):
+            _finish_manifest(recipe, store, elapsed + summary.seconds)
             summary.manifest_written = True
         summary.complete = all_shards and store.exists(MANIFEST_NAME)
     return summary

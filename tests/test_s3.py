@@ -106,6 +106,23 @@ def test_a_render_on_s3_has_the_bytes_of_a_local_render_and_nothing_else(s3_voic
     assert again.rendered == [] and again.skipped == [0, 1, 2, 3] and again.complete
 
 
+def test_a_ray_render_into_the_bucket_has_the_bytes_of_a_local_render(s3_endpoint, voice_shards):
+    """Issue 12's whole path: `doppelgen render s3://... --distributor ray --manifest RECIPE`,
+    on a local Ray cluster the command starts (its workers inherit the endpoint)."""
+    pytest.importorskip("ray")
+    url = f"s3://{BUCKET}/ray-voice"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "doppelgen", "render", url, "--manifest", str(voice_shards / "manifest.json"),
+         "--distributor", "ray", "--shards-per-task", "2", "--batch-size", "8", "-q"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert stored_bytes(url) == folder_bytes(voice_shards)
+    assert read_manifest(url)["record"]["shards"] == read_manifest(voice_shards)["record"]["shards"]
+
+
 def test_verify_info_card_and_export_read_the_bucket(s3_voice, tmp_path):
     runner = CliRunner()
     verify = runner.invoke(doppelgen_app, ["verify", s3_voice, "--rerender", "2", "--workers", "0"])
