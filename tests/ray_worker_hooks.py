@@ -22,10 +22,11 @@ ARM_NAME, FIRED_NAME, MANIFEST_LOG_NAME = "kill-next-shard", "killed.json", "man
 
 
 def install() -> None:
-    from doppelgen import dataset, files, shard_writer
+    from doppelgen import dataset, files, storage
 
     folder = Path(os.environ[HOOK_DIR_ENV])
-    real_write_atomic, real_write_manifest = shard_writer.write_atomic, dataset.write_manifest
+    # Local shard files are written by storage.LocalStore.put through this name.
+    real_write_atomic, real_write_manifest = storage.write_atomic, dataset.write_manifest
 
     def write_atomic(path, data: bytes) -> None:
         path = Path(path)
@@ -44,7 +45,7 @@ def install() -> None:
             log.write(f"{ray.get_runtime_context().get_task_name()}\n")
         real_write_manifest(out_dir, manifest)
 
-    shard_writer.write_atomic = write_atomic
+    storage.write_atomic = write_atomic
     dataset.write_manifest = write_manifest
 
 
