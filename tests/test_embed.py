@@ -208,7 +208,9 @@ def test_cli_embed_bad_inputs_fail_in_one_line(cli, checkpoint, tmp_path, case):
 
 
 @pytest.mark.parametrize("orig_sr", [44100, 22050, 48000, 8000, 16000])
-@pytest.mark.parametrize("block", [1, 441, 1000, 65536])
+# Blocks of 7 samples stand for tiny pushes: one-sample blocks cost a push per sample
+# (a minute of the suite) and test nothing more.
+@pytest.mark.parametrize("block", [7, 441, 1000, 65536])
 def test_stream_resampler_equals_resampling_the_whole_signal(orig_sr, block):
     signal = _clip(20, int(0.35 * orig_sr) + 13)
     resampler = StreamResampler(orig_sr, SR)
