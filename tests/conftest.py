@@ -1,9 +1,10 @@
-"""Shared fixtures: small datasets rendered once per test session."""
+"""Shared fixtures: small datasets rendered once per test session; torch on one thread."""
 
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Compiled synth kernels are kept between test runs (JAX compiles each synth for seconds).
 os.environ.setdefault("DOPPELGANGERS_CACHE", str(Path(__file__).resolve().parent.parent / ".cache"))
@@ -24,3 +25,13 @@ def voice_shards(tmp_path_factory, voice_recipe) -> Path:
     out = tmp_path_factory.mktemp("voice-shards")
     render_dataset(voice_recipe, out, batch_size=8, workers=0, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module's tests: the tiny networks run faster on one thread
+    than on two contended ones (CI has two cores, shared with loader workers and jobs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

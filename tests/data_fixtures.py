@@ -12,8 +12,10 @@ import tarfile
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from doppeltrain.config import TrainConfig
-from doppeltrain.data import discover, split_shards
+from doppeltrain.data import SharedEpoch, discover, make_loader, split_shards
 
 SR = 16000
 ALL_KEYS = [f"{i:010d}" for i in range(32)]  # voice_shards: 4 shards x 8 pairs
@@ -27,6 +29,18 @@ def config(batch_size: int = 4, workers: int = 0, shuffle_buffer: int = 16, seed
 
 def all_shards(folder) -> list:
     return split_shards(discover([str(folder)], SR), 0, seed=0)[0]
+
+
+def assert_batches_equal(shards, folder, n_batches: int) -> None:
+    """``shards`` (read from a URL) load batch for batch as the local ``folder`` does,
+    for training and for validation."""
+    for train in (True, False):
+        remote = list(make_loader(list(shards), config(), train=train, epoch_ref=SharedEpoch(0)))
+        local = list(make_loader(all_shards(folder), config(), train=train, epoch_ref=SharedEpoch(0)))
+        assert len(remote) == len(local) == n_batches
+        for remote_batch, local_batch in zip(remote, local):
+            assert remote_batch.keys == local_batch.keys
+            assert torch.equal(remote_batch.a, local_batch.a) and torch.equal(remote_batch.b, local_batch.b)
 
 
 def shard_keys(shards) -> list[str]:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 from doppelgen.config import make_recipe
 from doppelgen.dataset import render_dataset
@@ -30,13 +29,7 @@ LEARN_RECIPE = {"delta": 0.05, "n_shards": 5, "pairs_per_shard": 64, "seed": 0}
 LEARN_STEPS = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tiny network is faster on one thread than on two contended ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

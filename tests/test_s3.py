@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -35,9 +34,10 @@ from doppelgen.format import complete_shards, read_manifest, shard_name, stats_n
 from doppelgen.output_claim import RECIPE_MARKER  # noqa: E402
 from doppelgen.storage import ObjectStore, open_store  # noqa: E402
 from doppeltrain.cli import main as doppeltrain_main  # noqa: E402
-from doppeltrain.data import SharedEpoch, discover, make_loader  # noqa: E402
+from doppeltrain.data import discover  # noqa: E402
 
-from data_fixtures import SR, all_shards, config  # noqa: E402
+from cli_subprocess import assert_one_line, run  # noqa: E402
+from data_fixtures import SR, assert_batches_equal  # noqa: E402
 
 BUCKET = "doppel"
 # A small recipe for the render subprocesses: batches of 4 pairs, compiled once per machine.
@@ -156,13 +156,7 @@ def test_verify_finds_a_damaged_object(s3_endpoint, voice_shards):
 def test_fit_streams_the_bucket_batch_for_batch_like_the_folder(s3_voice, voice_shards, tmp_path):
     (info,) = discover([s3_voice], SR)
     assert [shard.url for shard in info.shards] == [f"{s3_voice}/{shard_name(i)}" for i in range(4)] and info.n_pairs == 32
-    for train in (True, False):
-        stored = list(make_loader(list(info.shards), config(), train=train, epoch_ref=SharedEpoch(0)))
-        local = list(make_loader(all_shards(voice_shards), config(), train=train, epoch_ref=SharedEpoch(0)))
-        assert len(stored) == len(local) == 8
-        for stored_batch, local_batch in zip(stored, local):
-            assert stored_batch.keys == local_batch.keys
-            assert torch.equal(stored_batch.a, local_batch.a) and torch.equal(stored_batch.b, local_batch.b)
+    assert_batches_equal(info.shards, voice_shards, 8)
     # The whole command, its data loader in a worker process.
     runs = tmp_path / "runs"
     args = ["fit", s3_voice, "--runs-dir", str(runs), "--run", "s3", "--epochs", "1", "--steps-per-epoch", "2",
@@ -327,17 +321,6 @@ def test_a_conditional_put_has_exactly_one_winner(s3_endpoint):
 
 
 # --- what goes wrong is one line ---------------------------------------------------------
-
-
-def run(args: list[str], env: dict, program: str = "doppelgen") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", program, *args], env=env, capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_no_bucket_no_credentials_and_no_endpoint_are_one_line(s3_endpoint, tmp_path):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,8 @@ from doppelgen.cli import app
 from doppelgen.format import read_manifest
 from doppelgen.storage import LocalStore, StorageError, local_folder, open_store
 from doppeltrain.cli import main as doppeltrain_main
+
+from cli_subprocess import assert_one_line, run
 
 runner = CliRunner()
 
@@ -78,17 +78,6 @@ def test_every_command_takes_a_file_url(tmp_path, voice_shards):
     assert pack.exit_code == 0, pack.output
     assert "3 pairs in 2 shards" in pack.stdout and read_manifest(packed)["recipe"]["n_shards"] == 2
     assert runner.invoke(app, ["verify", f"file://{packed}", "--workers", "0"]).exit_code == 0
-
-
-def run(args: list[str], env: dict | None = None, program: str = "doppelgen") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", program, *args], env=env, capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(

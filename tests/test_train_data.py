@@ -14,6 +14,7 @@ from data_fixtures import (
     ALL_KEYS,
     SR,
     all_shards,
+    assert_batches_equal,
     config,
     copy_dataset,
     edit_manifest,
@@ -96,13 +97,7 @@ def test_file_urls_give_the_batches_of_the_local_folder(voice_shards):
     (info,) = discover([f"file://{voice_shards}"], SR)
     assert [shard.url for shard in info.shards] == [f"file://{voice_shards}/pairs-00000{i}.tar" for i in range(4)]
     assert info.n_pairs == 32
-    for train in (True, False):
-        url_batches = list(make_loader(list(info.shards), config(), train=train, epoch_ref=SharedEpoch(0)))
-        local_batches = list(make_loader(all_shards(voice_shards), config(), train=train, epoch_ref=SharedEpoch(0)))
-        assert len(url_batches) == len(local_batches) == 8
-        for url_batch, local_batch in zip(url_batches, local_batches):
-            assert url_batch.keys == local_batch.keys
-            assert torch.equal(url_batch.a, local_batch.a) and torch.equal(url_batch.b, local_batch.b)
+    assert_batches_equal(info.shards, voice_shards, 8)
     # A file:// URL is a folder (doppelgen.storage): listed like one, refused like one.
     with pytest.raises(DataError, match="nowhere: no such dataset folder") as error:
         discover([f"file://{voice_shards}/nowhere"], SR)

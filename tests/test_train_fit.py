@@ -39,14 +39,7 @@ TRAIN_FIELDS = {"step", "epoch", "loss", "alignment", "uniformity", "lr", "pairs
 STEPS_PER_EPOCH = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tiny network is faster on one thread than on two contended ones (CI has two
-    # cores, shared with the loader workers and other jobs).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
