@@ -28,14 +28,10 @@ import argparse
 import csv
 import io
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
-import tarfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +45,9 @@ import torch
 from doppelgen.console import EXIT_FAILURE, one_line
 from doppelgen.files import file_sha256, write_atomic
 from doppeltrain.inference import AudioReadError, load_audio
+
+from debian_package import DebianPackage, PackageError, fetch_package, open_data_archive  # beside this script
+from probe_set_sources import sources_markdown
 
 # Bump when the selection or the conversion changes: a set built by another recipe is rebuilt.
 RECIPE_VERSION = 1
@@ -88,19 +87,15 @@ class Kit:
 
 
 @dataclass(frozen=True)
-class DebianPackage:
-    name: str
-    version: str
-    filename: str
-    pool_path: str  # below a mirror's base URL
-    sha256: str
-    size: int
+class DrumkitPackage(DebianPackage):
+    """A Debian package of Hydrogen drum kits, and which of its kits the set uses."""
+
     data_prefix: str  # where the kits lie inside the package's data
     kits: tuple[Kit, ...]
     default_test_groups: tuple[str, ...]
 
 
-HYDROGEN_DRUMKITS = DebianPackage(
+HYDROGEN_DRUMKITS = DrumkitPackage(
     name="hydrogen-drumkits",
     version="2017.09.19~dfsg-1",
     filename="hydrogen-drumkits_2017.09.19~dfsg-1_all.deb",
@@ -144,139 +139,31 @@ class ProbeSetError(ValueError):
     """A refusal or failure, in one line naming its cause."""
 
 
-# --- the package -----------------------------------------------------------------------
+# --- the kits --------------------------------------------------------------------------
 
 
-def fetch_package(package: DebianPackage, downloads: Path, mirror: Optional[str] = None,
-                  log: Callable[[str], None] = print) -> Path:
-    """The package's .deb in `downloads`, checked against its pinned sha256 and size:
-    the cached copy when there is one, else downloaded (apt-get, or `mirror`'s pool)."""
-    downloads.mkdir(parents=True, exist_ok=True)
-    deb = downloads / package.filename
-    if not deb.is_file():
-        log(f"downloading {package.name} {package.version} ({package.size / 1e6:.0f} MB)")
-        partial = downloads / f".{package.filename}.partial-{os.getpid()}"
-        try:
-            if mirror:
-                _download_from_mirror(package, mirror, partial)
-            else:
-                _download_with_apt(package, partial)
-            verify_package(partial, package)
-            os.replace(partial, deb)
-        finally:
-            partial.unlink(missing_ok=True)
-    verify_package(deb, package)
-    return deb
-
-
-def verify_package(path: Path, package: DebianPackage) -> None:
-    """ProbeSetError unless `path` has the package's pinned sha256 and size."""
-    digest, size = file_sha256(path)
-    if digest != package.sha256 or size != package.size:
-        raise ProbeSetError(
-            f"{path} is not {package.name} {package.version}: sha256 {digest} ({size} bytes), "
-            f"expected {package.sha256} ({package.size} bytes); delete it to download again"
-        )
-
-
-def _download_with_apt(package: DebianPackage, target: Path) -> None:
-    if shutil.which("apt-get") is None:
-        raise ProbeSetError(
-            f"apt-get is not available: put {package.filename} (Debian, sha256 {package.sha256}) "
-            f"in {target.parent}, or pass --mirror with a Debian mirror's base URL"
-        )
-    scratch = target.parent / f".apt-{os.getpid()}"
-    scratch.mkdir(exist_ok=True)
-    try:
-        result = subprocess.run(
-            ["apt-get", "download", f"{package.name}={package.version}"],
-            cwd=scratch, capture_output=True, text=True, check=False,
-        )
-        fetched = scratch / package.filename
-        if result.returncode != 0 or not fetched.is_file():
-            reason = " ".join((result.stderr or result.stdout).split()) or f"exit status {result.returncode}"
-            raise ProbeSetError(f"apt-get download {package.name}={package.version} failed: {reason}")
-        os.replace(fetched, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _download_from_mirror(package: DebianPackage, mirror: str, target: Path) -> None:
-    url = f"{mirror.rstrip('/')}/{package.pool_path}"
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as handle:
-            shutil.copyfileobj(response, handle, 1 << 20)
-    except OSError as error:  # URLError and HTTPError are OSErrors
-        raise ProbeSetError(f"cannot download {url}: {one_line(error)}") from None
-
-
-def deb_data_member(deb: Path) -> tuple[str, int, int]:
-    """(name, offset, size) of the data archive inside a .deb (an ``ar`` archive)."""
-    with open(deb, "rb") as handle:
-        if handle.read(8) != b"!<arch>\n":
-            raise ProbeSetError(f"{deb} is not a Debian package (no ar header)")
-        while True:
-            header = handle.read(60)
-            if len(header) < 60:
-                raise ProbeSetError(f"{deb} holds no data.tar member")
-            name = header[:16].decode("ascii", "replace").strip().rstrip("/")
-            try:
-                size = int(header[48:58].decode("ascii").strip())
-            except ValueError:
-                raise ProbeSetError(f"{deb}: corrupt ar member header") from None
-            if name.startswith("data.tar"):
-                return name, handle.tell(), size
-            handle.seek(size + (size % 2), os.SEEK_CUR)  # members are 2-byte aligned
-
-
-def extract_kits(deb: Path, package: DebianPackage, dest: Path) -> Path:
+def extract_kits(deb: Path, package: DrumkitPackage, dest: Path) -> Path:
     """Extract the package's chosen kit folders into `dest`; returns the drumkits folder.
     One streaming pass over the data archive; nothing outside those folders is written."""
-    name, offset, size = deb_data_member(deb)
-    compression = {"data.tar.xz": "xz", "data.tar.gz": "gz", "data.tar.bz2": "bz2", "data.tar": ""}.get(name)
-    if compression is None:
-        raise ProbeSetError(f"{deb}: cannot read {name} (xz, gz or bz2 expected)")
     wanted = {kit.folder for kit in package.kits}
     root = dest / "drumkits"
-    with open(deb, "rb") as handle:
-        handle.seek(offset)
-        data = io.BufferedReader(_Window(handle, size), buffer_size=1 << 20)
-        with tarfile.open(fileobj=data, mode=f"r|{compression}" if compression else "r|") as archive:
-            for member in archive:
-                parts = Path(member.name.lstrip("./")).parts
-                prefix = Path(package.data_prefix).parts
-                if not member.isfile() or parts[:len(prefix)] != prefix or len(parts) != len(prefix) + 2:
-                    continue
-                kit, filename = parts[len(prefix)], parts[len(prefix) + 1]
-                if kit not in wanted or filename in (".", ".."):
-                    continue
-                target = root / kit / filename
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.extractfile(member) as source, open(target, "wb") as handle_out:
-                    shutil.copyfileobj(source, handle_out, 1 << 20)
+    with open_data_archive(deb) as archive:
+        for member in archive:
+            parts = Path(member.name.lstrip("./")).parts
+            prefix = Path(package.data_prefix).parts
+            if not member.isfile() or parts[:len(prefix)] != prefix or len(parts) != len(prefix) + 2:
+                continue
+            kit, filename = parts[len(prefix)], parts[len(prefix) + 1]
+            if kit not in wanted or filename in (".", ".."):
+                continue
+            target = root / kit / filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.extractfile(member) as source, open(target, "wb") as handle_out:
+                shutil.copyfileobj(source, handle_out, 1 << 20)
     missing = sorted(kit for kit in wanted if not (root / kit / "drumkit.xml").is_file())
     if missing:
         raise ProbeSetError(f"{deb} lacks the kit(s) {', '.join(missing)}")
     return root
-
-
-class _Window(io.RawIOBase):
-    """A read-only view of `size` bytes of an open file from its current position."""
-
-    def __init__(self, handle, size: int):
-        self.handle, self.left = handle, size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        count = min(len(buffer), self.left)
-        if count <= 0:
-            return 0
-        chunk = self.handle.read(count)
-        buffer[:len(chunk)] = chunk
-        self.left -= len(chunk)
-        return len(chunk)
 
 
 # --- selection -------------------------------------------------------------------------
@@ -386,7 +273,7 @@ MANIFEST = "manifest.json"
 BUILDING = ".probe-set-building"  # present while a build runs; a build that died leaves it
 
 
-def recipe(package: DebianPackage) -> dict:
+def recipe(package: DrumkitPackage) -> dict:
     """What determines the set's content: a set with another recipe is rebuilt."""
     return {
         "version": RECIPE_VERSION, "package": package.name, "package_version": package.version,
@@ -398,7 +285,7 @@ def recipe(package: DebianPackage) -> dict:
     }
 
 
-def is_complete(out: Path, package: DebianPackage) -> bool:
+def is_complete(out: Path, package: DrumkitPackage) -> bool:
     """True when `out` holds a finished set of this recipe with every clip intact."""
     try:
         manifest = json.loads((out / MANIFEST).read_text())
@@ -430,7 +317,7 @@ def _prepare(out: Path) -> None:
     shutil.rmtree(out / ".work", ignore_errors=True)
 
 
-def write_probe_set(samples: Sequence[SelectedSample], drumkits: Path, out: Path, package: DebianPackage,
+def write_probe_set(samples: Sequence[SelectedSample], drumkits: Path, out: Path, package: DrumkitPackage,
                     log: Callable[[str], None] = print) -> dict:
     """Convert the selected samples into clips under `out` and write the split files,
     clips.csv, SOURCES.md and (last) the manifest. Returns the manifest."""
@@ -474,7 +361,7 @@ def write_probe_set(samples: Sequence[SelectedSample], drumkits: Path, out: Path
         "default_split": {"test_groups": test_groups, "train_groups": [g for g in groups if g not in test_groups]},
         "clips": clips,
     }
-    write_atomic(out / "SOURCES.md", sources_markdown(manifest, package).encode())
+    write_atomic(out / "SOURCES.md", sources_markdown(manifest, package, LEFT_OUT).encode())
     write_atomic(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
 
@@ -487,7 +374,7 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]])
     write_atomic(path, text.getvalue().encode())
 
 
-def build_probe_set(out: Path, package: DebianPackage = HYDROGEN_DRUMKITS, mirror: Optional[str] = None,
+def build_probe_set(out: Path, package: DrumkitPackage = HYDROGEN_DRUMKITS, mirror: Optional[str] = None,
                     log: Callable[[str], None] = print) -> Path:
     """Build the probe set in `out` (a folder per class; see the module's docstring) and
     return `out`. A complete set of the same recipe is left as it is; a partial one, or
@@ -500,103 +387,20 @@ def build_probe_set(out: Path, package: DebianPackage = HYDROGEN_DRUMKITS, mirro
         return out
     started = time.monotonic()
     _prepare(out)
-    deb = fetch_package(package, out / ".downloads", mirror, log)
     work = out / ".work"
     try:
+        deb = fetch_package(package, out / ".downloads", mirror, log)
         drumkits = extract_kits(deb, package, work)
         samples = select_samples(drumkits, package.kits, log)
         manifest = write_probe_set(samples, drumkits, out, package, log)
+    except PackageError as error:  # callers catch one error type, the set's
+        raise ProbeSetError(str(error)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (out / BUILDING).unlink()
     log(f"wrote {len(manifest['clips'])} clips of {len(CLASSES)} classes to {out} "
         f"in {time.monotonic() - started:.0f} s")
     return out
-
-
-# --- SOURCES.md ------------------------------------------------------------------------
-
-
-def sources_markdown(manifest: dict, package: DebianPackage) -> str:
-    """Provenance, licences, selection and counts of a built set, for people."""
-    counts = manifest["counts"]
-    test = manifest["default_split"]["test_groups"]
-    lines = [
-        "# Drum probe set: sources and licences",
-        "",
-        "Built on this machine by `benchmarks/probe_set.py` of doppelgangers from a Debian package;",
-        "the project does not redistribute these sounds. The clips are derived works of the samples",
-        "below (cut to 1 s, mixed to mono, resampled to 16 kHz, peak-normalized) and stay under each",
-        "kit's licence: keep this file with them if you share them.",
-        "",
-        "## Package",
-        "",
-        f"- Debian package `{package.name}`, version `{package.version}` (bookworm, main, architecture all)",
-        f"- file `{package.filename}`, {package.size} bytes, sha256 `{package.sha256}`",
-        "- upstream: Hydrogen drum machine's drumkit feed, http://www.hydrogen-music.org/feeds/drumkit_list.php",
-        "  (homepage http://www.hydrogen-music.org/); Debian keeps only the DFSG-free kits",
-        "- the package's packaging and its drumkits.json: GPL-2+ (IOhannes m zmölnig and others)",
-        "- each kit's licence, as the package's `/usr/share/doc/hydrogen-drumkits/copyright` names it:",
-        "",
-        "| kit | group | author | licence | why it counts as a recording |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for kit in package.kits:
-        lines.append(f"| {kit.folder} | {kit.group} | {kit.author} | {kit.license} | {kit.provenance} |")
-    lines += [
-        "",
-        "Licence texts: GPL-2 and GPL-2+ in `/usr/share/common-licenses/GPL-2` on Debian (or",
-        "https://www.gnu.org/licenses/old-licenses/gpl-2.0.html); CC-BY-SA-3.0-us at",
-        "https://creativecommons.org/licenses/by-sa/3.0/us/legalcode; the Colombo kit's composition",
-        "exception is quoted in the package's copyright file.",
-        "",
-        "Kits of the package left out:",
-        "",
-    ]
-    lines += [f"- {names}: {reason}" for names, reason in LEFT_OUT]
-    lines += [
-        "",
-        "## Selection",
-        "",
-        "- An instrument's class comes from its name in the kit's `drumkit.xml`, by these rules",
-        "  (case-insensitive; a name matching none, or more than one, is left out):",
-        "",
-    ]
-    lines += [f"  - {label}: `{rule.pattern}`" for label, rule in CLASS_RULES.items()]
-    overrides = [(kit.folder, name, label) for kit in package.kits for name, label in kit.overrides]
-    lines += [f"  - override: {folder} instrument \"{name}\" is {label}" for folder, name, label in overrides]
-    lines += [
-        "- Every velocity layer of a selected instrument is a sample; a file used by several",
-        "  instruments or kits is taken once (by sha256), and dropped if they disagree on its class.",
-        "- Clip: the file read, mixed to mono, resampled to 16 kHz (torchaudio, as `doppeltrain embed`",
-        f"  does); from {PRE_ONSET_SAMPLES} samples before the onset (first sample at {ONSET_FRACTION} of the peak),",
-        f"  {CLIP_SAMPLES} samples (1 s): longer sounds fade out over their last {FADE_SAMPLES} samples, shorter",
-        f"  ones are zero-padded; peak-normalized to {PEAK}; written as 16-bit PCM WAV.",
-        "- Groups: the kits recorded from one drum set share a group (the three Millo kits are one",
-        "  Ludwig set). A split never puts a group on both sides.",
-        "",
-        "## Counts (clips per group and class)",
-        "",
-        "| group | " + " | ".join(CLASSES) + " | total |",
-        "| --- |" + " --- |" * (len(CLASSES) + 1),
-    ]
-    for group, row in counts.items():
-        lines.append(f"| {group} | " + " | ".join(str(row[label]) for label in CLASSES) + f" | {sum(row.values())} |")
-    totals = {label: sum(row[label] for row in counts.values()) for label in CLASSES}
-    lines.append("| all | " + " | ".join(str(totals[label]) for label in CLASSES) + f" | {sum(totals.values())} |")
-    lines += [
-        "",
-        "## Splits",
-        "",
-        f"- `split.csv`: test = {', '.join(test)}; train = the other groups.",
-        "- `split-<group>.csv`: that group is the test set (leave one group out); the mean over",
-        "  these folds tests every clip once.",
-        "- Use: `doppeltrain probe CHECKPOINT OUT --split OUT/split.csv --baseline logmel --baseline random`.",
-        "- `clips.csv`: every clip's path, label and group; `manifest.json`: the recipe, and every clip's",
-        "  source file, its sha256 and the clip's sha256.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # --- command line ----------------------------------------------------------------------

@@ -5,7 +5,6 @@ idempotence. One test fetches the real pinned package and needs the network."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import shutil
@@ -24,10 +23,9 @@ import torch
 from doppelgen.files import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("probe_set", REPO / "benchmarks" / "probe_set.py")
-probe_set = importlib.util.module_from_spec(_spec)
-sys.modules["probe_set"] = probe_set  # dataclasses look their module up by name
-_spec.loader.exec_module(probe_set)
+sys.path.insert(0, str(REPO / "benchmarks"))  # probe_set imports the modules beside it
+import debian_package
+import probe_set
 
 SR = 44100
 PREFIX = "usr/share/hydrogen/data/drumkits"
@@ -295,20 +293,20 @@ def test_the_package_downloads_from_a_mirror_and_is_checked(tmp_path, fake_packa
     (mirror / Path(package.pool_path).parent).mkdir(parents=True)
     shutil.copy(deb, mirror / package.pool_path)
     downloads = tmp_path / "downloads"
-    fetched = probe_set.fetch_package(package, downloads, mirror=mirror.as_uri(), log=lambda _: None)
+    fetched = debian_package.fetch_package(package, downloads, mirror=mirror.as_uri(), log=lambda _: None)
     assert fetched.read_bytes() == deb.read_bytes()
     (mirror / package.pool_path).write_bytes(b"corrupt")
     fetched.unlink()
-    with pytest.raises(probe_set.ProbeSetError, match="sha256"):
-        probe_set.fetch_package(package, downloads, mirror=mirror.as_uri(), log=lambda _: None)
+    with pytest.raises(debian_package.PackageError, match="sha256"):
+        debian_package.fetch_package(package, downloads, mirror=mirror.as_uri(), log=lambda _: None)
     assert list(downloads.iterdir()) == []  # nothing half-fetched is left under any name
 
 
 def test_a_file_that_is_not_a_debian_package_is_refused(tmp_path):
     junk = tmp_path / "junk.deb"
     junk.write_bytes(b"hello")
-    with pytest.raises(probe_set.ProbeSetError, match="not a Debian package"):
-        probe_set.deb_data_member(junk)
+    with pytest.raises(debian_package.PackageError, match="not a Debian package"):
+        debian_package.deb_data_member(junk)
 
 
 # --- the real package (network) ------------------------------------------------------------
@@ -336,7 +334,7 @@ def test_the_pinned_package_holds_the_documented_kits(tmp_path):
     if reason:
         pytest.skip(reason)
     package = probe_set.HYDROGEN_DRUMKITS
-    deb = probe_set.fetch_package(package, tmp_path / "downloads", log=lambda _: None)
+    deb = debian_package.fetch_package(package, tmp_path / "downloads", log=lambda _: None)
     drumkits = probe_set.extract_kits(deb, package, tmp_path / "work")
     samples = probe_set.select_samples(drumkits, package.kits, log=lambda _: None)
     counts = {label: sum(1 for s in samples if s.label == label) for label in probe_set.CLASSES}
