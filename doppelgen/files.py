@@ -1,7 +1,8 @@
 """Files written so that a kill never leaves a half-written one under its final name.
 
 One home for the atomic write, the temporaries it leaves behind when killed, a file's
-sha256 and the default number of worker processes; both programs import them from here.
+sha256, the default number of worker processes and the cache folder; both programs import
+them from here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,17 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Optional
 
 TEMP_MARK = ".tmp-"
+CACHE_ENV = "DOPPELGANGERS_CACHE"
+
+
+def cache_root() -> Path:
+    """Where the project caches what it can make again (compiled kernels, impulse
+    responses, benchmark data): ``$DOPPELGANGERS_CACHE``, else
+    ``$XDG_CACHE_HOME/doppelgangers`` (``~/.cache/doppelgangers``)."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "doppelgangers"
 
 
 def temporary_path(path: Path) -> Path:

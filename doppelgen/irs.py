@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from .files import cache_root, file_sha256, remove_dead_temporaries, write_atomic
 from .format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, read_json_file
 from .irs_rooms import SPEED_OF_SOUND, IrError, IrMethod, Room, RoomRanges, draw_room, render_impulse_response, response_generators
 from .manifest import recipe_sha256
@@ -158,8 +159,6 @@ def render_ir_set(out: str | os.PathLike, config: IrSetConfig = IrSetConfig(), *
 
     from tqdm import tqdm
 
-    from .files import file_sha256, remove_dead_temporaries, write_atomic
-
     config.validate()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise IrError(f"workers must be an integer >= 0, got {workers!r}")
@@ -195,8 +194,6 @@ def render_ir_set(out: str | os.PathLike, config: IrSetConfig = IrSetConfig(), *
 def _prepare_folder(out: Path, recipe: dict) -> None:
     """Make ``out``; refuse one that holds another recipe's set or audio not ours (the
     trainer loads every .wav/.flac under an IR folder)."""
-    from .files import write_atomic
-
     if out.exists() and not out.is_dir():
         raise IrError(f"{out} is not a folder")
     try:
@@ -252,8 +249,6 @@ def _render_files(out: Path, config: IrSetConfig, todo: list[int], workers: int)
 
 
 def _render_file(out: Path, config: IrSetConfig, index: int) -> int:
-    from .files import write_atomic
-
     response, _ = impulse_response(config.seed, index, config)
     write_atomic(out / ir_name(index), encode_pcm24_flac(response, config.sample_rate))
     return index
@@ -280,14 +275,9 @@ def is_ir_manifest(manifest: Any) -> bool:
 
 # --- the default set, rendered into the cache on first use -----------------------------
 
-CACHE_ENV = "DOPPELGANGERS_CACHE"  # as doppelgen.jax_runtime's; not imported from there, which imports JAX
-
-
 def ir_cache_root() -> Path:
-    """``$DOPPELGANGERS_CACHE/irs``, else ``$XDG_CACHE_HOME`` (``~/.cache``)``/doppelgangers/irs``."""
-    explicit = os.environ.get(CACHE_ENV)
-    base = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "doppelgangers"
-    return base / "irs"
+    """The default impulse-response sets: ``irs`` in the project's cache folder."""
+    return cache_root() / "irs"
 
 
 def cached_ir_dir(config: IrSetConfig, *, progress: bool = False) -> Path:
@@ -329,8 +319,6 @@ def default_ir_dir(sample_rate: int = 16000, *, progress: bool = False) -> Path:
 def _complete(folder: Path, recipe: dict) -> bool:
     """A manifest of ``recipe`` whose every file is there with its size and sha256
     (hashing a default set takes milliseconds; decoding is left to verify)."""
-    from .files import file_sha256
-
     manifest = read_json_or_none(folder / MANIFEST_NAME)
     if not is_ir_manifest(manifest) or manifest["recipe"] != recipe or not isinstance(manifest.get("files"), list):
         return False
@@ -348,8 +336,6 @@ def _complete(folder: Path, recipe: dict) -> bool:
 def _discard_damaged(folder: Path) -> None:
     """Before re-rendering a set that failed :func:`_complete`: drop the manifest and the
     files it lists whose bytes changed, so the render writes them again."""
-    from .files import file_sha256
-
     manifest = read_json_or_none(folder / MANIFEST_NAME)
     if not is_ir_manifest(manifest):
         return

@@ -8,15 +8,11 @@ from pathlib import Path
 import jax
 
 from .config import PRNG_FLAGS, PRNG_IMPL
-
-CACHE_ENV = "DOPPELGANGERS_CACHE"
-
+from .files import cache_root
 
 def default_cache_dir() -> Path:
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit) / "jax"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "doppelgangers" / "jax"
+    """Compiled kernels: ``jax`` in the project's cache folder."""
+    return cache_root() / "jax"
 
 
 def configure_jax(cache_dir: str | os.PathLike | None = None) -> None:
