@@ -34,7 +34,6 @@ import csv
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cpu_clock import cpu_seconds
+from doppelgen.files import cache_root
 from doppeltrain import data
 from doppeltrain.checkpoint import load_model as load_checkpoint_model
 from doppeltrain.config import TrainConfig
@@ -63,7 +64,6 @@ from doppeltrain.probe import (
 from doppeltrain.train import fit
 from doppeltrain.views import ViewPipeline
 
-CACHE_ENV = "DOPPELGANGERS_CACHE"
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 PROBE_MAX_ITER = 300
 
@@ -100,10 +100,6 @@ class LearnSettings:
 
 
 # --- data ------------------------------------------------------------------------------
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "doppelgangers")
 
 
 def dataset_dir(root: Path, delta: float, settings: LearnSettings) -> Path:
@@ -177,19 +173,14 @@ def train(settings: LearnSettings, datasets: Sequence[Path], runs_dir: Path, run
     cfg = train_config(settings, datasets, runs_dir, run)
     torch.set_num_threads(settings.threads)
     load_before = os.getloadavg()[0]
-    cpu_before = _cpu_seconds()
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     summary = fit(cfg)
     summary["wall_s"] = time.perf_counter() - started
-    summary["cpu_s"] = _cpu_seconds() - cpu_before
+    summary["cpu_s"] = cpu_seconds() - cpu_before
     summary["load"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     summary["curve"] = read_curve(Path(summary["run_dir"]))
     return summary
-
-
-def _cpu_seconds() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def held_out_retrieval(network: torch.nn.Module | None, cfg: TrainConfig, dataset: Path) -> dict[str, float]:
@@ -365,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     settings = LearnSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LearnSettings)})
     settings.milestones, settings.mix_with = tuple(settings.milestones), tuple(settings.mix_with)
-    cache = default_cache()
+    cache = cache_root()
     probe_set = None if args.no_probe else (args.probe_set or cache / "probe-set")
     record = run_benchmark(settings, args.deltas, args.data_root or cache / "learn", probe_set, args.runs_dir)
     if args.tag:

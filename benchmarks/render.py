@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cpu_clock import cpu_seconds  # noqa: E402
 from doppelgen.config import make_recipe  # noqa: E402
 from doppelgen.dataset import render_dataset, write_batches  # noqa: E402
 from doppelgen.files import default_workers  # noqa: E402
@@ -51,18 +51,13 @@ class Clock:
     children that ended (and were waited for) inside it: encoding workers are reaped
     when their pool closes."""
 
-    @staticmethod
-    def cpu() -> float:
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return time.process_time() + children.ru_utime + children.ru_stime
-
     def __enter__(self) -> Clock:
-        self.wall, self.cpu_seconds = time.perf_counter(), self.cpu()
+        self.wall, self.cpu_seconds = time.perf_counter(), cpu_seconds()
         return self
 
     def __exit__(self, *exc) -> None:
         self.wall = time.perf_counter() - self.wall
-        self.cpu_seconds = self.cpu() - self.cpu_seconds
+        self.cpu_seconds = cpu_seconds() - self.cpu_seconds
 
 
 def measure_kernel(recipe, batch_size: int) -> tuple[Clock, list]:

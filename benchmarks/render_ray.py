@@ -33,7 +33,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cpu_clock import cpu_seconds  # noqa: E402
 from doppelgen.config import make_recipe  # noqa: E402
 from doppelgen.dataset import render_dataset  # noqa: E402
 from doppelgen.distributors import RayOptions, render_with_ray  # noqa: E402
@@ -82,19 +82,19 @@ def live_descendants_cpu() -> dict[int, float]:
     return found
 
 
-def cpu_seconds() -> tuple[float, dict[int, float]]:
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime, live_descendants_cpu()
+def cpu_seconds_and_live() -> tuple[float, dict[int, float]]:
+    """This process's and its reaped children's CPU-seconds, and those of its live descendants."""
+    return cpu_seconds(), live_descendants_cpu()
 
 
 def measured(render) -> tuple[float, float]:
     """(wall seconds, CPU-seconds) of ``render()``; a live process that started during it
     counts from zero, one that ended (not reaped by this process) is lost."""
-    own, live = cpu_seconds()
+    own, live = cpu_seconds_and_live()
     started = time.perf_counter()
     render()
     wall = time.perf_counter() - started
-    own_after, live_after = cpu_seconds()
+    own_after, live_after = cpu_seconds_and_live()
     return wall, own_after - own + sum(seconds - live.get(pid, 0.0) for pid, seconds in live_after.items())
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpu_clock import cpu_seconds
 from doppelgen.format import decode_pair, iter_tar_members, split_member_name
 from doppeltrain.config import TrainConfig
 from doppeltrain.data import SharedEpoch, discover, make_loader, split_shards
@@ -69,7 +69,7 @@ def measure_pipeline(
     if long_epoch:
         cfg.steps_per_epoch = 10**9
     loader = make_loader(_shards(dataset_dir), cfg, train=True, epoch_ref=SharedEpoch(0))
-    cpu_start = _cpu_seconds()
+    cpu_start = cpu_seconds()
     pairs, start, epoch = 0, None, 0
     while start is None or time.perf_counter() - start < seconds:
         loader.set_epoch(epoch)
@@ -84,14 +84,8 @@ def measure_pipeline(
         batches.close()  # stops and reaps the workers, so their CPU time is counted
         epoch += 1
     if per_cpu_second:
-        return (pairs + first) / (_cpu_seconds() - cpu_start)
+        return (pairs + first) / (cpu_seconds() - cpu_start)
     return pairs / (time.perf_counter() - start)
-
-
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and of its children that have ended."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _decode_for(shards: list, batch_size: int, seconds: float, start_at: float, results) -> None:
