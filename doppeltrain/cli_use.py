@@ -1,7 +1,9 @@
-"""The commands that use or publish a trained model: ``embed``, ``probe`` and ``export``.
+"""The commands that use or publish a trained model: ``embed``, ``probe``, ``eval``,
+``eval-convert`` and ``export``.
 
 Each parses options and calls one function (`inference.embed_command`,
-`probe.run_probe`, `model_folder.export_model`); ``register(app)`` adds them to the
+`probe.run_probe`, `use.evaluation.run_eval`, `use.task_converters.convert`,
+`model_folder.export_model`); ``register(app)`` adds them to the
 doppeltrain CLI. A model is a checkpoint file or a model folder written by ``export``.
 A bad input prints one line and exits with status 2 (as ``fit`` does), without a
 traceback.
@@ -18,10 +20,13 @@ from doppelgen.console import EXIT_USAGE, fail, one_line
 
 from doppeltrain import inference, model_folder, probe
 from doppeltrain.distributed import DistributedError
+from doppeltrain.use import downstream, evaluation, task_converters
 
 T = TypeVar("T")
 # Option defaults come from the typed config and the API, so they live in one place.
 PROBE_DEFAULTS = probe.ProbeConfig(checkpoint="", data="")
+EVAL_DEFAULTS = evaluation.EvalConfig(model="", tasks=())
+CONVERT_DEFAULTS = task_converters.ConvertOptions()
 
 # Errors that mean "your input is wrong", reported in one line: bad options and files,
 # and paths that cannot be read or written (OSError: e.g. --out under a file, or a full
@@ -37,7 +42,7 @@ def _run(action: Callable[[], T]) -> T:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``embed``, ``probe`` and ``export`` commands to `app`."""
+    """Add the ``embed``, ``probe``, ``eval``, ``eval-convert`` and ``export`` commands to `app`."""
 
     @app.command("embed")
     def embed(
@@ -77,6 +82,49 @@ def register(app: typer.Typer) -> None:
         report = _run(lambda: probe.run_probe(cfg))
         typer.echo(probe.format_report(report))
         typer.echo(f"report written to {out}")
+
+    @app.command("eval")
+    def eval_command(
+        model: Path = typer.Argument(..., help="A doppeltrain checkpoint (.pt) or a model folder from doppeltrain export."),
+        tasks: List[Path] = typer.Argument(..., help="Task folders in HEAR 2021's layout (task_metadata.json, {split}.json, RATE/{split}/ audio)."),
+        out: Path = typer.Option(Path(EVAL_DEFAULTS.out), "--out", "-o", help="The folder for eval.json and eval.md."),
+        baseline: List[str] = typer.Option(list(EVAL_DEFAULTS.baselines), help="Baselines scored beside the model: logmel, random (the same network untrained). Repeatable; --baseline none for none."),
+        grid: str = typer.Option(EVAL_DEFAULTS.grid, help=f"heareval's hyperparameter grid: {', '.join(downstream.GRIDS)}."),
+        grid_points: int = typer.Option(EVAL_DEFAULTS.grid_points, help="Grid points tried on the first fold (heareval's --grid-points)."),
+        seed: int = typer.Option(EVAL_DEFAULTS.seed, help="Seed of the grid's shuffle (heareval's 42), each predictor's training and the untrained network."),
+        cache_dir: Optional[Path] = typer.Option(None, help="Where embeddings are cached. (default: the project cache's eval-embeddings/)"),
+        heareval_dir: Optional[Path] = typer.Option(None, help="Also write the embeddings in heareval's layout here (DIR/FEATURE_SET/TASK), for python -m heareval.predictions.runner."),
+        batch_size: int = typer.Option(EVAL_DEFAULTS.batch_size, help="0.96 s examples per forward pass."),
+        device: str = typer.Option(EVAL_DEFAULTS.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
+        progress: bool = typer.Option(EVAL_DEFAULTS.progress, help="Show progress bars."),
+    ) -> None:
+        """HEAR's downstream protocol on scene tasks: the model and its baselines, one table."""
+        cfg = evaluation.EvalConfig(
+            model=str(model), tasks=tuple(str(t) for t in tasks), out=str(out),
+            baselines=tuple(b for b in baseline if b != "none"), grid=grid, grid_points=grid_points, seed=seed,
+            cache_dir=str(cache_dir) if cache_dir else None, heareval_dir=str(heareval_dir) if heareval_dir else None,
+            batch_size=batch_size, device=device, progress=progress,
+        )
+        report = _run(lambda: evaluation.run_eval(cfg))
+        typer.echo(evaluation.format_table(report))
+        typer.echo(f"report written to {Path(cfg.out) / evaluation.REPORT_JSON} and {Path(cfg.out) / evaluation.REPORT_MD}")
+
+    @app.command("eval-convert")
+    def eval_convert(
+        dataset: str = typer.Argument(..., help=f"The dataset: {', '.join(task_converters.CONVERTERS)}."),
+        source: Path = typer.Argument(..., help="The dataset as downloaded (UrbanSound8K/ with metadata/ and audio/; VIVAE/ with full_set/)."),
+        out: Path = typer.Argument(..., help="The task folder to write (new or empty)."),
+        sample_rate: int = typer.Option(CONVERT_DEFAULTS.sample_rate, help="Sample rate of the written audio (HEAR distributes 48000)."),
+        duration: Optional[float] = typer.Option(None, help="Pad or trim every clip to this many seconds. (default: UrbanSound8K 4; VIVAE keeps lengths)"),
+        subset: Optional[str] = typer.Option(None, help="VIVAE only: full (default) or core."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished task in OUT."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+    ) -> None:
+        """Convert UrbanSound8K or VIVAE into HEAR 2021's task layout, for doppeltrain eval."""
+        options = task_converters.ConvertOptions(sample_rate=sample_rate, duration=duration, subset=subset,
+                                                 overwrite=overwrite, progress=progress)
+        folder = _run(lambda: task_converters.convert(dataset, source, out, options))
+        typer.echo(f"wrote the task {folder}")
 
     @app.command("export")
     def export(
