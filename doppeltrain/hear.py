@@ -4,6 +4,11 @@
 
 ``--model`` is a checkpoint or a model folder written by ``doppeltrain export``.
 
+HEAR's tasks are distributed at 48 kHz only, and the kit reads the audio of
+``TASK/{model.sample_rate}/``. ``--model-options '{"input_sample_rate": 48000}'`` makes
+the model declare 48 kHz to the kit and resample to its own rate inside, for scene and
+timestamp embeddings alike (timestamps stay in milliseconds of the audio given).
+
 Scene embeddings are what ``doppeltrain embed`` computes: the mean over the clip's
 0.96 s examples. Timestamp embeddings are one example (a 1 s window) centred on each
 timestamp, every `timestamp_hop_ms` (50 ms by default, the HEAR recommendation for
@@ -14,7 +19,7 @@ the audio outside the clip reads as silence. Timestamps are in milliseconds.
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,27 +32,36 @@ TIMESTAMP_HOP_MS = 50.0
 class HearModel(nn.Module):
     """A frozen embedder with the attributes the HEAR API asks for."""
 
-    def __init__(self, embedder: inference.AudioEmbedder, timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256):
+    def __init__(self, embedder: inference.AudioEmbedder, timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256,
+                 input_sample_rate: Optional[int] = None):
         super().__init__()
         if timestamp_hop_ms <= 0:
             raise ValueError(f"timestamp_hop_ms must be positive, got {timestamp_hop_ms}")
+        if input_sample_rate is not None and (isinstance(input_sample_rate, bool) or int(input_sample_rate) != input_sample_rate
+                                              or input_sample_rate <= 0):
+            raise ValueError(f"input_sample_rate must be a positive whole number of Hz, got {input_sample_rate!r}")
         self.embedder = embedder
-        self.sample_rate = embedder.sample_rate
+        # What the kit reads audio at; the embedder's own rate is embedder.sample_rate.
+        self.sample_rate = int(input_sample_rate) if input_sample_rate is not None else embedder.sample_rate
         self.scene_embedding_size = embedder.embedding_dim
         self.timestamp_embedding_size = embedder.embedding_dim
-        # Whole samples, so the reported milliseconds are exact for the windows taken.
-        self.timestamp_hop = max(1, round(timestamp_hop_ms * self.sample_rate / 1000.0))
+        # Whole samples at the embedder's rate, so the reported milliseconds are exact for the windows taken.
+        self.timestamp_hop = max(1, round(timestamp_hop_ms * embedder.sample_rate / 1000.0))
         self.batch_size = batch_size
 
 
-def load_model(model_file_path: Union[str, os.PathLike] = "", timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256) -> HearModel:
+def load_model(model_file_path: Union[str, os.PathLike] = "", timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256,
+               input_sample_rate: Optional[int] = None) -> HearModel:
     """The checkpoint (or exported model folder) at `model_file_path` as a HEAR model, on
     the CPU (the kit moves it with ``.to(device)``). Extra keyword arguments are the
-    kit's ``model_options``. CheckpointError (a ValueError) in one line for a file that
-    is not a doppeltrain model, including one that would need arbitrary unpickling."""
+    kit's ``model_options``; with `input_sample_rate` the model declares that rate as its
+    ``sample_rate`` and resamples the audio it is given to the network's rate.
+    CheckpointError (a ValueError) in one line for a file that is not a doppeltrain
+    model, including one that would need arbitrary unpickling."""
     if not str(model_file_path):
         raise ValueError("doppeltrain.hear.load_model needs the path of a doppeltrain checkpoint or model folder")
-    return HearModel(inference.load_model(model_file_path, device="cpu"), timestamp_hop_ms, batch_size)
+    embedder = inference.load_model(model_file_path, device="cpu")
+    return HearModel(embedder, timestamp_hop_ms, batch_size, input_sample_rate)
 
 
 def _check_audio(audio: Tensor, model: HearModel) -> None:
@@ -70,6 +84,7 @@ def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, T
     """(n_sounds, n_samples) -> embeddings (n_sounds, n_timestamps, timestamp_embedding_size)
     and their times (n_sounds, n_timestamps) in milliseconds: 0, hop, ... before the end."""
     _check_audio(audio, model)
+    audio = inference.resample(audio.float(), model.sample_rate, model.embedder.sample_rate)
     framing = model.embedder.framing
     hop = model.timestamp_hop
     count = -(-audio.shape[1] // hop)
@@ -79,5 +94,5 @@ def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, T
         stacked = torch.stack(embeddings)
     else:
         stacked = torch.zeros(0, count, model.timestamp_embedding_size)
-    times = torch.arange(count, dtype=torch.float32) * (hop * 1000.0 / model.sample_rate)
+    times = torch.arange(count, dtype=torch.float32) * (hop * 1000.0 / model.embedder.sample_rate)
     return stacked.to(audio.device), times.expand(audio.shape[0], count).contiguous().to(audio.device)
