@@ -37,8 +37,10 @@ class HearModel(nn.Module):
         super().__init__()
         if timestamp_hop_ms <= 0:
             raise ValueError(f"timestamp_hop_ms must be positive, got {timestamp_hop_ms}")
-        if input_sample_rate is not None and (isinstance(input_sample_rate, bool) or int(input_sample_rate) != input_sample_rate
-                                              or input_sample_rate <= 0):
+        if input_sample_rate is not None and (
+            isinstance(input_sample_rate, bool) or not isinstance(input_sample_rate, (int, float))
+            or input_sample_rate != int(input_sample_rate) or input_sample_rate <= 0
+        ):
             raise ValueError(f"input_sample_rate must be a positive whole number of Hz, got {input_sample_rate!r}")
         self.embedder = embedder
         # What the kit reads audio at; the embedder's own rate is embedder.sample_rate.
