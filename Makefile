@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # JAX compiles each synth for tens of seconds; keep compiled kernels between runs.
 export DOPPELGANGERS_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install test fuzz demo bench learn probe-set clean
+.PHONY: install test fuzz demo bench learn probe-set eval clean
 
 install: $(STAMP)
 
@@ -53,6 +53,18 @@ probe-set: $(STAMP)
 # prints one JSON line: held-out recall@1 and drum-probe accuracy, untrained vs trained.
 learn: probe-set
 	$(BIN)/python benchmarks/learn.py --probe-set .cache/probe-set
+
+# HEAR's downstream protocol (docs/eval.md) on two tiny tasks made from the drum probe set
+# (benchmarks/eval_tasks.py: which instrument, 5 kit folds at 48 kHz; which instruments in
+# a layered hit, multilabel at 44.1 kHz), for the make demo model and its baselines.
+EVAL_MODEL ?= runs/demo/checkpoints/latest.pt
+EVAL_OUT ?= runs/demo/eval
+eval: probe-set $(EVAL_MODEL)
+	$(BIN)/python benchmarks/eval_tasks.py .cache/probe-set .cache/eval-tasks
+	$(BIN)/doppeltrain eval $(EVAL_MODEL) .cache/eval-tasks/drum_kits .cache/eval-tasks/drum_layers --out $(EVAL_OUT)
+
+runs/demo/checkpoints/latest.pt:
+	$(MAKE) demo
 
 clean:
 	rm -rf demo-shards runs/demo .pytest_cache
