@@ -1,12 +1,14 @@
 """Cross-check ``doppeltrain eval`` against heareval's own prediction runner on the same embeddings.
 
     python benchmarks/heareval_crosscheck.py MODEL TASK... --out DIR \\
-        [--heareval-python ../heareval-env/bin/python] [--grid default] [--grid-points 8] [--seeds 42 0 1 2 3]
+        [--heareval-python ../heareval-env/bin/python] [--grid default] [--grid-points 8] [--seeds 42 0 1 2 3] \\
+        [--feature-set model --feature-set logmel --feature-set random]
 
-1. ``doppeltrain eval`` (the Python API) embeds every task with the model and its
-   baselines, writes the embeddings in heareval's layout (``DIR/heareval/FEATURE_SET/TASK``)
-   and scores them once per seed (``DIR/ours-seedS/eval.json``). The first seed is
-   heareval's (42); the others show how much a score moves with nothing but the seed.
+1. ``doppeltrain eval``'s Python API embeds every task with the chosen feature sets (the
+   model, log-mel statistics, the untrained network: seed 42's), writes the embeddings in
+   heareval's layout (``DIR/heareval/FEATURE_SET/TASK``) and scores them with the
+   predictor's protocol once per seed (``DIR/ours.json``). The first seed is heareval's
+   (42); the others show how much a score moves with nothing but the predictor's seed.
 2. heareval's ``python -m heareval.predictions.runner`` (hear-eval-kit 2021.1.3, in its own
    environment: docs/eval.md) trains and scores its predictors on those same files, with
    the same grid.
@@ -34,7 +36,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from doppelgen.files import write_atomic
-from doppeltrain.use.evaluation import EvalConfig, run_eval
+from doppeltrain.distributed import resolve_device
+from doppeltrain.inference import load_model
+from doppeltrain.use.evaluation import MODEL_ROW, EvalConfig, evaluate_task, feature_sets
+from doppeltrain.use.hear_scores import SCORES
+from doppeltrain.use.hear_tasks import read_task
 from doppeltrain.use.heareval_layout import read_heareval_scores
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,43 +80,48 @@ def crosscheck(
     grid: str = "default",
     grid_points: int = 8,
     seeds: Sequence[int] = DEFAULT_SEEDS,
-    baselines: Sequence[str] = ("logmel", "random"),
+    rows: Sequence[str] = (MODEL_ROW, "logmel", "random"),
     margin: float = DEFAULT_MARGIN,
     device: str = "cpu",
     cache_dir: Optional[str] = None,
     progress: bool = True,
 ) -> dict:
-    """Both sides on the same embeddings; returns (and writes) the comparison."""
+    """Both sides on the same embeddings of the feature sets `rows`; returns (and
+    writes) the comparison."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = EvalConfig(model=model, tasks=tuple(tasks), baselines=tuple(baselines), grid=grid, grid_points=grid_points,
+    base = EvalConfig(model=model, tasks=tuple(tasks), grid=grid, grid_points=grid_points, seed=seeds[0],
                       device=device, progress=progress, cache_dir=cache_dir or str(out / "cache"))
+    embedder = load_model(model, device)
+    every = feature_sets(embedder, [row for row in ("logmel", "random") if row in rows], seeds[0])
+    models = {row: every[row] for row in rows}
+    loaded = [read_task(task, embedder.sample_rate, known_scores=tuple(SCORES)) for task in tasks]
     ours = {}
     for index, seed in enumerate(seeds):
-        cfg = replace(base, seed=seed, out=str(out / f"ours-seed{seed}"),
-                      heareval_dir=str(out / "heareval") if index == 0 else None)
-        ours[seed] = run_eval(cfg)
-    first = ours[seeds[0]]
-    folders = [out / "heareval" / row / task["task"] for task in first["tasks"] for row in task["results"]]
+        cfg = replace(base, seed=seed, heareval_dir=str(out / "heareval") if index == 0 else None)
+        ours[seed] = [evaluate_task(task, models, cfg, resolve_device(device)).results for task in loaded]
+    write_atomic(out / "ours.json", (json.dumps({str(seed): results for seed, results in ours.items()}, indent=1,
+                                                default=str) + "\n").encode())
+    folders = [out / "heareval" / row / task.title for task in loaded for row in rows]
     for folder in folders:  # a previous check's results would make heareval skip the task
         for stale in ("prediction-done.json", "test.predicted-scores.json"):
             (folder / stale).unlink(missing_ok=True)
     run_heareval(python, folders, grid, grid_points, out)
-    rows = []
-    for position, task in enumerate(first["tasks"]):
-        metric = task["metric"]
-        for row in task["results"]:
-            theirs = read_heareval_scores(out / "heareval" / row / task["task"], [metric])[metric]
-            by_seed = [ours[seed]["tasks"][position]["results"][row]["score"] for seed in seeds]
+    report_rows = []
+    for position, task in enumerate(loaded):
+        metric = task.primary_score
+        for row in rows:
+            theirs = read_heareval_scores(out / "heareval" / row / task.title, [metric])[metric]
+            by_seed = [ours[seed][position][row]["score"] for seed in seeds]
             low, high = min(by_seed), max(by_seed)
-            rows.append({
-                "task": task["task"], "feature_set": row, "metric": metric, "heareval": theirs,
+            report_rows.append({
+                "task": task.title, "feature_set": row, "metric": metric, "heareval": theirs,
                 "ours": by_seed[0], "ours_mean": float(np.mean(by_seed)), "ours_min": low, "ours_max": high,
                 "seeds": list(seeds), "difference": theirs - by_seed[0],
                 "agrees": low - margin <= theirs <= high + margin,
             })
-    report = {"model": model, "grid": grid, "grid_points": grid_points, "margin": margin, "rows": rows,
-              "agree": all(r["agrees"] for r in rows)}
+    report = {"model": model, "grid": grid, "grid_points": grid_points, "margin": margin, "rows": report_rows,
+              "agree": all(r["agrees"] for r in report_rows)}
     write_atomic(out / "crosscheck.json", (json.dumps(report, indent=1) + "\n").encode())
     write_atomic(out / "crosscheck.md", format_markdown(report).encode())
     return report
@@ -140,7 +151,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--grid", default="default")
     parser.add_argument("--grid-points", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
-    parser.add_argument("--baseline", action="append", help="logmel or random (repeatable); default both")
+    parser.add_argument("--feature-set", action="append", choices=[MODEL_ROW, "logmel", "random"],
+                        help="model, logmel or random (repeatable); default all three")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-dir", help="cached embeddings (default: DIR/cache)")
@@ -150,7 +162,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("error: no heareval environment: pass --heareval-python (docs/eval.md makes one)", file=sys.stderr)
         return 2
     report = crosscheck(args.model, args.tasks, args.out, python, args.grid, args.grid_points, args.seeds,
-                        tuple(args.baseline) if args.baseline else ("logmel", "random"), args.margin, args.device,
+                        tuple(args.feature_set or (MODEL_ROW, "logmel", "random")), args.margin, args.device,
                         args.cache_dir)
     print(format_markdown(report))
     return 0 if report["agree"] else 1

@@ -183,9 +183,9 @@ def evaluate_task(task: HearTask, models: dict[str, AudioEmbedder], cfg: EvalCon
                                           f"{task.title}: embedding ({TITLES[row]})")
         if cfg.heareval_dir:
             heareval_layout.write_task_embeddings(task, embeddings[row], Path(cfg.heareval_dir) / row / task.title)
-    n_points = len(points) if points is not None else cfg.grid_points
+    n_points = len(points if points is not None else cfg.protocol().points())
     fits = len(models) * (n_points + len(folds) - 1)
-    with tqdm(total=fits, unit="fit", desc=f"{task.title}: predictors", disable=not cfg.progress, leave=False) as bar:
+    with tqdm(total=fits, unit="fit", desc=f"{task.title}: predictors", disable=not cfg.progress) as bar:
         for row, model in models.items():
             result = run_protocol(split_selector(task, embeddings[row], device), folds, task.scores,
                                   task.prediction_type == "multilabel", cfg.protocol(), points,
