@@ -31,11 +31,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from doppelgen.config import make_recipe  # noqa: E402
-from doppelgen.dataset import render_dataset  # noqa: E402
+from doppelgen.recipe import make_recipe  # noqa: E402
+from doppelgen.render.loop import render_dataset  # noqa: E402
 from doppelgen.files import default_workers  # noqa: E402
 from doppelgen.format import iter_shard_pairs, shard_name  # noqa: E402
-from doppelgen.rerender import RERENDER_TOLERANCE  # noqa: E402
+from doppelgen.publish.rerender import RERENDER_TOLERANCE  # noqa: E402
 
 # (shards, pairs per shard, render batch, model, width, batch size, precision)
 FULL = dict(shards=64, pairs_per_shard=1000, render_batch=1024, model="resnet18", width=64, batch_size=768, precision="auto")

@@ -34,14 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cpu_clock import cpu_seconds  # noqa: E402
-from doppelgen.config import make_recipe  # noqa: E402
-from doppelgen.dataset import render_dataset, write_batches  # noqa: E402
+from benchmarks.cpu_clock import cpu_seconds  # noqa: E402
+from doppelgen.recipe import make_recipe  # noqa: E402
+from doppelgen.render.loop import render_dataset, write_batches  # noqa: E402
 from doppelgen.files import default_workers  # noqa: E402
-from doppelgen.jax_runtime import configure_jax, platform  # noqa: E402
-from doppelgen.kernel import render_batch  # noqa: E402
+from doppelgen.render.jax_runtime import configure_jax, platform  # noqa: E402
+from doppelgen.render.kernel import render_batch  # noqa: E402
 
 CPU_TARGET, GPU_TARGET = 0.85, 0.9
 
@@ -88,7 +87,7 @@ def measure_reference(recipe, batch_size: int) -> float:
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
-    from doppelgen.synths import build_synth
+    from doppelgen.render.synths import build_synth
 
     synth = build_synth(recipe, batch_size=batch_size)
     init, apply = jax.jit(synth.init), jax.jit(synth.apply)

@@ -39,12 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cpu_clock import cpu_seconds  # noqa: E402
-from doppelgen.config import make_recipe  # noqa: E402
-from doppelgen.dataset import render_dataset  # noqa: E402
-from doppelgen.distributors import RayOptions, render_with_ray  # noqa: E402
+from benchmarks.cpu_clock import cpu_seconds  # noqa: E402
+from doppelgen.recipe import make_recipe  # noqa: E402
+from doppelgen.render.loop import render_dataset  # noqa: E402
+from doppelgen.render.distributors import RayOptions, render_with_ray  # noqa: E402
 from doppelgen.files import default_workers  # noqa: E402
 
 TARGET = 0.9

@@ -17,8 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import train_fit
-import train_pipeline
+from benchmarks import train_fit, train_pipeline
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,8 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Last: it loads JAX into this process, after every DataLoader fork is done.
     import render as render_benchmark
-    from doppelgen.config import make_recipe
-    from doppelgen.jax_runtime import configure_jax
+    from doppelgen.recipe import make_recipe
+    from doppelgen.render.jax_runtime import configure_jax
 
     configure_jax()
     reference = render_benchmark.measure_reference(make_recipe("voice", n_shards=8, pairs_per_shard=256), batch_size=256)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpu_clock import cpu_seconds
+from benchmarks.cpu_clock import cpu_seconds
 from doppelgen.format import decode_pair, iter_tar_members, split_member_name
 from doppeltrain.config import TrainConfig
 from doppeltrain.data import SharedEpoch, discover, make_loader, split_shards

@@ -1,4 +1,4 @@
-"""``doppelgen``: a thin typer layer over :func:`doppelgen.dataset.render_dataset` and friends."""
+"""``doppelgen``: a thin typer layer over :func:`doppelgen.render.loop.render_dataset` and friends."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import List, Optional
 
 import typer
 
-from .config import PARAMETRIC_DEFAULTS, Recipe, RecipeError, make_recipe
-from .console import EXIT_FAILURE, EXIT_INTERRUPTED, fail, run_app
-from .distributors import DISTRIBUTORS, ClusterError, DistributorError, RayOptions, render_with_ray
-from .format import FormatError
+from doppelgen.recipe import PARAMETRIC_DEFAULTS, Recipe, RecipeError, make_recipe
+from doppelgen.console import EXIT_FAILURE, EXIT_INTERRUPTED, fail, run_app
+from doppelgen.render.distributors import DISTRIBUTORS, ClusterError, DistributorError, RayOptions, render_with_ray
+from doppelgen.format import FormatError
 
 app = typer.Typer(
     help="Render reproducible doppelgänger pair datasets (SynthAX) into WebDataset shards.",
@@ -28,7 +28,7 @@ def _root() -> None:
 
 def recipe_from_options(manifest: Optional[Path], overrides: dict, synth_args: dict) -> Recipe:
     """Start from the recipe file (or the paper's defaults) and apply the options given."""
-    from .recipes import load_recipe
+    from doppelgen.paper_recipes import load_recipe
 
     base = load_recipe(manifest) if manifest else make_recipe()
     fields = {key: value for key, value in overrides.items() if value is not None}
@@ -70,9 +70,9 @@ def render(
     max_retries: Optional[int] = typer.Option(None, help=f"ray: retries of a task whose process died or hit a storage error; a retry resumes.  [default: {RayOptions.max_retries}]"),
 ) -> None:
     """Render the pairs of a recipe into OUT. Re-running resumes: only missing shards are rendered."""
-    from .dataset import DatasetError, render_dataset
-    from .encoding_workers import EncodingWorkerError
-    from .kernel import RenderError
+    from doppelgen.render.loop import DatasetError, render_dataset
+    from doppelgen.render.encoding_workers import EncodingWorkerError
+    from doppelgen.render.kernel import RenderError
 
     if synth is not None and synth != "parametric" and any(v is not None for v in (sine, square_saw, fm_sine, fm_square_saw)):
         fail("oscillator counts (--sine, --square-saw, --fm-sine, --fm-square-saw) apply only to --synth parametric")
@@ -108,11 +108,11 @@ def render(
     typer.echo(f"{len(summary.rendered)} shards rendered, {len(summary.skipped)} already complete, {summary.pairs} pairs in {summary.seconds:.1f} s: {out} ({state})")
 
 
-from .cli_publish import register as register_publish_commands  # noqa: E402  (needs `app`)
+from doppelgen.publish.cli import register as register_publish_commands  # noqa: E402  (needs `app`)
 
 register_publish_commands(app)
 
-from .irs_cli import register as register_irs_command  # noqa: E402
+from doppelgen.irs.cli import register as register_irs_command  # noqa: E402
 
 register_irs_command(app)
 

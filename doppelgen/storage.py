@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 from urllib.parse import unquote
 
-from .console import one_line
-from .files import remove_dead_temporaries, temporary_path, write_atomic
+from doppelgen.console import one_line
+from doppelgen.files import remove_dead_temporaries, temporary_path, write_atomic
 
 # Object-store URL schemes -> (fsspec protocol, the package that implements it, our extra).
 OBJECT_SCHEMES = {

@@ -16,14 +16,14 @@ import typer
 from doppelgen.console import run_app
 from doppelgen.irs import IrError
 
-from .augment import AugmentError
-from .checkpoint import CheckpointError
-from .cli_use import register as register_use_commands
-from .config import TrainConfig
-from .data import DataError
-from .distributed import DistributedError
-from .options import TrainError
-from .train import fit, resume_config
+from doppeltrain.augment.chain import AugmentError
+from doppeltrain.checkpoint import CheckpointError
+from doppeltrain.use.cli import register as register_use_commands
+from doppeltrain.config import TrainConfig
+from doppeltrain.data import DataError
+from doppeltrain.distributed import DistributedError
+from doppeltrain.config_checks import TrainError
+from doppeltrain.train import fit, resume_config
 
 app = typer.Typer(
     add_completion=False,
@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 
 USAGE_EXIT = 2
-DEFAULTS = TrainConfig()  # quoted in --help; the values live in config.py only
+DEFAULTS = TrainConfig()  # quoted in --help; the values live in doppeltrain/config.py only
 # "Your input is wrong": one line, no traceback. Anything else is a bug and keeps its traceback.
 INPUT_ERRORS = (TrainError, DataError, CheckpointError, DistributedError, AugmentError, IrError)
 
@@ -84,7 +84,7 @@ def _pairs_per_epoch(text: Optional[str]):
 
 @app.command("fit")
 def fit_command(
-    datasets: Optional[List[str]] = typer.Argument(None, help="Pair datasets: folders, file://, s3:// or gs:// URLs, or WebDataset URLs (pipe:, http://; FORMAT.md)."),
+    datasets: Optional[List[str]] = typer.Argument(None, help="Pair datasets: folders, file://, s3:// or gs:// URLs, or WebDataset URLs (pipe:, http://; docs/FORMAT.md)."),
     run: Optional[str] = typer.Option(
         None, "--run", "--name",
         help=f"Run name: its files go to RUNS_DIR/RUN. Spell it --name under torchrun, whose own parser reads --run as its --run-path. (default: {DEFAULTS.run})",

@@ -1,7 +1,7 @@
 """The training configuration: the paper's defaults in one typed place.
 
 Every run writes ``config.json`` from :meth:`TrainConfig.to_dict`, every checkpoint
-holds it, and the CLI overrides single fields. Defaults follow ``shared/REFERENCE.md``.
+holds it, and the CLI overrides single fields. Defaults follow ``docs/REFERENCE.md``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
-# The reference's epoch: 117 steps of 768 pairs (REFERENCE.md, 'Pair generation').
+# The reference's epoch: 117 steps of 768 pairs (docs/REFERENCE.md, 'Pair generation').
 REFERENCE_PAIRS_PER_EPOCH = 117 * 768
 
 
@@ -28,7 +28,7 @@ class DataConfig:
 
 @dataclass
 class FeatureConfig:
-    """VGGish log-mel input (REFERENCE.md, 'Features fed to the network')."""
+    """VGGish log-mel input (docs/REFERENCE.md, 'Features fed to the network')."""
 
     sample_rate: int = 16000
     window_length: int = 400  # 25 ms
@@ -46,7 +46,7 @@ AUGMENT_MODES = ("waveform", "specaugment", "masking", "none")
 
 @dataclass
 class AugmentConfig:
-    """Exactly one augmentation mode (REFERENCE.md, 'Augmentations'; ``augment.py`` says
+    """Exactly one augmentation mode (docs/REFERENCE.md, 'Augmentations'; ``augment.py`` says
     what each does and where it deliberately differs from the reference).
 
     ``waveform`` (the reference's default): high-pass, low-pass, pitch shift, time shift

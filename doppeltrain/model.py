@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from .config import ModelConfig
+from doppeltrain.config import ModelConfig
 
 # BasicBlocks per stage. "resnet18" is the paper's network; "small" halves its depth
 # for CPU runs and tests (combine with a narrow --width, e.g. 8 or 16).

@@ -34,27 +34,25 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data
-from . import distributed as dist_utils
-from .augment import make_generator
-from .checkpoint import (
+from doppeltrain import data
+from doppeltrain import distributed as dist_utils
+from doppeltrain.augment.chain import make_generator
+from doppeltrain.checkpoint import (
     LATEST_NAME,
     epoch_checkpoint_name,
     load_checkpoint,
-    manifest_digests,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
     state_dict_sha256,
 )
-from .config import TrainConfig
-from .evaluate import embed_views, evaluate
-from .loss import contrastive_loss
-from .model import TwoViewEncoder, build_model
-from .options import TrainError, check_resume, validate_config
-from .run_log import RunLogger, epoch_line, log_pairs, validation_text
-from .schedule import base_learning_rate, build_optimizer, learning_rate_at, milestone_steps, set_learning_rate
-from .views import ViewPipeline
+from doppeltrain.rng_state import rng_state, set_rng_state
+from doppeltrain.config import TrainConfig
+from doppeltrain.evaluate import embed_views, evaluate
+from doppeltrain.loss import contrastive_loss
+from doppeltrain.model import TwoViewEncoder, build_model
+from doppeltrain.config_checks import TrainError, check_resume, validate_config
+from doppeltrain.run_log import RunLogger, epoch_line, log_pairs, validation_text
+from doppeltrain.schedule import base_learning_rate, build_optimizer, learning_rate_at, milestone_steps, set_learning_rate
+from doppeltrain.views import ViewPipeline
 
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed that depends on every part (and on nothing else)."""
@@ -189,7 +187,7 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
     """Find the data, check a resume, build (or restore) model, optimizer and loaders."""
     device, run_dir = env.device, run_dir_of(cfg)
     infos = data.discover(cfg.data.datasets, cfg.data.sample_rate)
-    manifests = manifest_digests((info.location, info.manifest) for info in infos)
+    manifests = data.manifest_digests((info.location, info.manifest) for info in infos)
     train_shards, val_shards = data.split_shards(infos, cfg.data.val_shards, cfg.seed)
     state = None
     if cfg.resume:

@@ -22,7 +22,8 @@ ARM_NAME, FIRED_NAME, MANIFEST_LOG_NAME = "kill-next-shard", "killed.json", "man
 
 
 def install() -> None:
-    from doppelgen import dataset, files, storage
+    from doppelgen import files, storage
+    from doppelgen.render import loop as dataset
 
     folder = Path(os.environ[HOOK_DIR_ENV])
     # Local shard files are written by storage.LocalStore.put through this name.

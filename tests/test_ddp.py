@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from doppeltrain.checkpoint import load_model
+from doppeltrain.checkpoint import load_checkpoint_network as load_model
 from doppeltrain.config import LossConfig
 from doppeltrain.distributed import AllReduceBatchNorm2d, gather_with_grad
 from doppeltrain.loss import contrastive_loss

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from doppeltrain.audio_files import StreamResampler, path_from_text, path_text
+from doppeltrain.use.audio_files import StreamResampler, path_from_text, path_text
 from doppeltrain.cli import app
-from doppeltrain.inference import (
+from doppeltrain.use.inference import (
     AudioReadError, ExampleFramer, clip_examples, count_examples, embed, embed_command, embed_files,
     expand_inputs, frame, load_audio, load_model, resample,
 )
@@ -255,7 +255,7 @@ def test_a_long_file_streams_to_its_in_memory_embedding(model, tmp_path):
 
 MEASURE_PEAK = """
 import json, resource, sys
-from doppeltrain.inference import embed_files, load_model
+from doppeltrain.use.inference import embed_files, load_model
 model = load_model(sys.argv[1], device="cpu")
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 base = peak()

@@ -9,17 +9,17 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from doppelgen import rerender as rerender_module
-from doppelgen.card import write_card
+from doppelgen.publish import rerender as rerender_module
+from doppelgen.publish.card import write_card
 from doppelgen.cli import app
-from doppelgen.config import make_recipe
-from doppelgen.dataset import render_dataset
-from doppelgen.export import export_pairs
+from doppelgen.recipe import make_recipe
+from doppelgen.render.loop import render_dataset
+from doppelgen.publish.export import export_pairs
 from doppelgen.format import decode_clip, encode_clip, iter_shard_pairs, iter_tar_members, read_manifest, round_trip_bound, shard_name
-from doppelgen.info import describe_dataset
-from doppelgen.rerender import compare_pair, rerender_tolerance
-from doppelgen.shard_writer import pair_sample
-from doppelgen.verify import verify_dataset
+from doppelgen.publish.info import describe_dataset
+from doppelgen.publish.rerender import compare_pair, rerender_tolerance
+from doppelgen.render.shard_writer import pair_sample
+from doppelgen.publish.verify import verify_dataset
 from doppeltrain.data import SharedEpoch, discover, make_loader
 
 from data_fixtures import SR, config

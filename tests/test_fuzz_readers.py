@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from doppelgen.config import RecipeError, make_recipe
-from doppelgen.dataset import render_dataset
+from doppelgen.recipe import RecipeError, make_recipe
+from doppelgen.render.loop import render_dataset
 from doppelgen.format import (
     MANIFEST_NAME,
     FormatError,
@@ -36,9 +36,9 @@ from doppelgen.format import (
     read_manifest,
     shard_name,
 )
-from doppelgen.recipes import load_recipe
-from doppelgen.shard_checks import ShardExpectation, check_shard
-from doppelgen.verify import VerifyError, verify_dataset
+from doppelgen.paper_recipes import load_recipe
+from doppelgen.publish.shard_checks import ShardExpectation, check_shard
+from doppelgen.publish.verify import VerifyError, verify_dataset
 
 EXAMPLES = int(os.environ.get("DOPPELGANGERS_FUZZ_EXAMPLES", "100"))
 SECONDS = 20  # generous: the machine is shared; a hang is minutes

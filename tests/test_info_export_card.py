@@ -12,12 +12,12 @@ import pytest
 import soundfile as sf
 import yaml
 
-from doppelgen.card import CardError, size_category, write_card
-from doppelgen.export import ExportError, export_pairs, param_differences
-from doppelgen.logmel import vggish_log_mel as log_mel
+from doppelgen.publish.card import CardError, size_category, write_card
+from doppelgen.publish.export import ExportError, export_pairs, param_differences
+from doppelgen.vggish import vggish_log_mel as log_mel
 from doppelgen.format import iter_shard_pairs, iter_tar_members, read_manifest, shard_name
-from doppelgen.info import describe_dataset, format_description
-from doppelgen.pack import PackConfig, pack_folder
+from doppelgen.publish.info import describe_dataset, format_description
+from doppelgen.pack.packing import PackConfig, pack_folder
 
 from test_verify import run_cli
 
@@ -70,13 +70,13 @@ def test_log_mel_has_the_vggish_shape_and_finds_a_tone():
 
 
 def test_log_mel_of_the_pictures_is_the_trainers_features():
-    """export draws what the network sees: doppelgen.logmel (NumPy, float64) against
+    """export draws what the network sees: doppelgen.vggish (NumPy, float64) against
     doppeltrain.features (torch, float32)."""
     import torch
 
     from doppeltrain.config import FeatureConfig
     from doppeltrain.features import log_mel as trainer_log_mel, mel_filterbank
-    from doppelgen.logmel import vggish_mel_filterbank
+    from doppelgen.vggish import vggish_mel_filterbank
 
     cfg = FeatureConfig()
     np.testing.assert_allclose(vggish_mel_filterbank(cfg.sample_rate, cfg.n_fft), mel_filterbank(cfg).numpy(), atol=1e-6)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from doppelgen.config import PARAMETRIC_DEFAULTS, RecipeError
-from doppelgen.dataset import render_dataset
+from doppelgen.recipe import PARAMETRIC_DEFAULTS, RecipeError
+from doppelgen.render.loop import render_dataset
 from doppelgen.format import iter_shard_pairs, read_manifest, shard_name
-from doppelgen.recipes import DELTA_SWEEP, MANIFESTS_DIR, load_recipe, paper_recipes, recipe_text, sweep_name
-from doppelgen.synths import param_layout
-from doppelgen.shard_checks import ShardExpectation, check_shard
+from doppelgen.paper_recipes import DELTA_SWEEP, MANIFESTS_DIR, load_recipe, paper_recipes, recipe_text, sweep_name
+from doppelgen.render.synths import param_layout
+from doppelgen.publish.shard_checks import ShardExpectation, check_shard
 
 # Small enough to be cheap, and the fixture's batch shape so voice reuses its kernel.
 PAIRS = 8
@@ -47,7 +47,7 @@ def test_the_folder_holds_exactly_the_paper_recipes():
     assert sorted(p.stem for p in MANIFESTS_DIR.glob("*.json")) == sorted(recipes)
     for name, recipe in recipes.items():
         path = MANIFESTS_DIR / f"{name}.json"
-        assert path.read_text(encoding="utf-8") == recipe_text(recipe), f"{path} is stale: python -m doppelgen.recipes"
+        assert path.read_text(encoding="utf-8") == recipe_text(recipe), f"{path} is stale: python -m doppelgen.paper_recipes"
         assert load_recipe(path) == recipe
 
 

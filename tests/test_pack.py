@@ -1,4 +1,4 @@
-"""doppelgen pack: recordings -> pair shards in FORMAT.md, the paper's real-data baseline."""
+"""doppelgen pack: recordings -> pair shards in docs/FORMAT.md, the paper's real-data baseline."""
 
 import json
 import os
@@ -11,9 +11,9 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from doppelgen.format import MANIFEST_NAME, iter_shard_pairs, read_manifest, shard_name
-from doppelgen.pack import PackConfig, PackError, pack_folder
-from doppelgen.recordings import Resampler, list_recordings, plan_crops
-from doppelgen.verify import verify_dataset
+from doppelgen.pack.packing import PackConfig, PackError, pack_folder
+from doppelgen.pack.recordings import Resampler, list_recordings, plan_crops
+from doppelgen.publish.verify import verify_dataset
 
 from test_verify import run_cli
 

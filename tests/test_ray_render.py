@@ -25,8 +25,8 @@ import pytest
 from ray_worker_hooks import ARM_NAME, FIRED_NAME, HOOK_DIR_ENV, MANIFEST_LOG_NAME
 
 from doppelgen.cli import main
-from doppelgen.dataset import DatasetError, render_dataset
-from doppelgen.distributors import RayOptions, render_with_ray, task_resources, task_workers
+from doppelgen.render.loop import DatasetError, render_dataset
+from doppelgen.render.distributors import RayOptions, render_with_ray, task_resources, task_workers
 from doppelgen.files import TEMP_MARK, file_sha256, process_alive
 from doppelgen.format import complete_shards, read_manifest, shard_name, stats_name
 

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from doppelgen import files, shard_writer, storage
+from doppelgen import files, storage
+from doppelgen.render import shard_writer
 from doppelgen.cli import app
-from doppelgen.config import Recipe, RecipeError, make_recipe
-from doppelgen.dataset import DatasetError, render_dataset
+from doppelgen.recipe import Recipe, RecipeError, make_recipe
+from doppelgen.render.loop import DatasetError, render_dataset
 from doppelgen.format import (
     decode_clip,
     iter_shard_pairs,
@@ -29,9 +30,9 @@ from doppelgen.format import (
     shard_name,
     stats_name,
 )
-from doppelgen.kernel import RenderError, redraw_nonfinite, render_pairs
-from doppelgen.output_claim import LOCK_NAME, RECIPE_MARKER
-from doppelgen.synths import param_layout
+from doppelgen.render.kernel import RenderError, redraw_nonfinite, render_pairs
+from doppelgen.render.output_claim import LOCK_NAME, RECIPE_MARKER
+from doppelgen.render.synths import param_layout
 
 runner = CliRunner()
 
@@ -148,8 +149,8 @@ def test_layers_are_independent_voices_averaged(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from doppelgen.kernel import render_views
-    from doppelgen.synths import build_synth
+    from doppelgen.render.kernel import render_views
+    from doppelgen.render.synths import build_synth
 
     recipe = make_recipe("voice", n_layers=2, n_shards=1, pairs_per_shard=2)
     a, b, params = render_pairs(recipe, range(2), batch_size=2)
@@ -331,8 +332,8 @@ def test_compiled_kernels_go_to_the_persistent_cache(voice_recipe, caplog):
 
     import jax
 
-    from doppelgen import kernel
-    from doppelgen.jax_runtime import default_cache_dir
+    from doppelgen.render import kernel
+    from doppelgen.render.jax_runtime import default_cache_dir
 
     cache = default_cache_dir()
     kernel._kernel_for_shape.cache_clear()  # a new jitted kernel: JAX must compile or load it
@@ -349,7 +350,7 @@ def test_compiled_kernels_go_to_the_persistent_cache(voice_recipe, caplog):
 
 
 def test_the_attempt_number_changes_the_real_kernels_draw(voice_recipe):
-    from doppelgen.kernel import pair_kernel
+    from doppelgen.render.kernel import pair_kernel
 
     render = pair_kernel(voice_recipe)
     indices = np.arange(8)
@@ -386,8 +387,8 @@ def test_recipe_values_are_canonical_and_checked(voice_recipe):
 
 
 def test_encoding_workers_fit_in_shared_memory(tmp_path, voice_recipe, voice_shards, monkeypatch):
-    from doppelgen import dataset
-    from doppelgen.encoding_workers import SlotLayout
+    from doppelgen.render import loop as dataset
+    from doppelgen.render.encoding_workers import SlotLayout
 
     slot = SlotLayout(rows=8, samples=16000, param_shape=(1, 3, len(param_layout(voice_recipe)))).nbytes
     monkeypatch.setattr(dataset, "shared_memory_room", lambda: 2 * slot + 1)  # one worker's worth

@@ -115,8 +115,8 @@ def test_mixed_datasets_are_read_together(voice_shards):
 @pytest.fixture(scope="module")
 def other_recipe_shards(tmp_path_factory) -> Path:
     """A second voice dataset of another delta and seed: 2 shards of 4 pairs."""
-    from doppelgen.config import make_recipe
-    from doppelgen.dataset import render_dataset
+    from doppelgen.recipe import make_recipe
+    from doppelgen.render.loop import render_dataset
 
     out = tmp_path_factory.mktemp("other-recipe")
     render_dataset(make_recipe("voice", n_shards=2, pairs_per_shard=4, delta=0.05, seed=7), out, batch_size=8,
@@ -349,8 +349,8 @@ def test_validation_reads_every_pair_once_in_a_fixed_order(voice_shards):
 
 
 def test_batches_hold_the_rendered_audio_with_its_gain(voice_shards):
-    from doppelgen.config import Recipe
-    from doppelgen.kernel import render_pairs
+    from doppelgen.recipe import Recipe
+    from doppelgen.render.kernel import render_pairs
 
     (info,) = discover([str(voice_shards)], SR)
     loader = make_loader(list(info.shards[:1]), config(batch_size=8), train=False, epoch_ref=SharedEpoch(0))

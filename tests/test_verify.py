@@ -13,12 +13,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from doppelgen import rerender as rerender_module
-from doppelgen.cli_publish import register
+from doppelgen.publish import rerender as rerender_module
+from doppelgen.publish.cli import register
 from doppelgen.format import MANIFEST_NAME, encode_clip, iter_tar_members, shard_name
-from doppelgen.shard_writer import pair_sample
-from doppelgen.rerender import RERENDER_TOLERANCE, compare_pair
-from doppelgen.verify import VerifyError, verify_dataset
+from doppelgen.render.shard_writer import pair_sample
+from doppelgen.publish.rerender import RERENDER_TOLERANCE, compare_pair
+from doppelgen.publish.verify import VerifyError, verify_dataset
 
 
 @pytest.fixture()
@@ -206,7 +206,7 @@ def test_a_shard_outside_the_recipe_is_caught(dataset):
 
 
 def test_checking_in_worker_processes_gives_the_same_report(dataset, monkeypatch):
-    from doppelgen import verify as verify_module
+    from doppelgen.publish import verify as verify_module
 
     (dataset / shard_name(3)).unlink()
     inline = verify_dataset(dataset, workers=0)
@@ -246,7 +246,7 @@ def test_cli_rerender_says_how_it_compared(voice_shards):
 def test_a_wav_coded_dataset_verifies(voice_recipe, tmp_path):
     import dataclasses
 
-    from doppelgen.dataset import render_dataset
+    from doppelgen.render.loop import render_dataset
 
     recipe = dataclasses.replace(voice_recipe, codec="wav", n_shards=1)
     render_dataset(recipe, tmp_path, batch_size=8, workers=0, progress=False)
@@ -265,7 +265,7 @@ def test_the_installed_command_verifies_and_fails(dataset):
 
 
 def test_a_manifest_record_without_checksums_is_a_problem(voice_shards, tmp_path):
-    from doppelgen.verify import verify_dataset
+    from doppelgen.publish.verify import verify_dataset
 
     folder = tmp_path / "d"
     shutil.copytree(voice_shards, folder)

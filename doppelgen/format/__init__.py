@@ -1,9 +1,11 @@
-"""The pair-shard format, version 1 (``shared/FORMAT.md``): names, audio coding, samples.
+"""The pair-shard format, version 1 (``docs/FORMAT.md``): names, audio coding, samples.
 
 This package is the contract between the writer (``doppelgen``) and the readers
 (``doppeltrain``, ``doppelgen verify``). It imports neither JAX nor torch, so a reader
 can use it without paying for either. Its modules, in the order data flows:
 
+- ``limits``: the range of every recipe number and the sizes they imply, and the one
+  way to show a value read from a dataset on one short line;
 - ``names``: versions, codecs, and the names of shards, stats files, keys and members;
 - ``audio``: a clip encoded (FLAC of the peak-normalized waveform, or float32 WAV) and decoded;
 - ``json_data``: canonical JSON, and the size, depth and number limits on JSON read;
@@ -14,8 +16,8 @@ can use it without paying for either. Its modules, in the order data flows:
 Every public name is importable from here (``from doppelgen.format import decode_pair``).
 """
 
-from .audio import ROUND_TRIP_BOUNDS, decode_clip, encode_clip, float_wav, round_trip_bound
-from .json_data import (
+from doppelgen.format.audio import ROUND_TRIP_BOUNDS, decode_clip, encode_clip, float_wav, round_trip_bound
+from doppelgen.format.json_data import (
     MAX_GAIN,
     MAX_JSON_DEPTH,
     MAX_MANIFEST_BYTES,
@@ -25,8 +27,8 @@ from .json_data import (
     parse_json,
     read_json_file,
 )
-from .manifest_checks import check_manifest, complete_shards, parse_manifest, read_manifest
-from .names import (
+from doppelgen.format.manifest_checks import check_manifest, complete_shards, parse_manifest, read_manifest
+from doppelgen.format.names import (
     AUDIO_MEMBERS,
     CODECS,
     FORMAT_VERSION,
@@ -48,8 +50,8 @@ from .names import (
     split_member_name,
     stats_name,
 )
-from .samples import REQUIRED_SAMPLE_FIELDS, Pair, decode_pair, parse_sample_json
-from .tar_reading import MAX_MEMBER_BYTES, iter_shard_pairs, iter_tar_members
+from doppelgen.format.samples import REQUIRED_SAMPLE_FIELDS, Pair, decode_pair, parse_sample_json
+from doppelgen.format.tar_reading import MAX_MEMBER_BYTES, iter_shard_pairs, iter_tar_members
 
 __all__ = [
     "AUDIO_MEMBERS", "CODECS", "FORMAT_VERSION", "MANIFEST_NAME", "MAX_GAIN", "MAX_JSON_DEPTH",

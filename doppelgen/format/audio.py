@@ -8,14 +8,15 @@ import struct
 import numpy as np
 import soundfile as sf
 
-from ..console import one_line
-from .names import FormatError, audio_extension
+from doppelgen.console import one_line
+from doppelgen.format.limits import MAX_CLIP_SAMPLES
+from doppelgen.format.names import FormatError, audio_extension
 
 # Bits of the FLAC codecs' PCM samples.
 PCM_BITS = {"flac": 24, "flac16": 16}
 # The round-trip error of each codec, a fraction of the clip's peak: half a PCM step of
 # rounding, or one step where the peak itself is clipped to the largest positive code
-# (24-bit measures 2**-22, the bound FORMAT.md states; float32 WAV is exact).
+# (24-bit measures 2**-22, the bound docs/FORMAT.md states; float32 WAV is exact).
 ROUND_TRIP_BOUNDS = {"flac": 2.0**-22, "flac16": 2.0**-15, "wav": 0.0}
 
 
@@ -72,8 +73,6 @@ def decode_clip(data: bytes, gain: float = 1.0, out: np.ndarray | None = None) -
     """
     if out is not None:
         return _decode_clip_into(data, gain, out)
-    from ..config import MAX_CLIP_SAMPLES
-
     try:
         with sf.SoundFile(io.BytesIO(data)) as sound:
             # A header may claim any length: check it before allocating for it.

@@ -7,8 +7,8 @@ import math
 import os
 from typing import Any
 
-from ..console import one_line
-from .names import FormatError
+from doppelgen.console import one_line
+from doppelgen.format.names import FormatError
 
 
 def dump_json(obj: Any) -> bytes:

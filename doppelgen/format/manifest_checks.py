@@ -7,10 +7,11 @@ import os
 import re
 from typing import Any
 
-from ..console import one_line
-from ..storage import StorageError, local_folder, open_store
-from .json_data import MAX_MANIFEST_BYTES, parse_json, read_json_file
-from .names import CODECS, MANIFEST_NAME, SUPPORTED_FORMATS, FormatError, _shown, printable, shard_index, stats_name
+from doppelgen.console import one_line
+from doppelgen.storage import StorageError, local_folder, open_store
+from doppelgen.format.json_data import MAX_MANIFEST_BYTES, parse_json, read_json_file
+from doppelgen.format.limits import RECIPE_BOUNDS, recipe_number_problem, recipe_size_problem, shown
+from doppelgen.format.names import CODECS, MANIFEST_NAME, SUPPORTED_FORMATS, FormatError, printable, shard_index, stats_name
 
 
 def read_manifest(folder) -> dict:
@@ -60,20 +61,18 @@ def parse_manifest(data: bytes, where: str) -> dict:
 def check_manifest(manifest: Any, where: str) -> dict:
     """Check a parsed manifest before anyone relies on it; raises FormatError naming
     ``where`` and the field. Checked: the format version; every recipe number present
-    lies in its range (``config.RECIPE_BOUNDS``; ``sample_rate``, ``duration``,
+    lies in its range (``limits.RECIPE_BOUNDS``; ``sample_rate``, ``duration``,
     ``pairs_per_shard`` and ``n_shards`` are required) and the sizes fit the limits;
     the codec; and, when the record lists shards, each entry's ``name`` is exactly
     ``pairs-NNNNNN.tar`` for an index below ``n_shards``, listed once, with a whole
     ``n_pairs`` in [0, pairs_per_shard] and, if present, a whole ``bytes`` and a
     64-digit hex ``sha256``."""
-    from ..config import RECIPE_BOUNDS, recipe_number_problem, recipe_size_problem
-
     recipe = manifest.get("recipe") if isinstance(manifest, dict) else None
     if not isinstance(recipe, dict):
         raise FormatError(f"{where}: manifest has no recipe object")
     version = recipe.get("format")
     if isinstance(version, bool) or version not in SUPPORTED_FORMATS:
-        raise FormatError(f"{where}: unknown format version {_shown(version)} (this reader knows {SUPPORTED_FORMATS})")
+        raise FormatError(f"{where}: unknown format version {shown(version)} (this reader knows {SUPPORTED_FORMATS})")
     required = ("sample_rate", "duration", "pairs_per_shard", "n_shards")
     for field in RECIPE_BOUNDS:
         if field in recipe or field in required:
@@ -84,7 +83,7 @@ def check_manifest(manifest: Any, where: str) -> dict:
     if problem:
         raise FormatError(f"{where}: {problem}")
     if "codec" in recipe and recipe["codec"] not in CODECS:
-        raise FormatError(f"{where}: unknown codec {_shown(recipe['codec'])}: expected one of {', '.join(CODECS)}")
+        raise FormatError(f"{where}: unknown codec {shown(recipe['codec'])}: expected one of {', '.join(CODECS)}")
     _check_recipe_objects(recipe, where)
     record = manifest.get("record")
     if record is not None and not isinstance(record, dict):
@@ -97,20 +96,20 @@ def check_manifest(manifest: Any, where: str) -> dict:
 
 
 def _check_recipe_objects(recipe: dict, where: str) -> None:
-    """The recipe's non-numeric fields have the kinds FORMAT.md gives them."""
+    """The recipe's non-numeric fields have the kinds docs/FORMAT.md gives them."""
     synth = recipe.get("synth")
     if synth is not None and not isinstance(synth, str):
         if not (isinstance(synth, dict) and isinstance(synth.get("name", ""), str) and isinstance(synth.get("args") or {}, dict)):
-            raise FormatError(f"{where}: recipe.synth must be a name or an object with a name and args, got {_shown(synth)}")
+            raise FormatError(f"{where}: recipe.synth must be a name or an object with a name and args, got {shown(synth)}")
     for field in ("source", "rng"):
         if recipe.get(field) is not None and not isinstance(recipe[field], dict):
-            raise FormatError(f"{where}: recipe.{field} must be an object, got {_shown(recipe[field])}")
+            raise FormatError(f"{where}: recipe.{field} must be an object, got {shown(recipe[field])}")
     jitter, max_n = recipe.get("temporal_jitter", False), recipe.get("max_n")
     if not isinstance(jitter, bool) or (max_n is not None and (isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1)):
         raise FormatError(f"{where}: recipe.temporal_jitter must be true or false and max_n a whole number >= 1 or null")
 
 
-# The kind each record field must have where present (FORMAT.md ``record``), so that
+# The kind each record field must have where present (docs/FORMAT.md ``record``), so that
 # readers can format them without looking twice.
 _RECORD_FIELDS = {
     "param_names": (list, "a list"), "software": (dict, "an object"), "platform": (dict, "an object"),
@@ -123,15 +122,15 @@ def _check_record_fields(record: dict, where: str) -> None:
     for field, (kind, described) in _RECORD_FIELDS.items():
         value = record.get(field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            raise FormatError(f"{where}: record.{field} must be {described}, got {_shown(value)}")
+            raise FormatError(f"{where}: record.{field} must be {described}, got {shown(value)}")
     for field in ("render_seconds", "n_skipped"):
         value = record.get(field)
         if value is not None and not 0 <= value < math.inf:
-            raise FormatError(f"{where}: record.{field} must be >= 0, got {_shown(value)}")
+            raise FormatError(f"{where}: record.{field} must be >= 0, got {shown(value)}")
     for field in ("software", "platform"):
         for key, value in (record.get(field) or {}).items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
-                raise FormatError(f"{where}: record.{field}.{printable(key, 40)} must be text or a number, got {_shown(value)}")
+                raise FormatError(f"{where}: record.{field}.{printable(key, 40)} must be text or a number, got {shown(value)}")
 
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -148,7 +147,7 @@ def _check_shard_entries(shards: Any, n_shards: int, pairs_per_shard: int, where
         name = entry.get("name")
         index = shard_index(name)
         if index is None:
-            raise FormatError(f"{at}.name must be pairs-NNNNNN.tar with no folder, got {_shown(name)}")
+            raise FormatError(f"{at}.name must be pairs-NNNNNN.tar with no folder, got {shown(name)}")
         if name in seen:
             raise FormatError(f"{at}: {name} is listed twice")
         if index >= n_shards:
@@ -156,13 +155,13 @@ def _check_shard_entries(shards: Any, n_shards: int, pairs_per_shard: int, where
         seen.add(name)
         n_pairs = entry.get("n_pairs")
         if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or not 0 <= n_pairs <= pairs_per_shard:
-            raise FormatError(f"{at}: n_pairs of {name} must be a whole number in [0, {pairs_per_shard}], got {_shown(n_pairs)}")
+            raise FormatError(f"{at}: n_pairs of {name} must be a whole number in [0, {pairs_per_shard}], got {shown(n_pairs)}")
         size = entry.get("bytes", 0)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise FormatError(f"{at}: bytes of {name} must be a whole number >= 0, got {_shown(size)}")
+            raise FormatError(f"{at}: bytes of {name} must be a whole number >= 0, got {shown(size)}")
         digest = entry.get("sha256", "0" * 64)
         if not (isinstance(digest, str) and _SHA256_RE.fullmatch(digest)):
-            raise FormatError(f"{at}: sha256 of {name} must be 64 hex digits, got {_shown(digest)}")
+            raise FormatError(f"{at}: sha256 of {name} must be 64 hex digits, got {shown(digest)}")
 
 
 def complete_shards(folder) -> list[int]:

@@ -24,7 +24,7 @@ _KEY_RE = re.compile(r"[0-9]{10}")
 
 
 class FormatError(ValueError):
-    """A dataset, shard or sample does not follow FORMAT.md; the message is one line."""
+    """A dataset, shard or sample does not follow docs/FORMAT.md; the message is one line."""
 
 
 def shard_name(index: int) -> str:
@@ -76,13 +76,6 @@ def member_names(index: int, codec: str = "flac") -> tuple[str, str, str]:
 def n_samples(duration: float, sample_rate: int) -> int:
     return int(round(duration * sample_rate))
 
-
-
-def _shown(value: Any) -> str:
-    """A value read from a dataset, cut to one short line (``config.shown``)."""
-    from ..config import shown
-
-    return shown(value)
 
 
 def split_member_name(name: str) -> tuple[str, str]:

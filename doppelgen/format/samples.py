@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from .audio import decode_clip
-from .json_data import MAX_GAIN, MAX_SAMPLE_JSON_BYTES, parse_json
-from .names import FormatError, _shown, printable
+from doppelgen.format.audio import decode_clip
+from doppelgen.format.json_data import MAX_GAIN, MAX_SAMPLE_JSON_BYTES, parse_json
+from doppelgen.format.limits import shown
+from doppelgen.format.names import FormatError, printable
 
 REQUIRED_SAMPLE_FIELDS = ("index", "seed", "gain", "params")
 
@@ -20,7 +21,7 @@ def _is_number(value: Any) -> bool:
 
 def parse_sample_json(data: bytes) -> dict:
     """A sample's ``.json`` member as a dict; FormatError (one line) unless it is a JSON
-    object (within :func:`parse_json`'s limits) with FORMAT.md's fields, a whole
+    object (within :func:`parse_json`'s limits) with docs/FORMAT.md's fields, a whole
     non-negative ``index`` and ``seed``, and two gains in (0, ``MAX_GAIN``]."""
     meta = parse_json(data, MAX_SAMPLE_JSON_BYTES, finite_floats=False)
     if not isinstance(meta, dict):
@@ -31,10 +32,10 @@ def parse_sample_json(data: bytes) -> dict:
     for field in ("index", "seed"):
         value = meta[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise FormatError(f"sample JSON {field} must be a whole number >= 0, got {_shown(value)}")
+            raise FormatError(f"sample JSON {field} must be a whole number >= 0, got {shown(value)}")
     gain = meta["gain"]
     if not (isinstance(gain, list) and len(gain) == 2 and all(_is_number(g) and 0 < g <= MAX_GAIN for g in gain)):
-        raise FormatError(f"sample JSON gain must be [gain_a, gain_b], two numbers in (0, {MAX_GAIN:g}], got {_shown(gain)}")
+        raise FormatError(f"sample JSON gain must be [gain_a, gain_b], two numbers in (0, {MAX_GAIN:g}], got {shown(gain)}")
     return meta
 
 

@@ -7,9 +7,9 @@ import tarfile
 from contextlib import nullcontext
 from typing import BinaryIO, Iterator
 
-from ..console import one_line
-from .names import FormatError, printable, split_member_name
-from .samples import Pair, decode_pair
+from doppelgen.console import one_line
+from doppelgen.format.names import FormatError, printable, split_member_name
+from doppelgen.format.samples import Pair, decode_pair
 
 # A member of a pair shard is a clip (at most MAX_CLIP_SAMPLES float32 samples, with
 # headers) or a sample's JSON; anything larger is refused before it is read.

@@ -1,4 +1,4 @@
-"""Streaming pair shards into batches (FORMAT.md readers, open_clip's pipeline shape).
+"""Streaming pair shards into batches (docs/FORMAT.md readers, open_clip's pipeline shape).
 
 The modules, in the order data flows through them:
 
@@ -28,18 +28,19 @@ order; each worker's last batch may be short.
 The names below are the package's public interface (``from doppeltrain import data``).
 """
 
-from .batches import SLOTS_PER_WORKER, BatchBuilder, BlockPool, PairBatch
-from .datasets import (
+from doppeltrain.data.batches import SLOTS_PER_WORKER, BatchBuilder, BlockPool, PairBatch
+from doppeltrain.data.datasets import (
     DataError,
     DatasetInfo,
     ShardRef,
     discover,
     discover_dataset,
     is_shard_name,
+    manifest_digests,
     split_shards,
 )
-from .loader import PairLoader, PairStream, make_loader
-from .order import (
+from doppeltrain.data.loader import PairLoader, PairStream, make_loader
+from doppeltrain.data.order import (
     SharedEpoch,
     rank_shards,
     shard_order,
@@ -47,7 +48,7 @@ from .order import (
     worker_batch_counts,
     worker_shards,
 )
-from .samples import SampleReader
+from doppeltrain.data.samples import SampleReader
 
 __all__ = [
     "SLOTS_PER_WORKER",
@@ -64,6 +65,7 @@ __all__ = [
     "discover",
     "discover_dataset",
     "is_shard_name",
+    "manifest_digests",
     "make_loader",
     "rank_shards",
     "shard_order",

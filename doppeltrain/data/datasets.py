@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 import webdataset as wds
 
 from doppelgen.console import one_line
+from doppelgen.files import file_sha256
 from doppelgen.format import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -50,7 +52,7 @@ class ShardRef:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """One pair dataset (a folder or URL in FORMAT.md) and its complete shards."""
+    """One pair dataset (a folder or URL in docs/FORMAT.md) and its complete shards."""
 
     location: str
     manifest: dict
@@ -71,7 +73,7 @@ class DatasetInfo:
 
 
 def is_shard_name(name: object) -> bool:
-    """A shard name exactly as FORMAT.md writes it (``doppelgen.format.shard_index``): names
+    """A shard name exactly as docs/FORMAT.md writes it (``doppelgen.format.shard_index``): names
     read from a manifest become paths and URLs (and, for pipe: datasets, part of a shell
     command), so anything else is refused before it is used."""
     return shard_index(name) is not None
@@ -266,3 +268,20 @@ def split_shards(
         for position, shard in enumerate(info.shards):
             (val if position in chosen else train).append(shard)
     return train, val
+
+
+def manifest_digests(datasets: Iterable[tuple[str, dict]]) -> dict[str, str]:
+    """``{location: sha256}`` of each dataset's manifest, from ``(location, manifest)`` pairs.
+
+    A local folder's digest is that of its ``manifest.json`` bytes (what ``sha256sum``
+    prints); a URL dataset, whose file is not at hand, gets the digest of the manifest's
+    canonical JSON (``doppelgen.format.dump_json``).
+    """
+    digests = {}
+    for location, manifest in datasets:
+        path = Path(location) / MANIFEST_NAME
+        if "://" not in str(location) and path.is_file():
+            digests[str(location)] = file_sha256(path)[0]
+        else:
+            digests[str(location)] = hashlib.sha256(dump_json(manifest)).hexdigest()
+    return digests

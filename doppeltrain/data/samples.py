@@ -14,8 +14,8 @@ from doppelgen.console import one_line
 from doppelgen.format import FormatError, decode_pair, pair_key
 from doppelgen.storage import is_store_location, local_folder, open_object
 
-from .batches import BatchBuilder
-from .datasets import ShardRef
+from doppeltrain.data.batches import BatchBuilder
+from doppeltrain.data.datasets import ShardRef
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Using a trained model: load it, embed audio, probe it, serve the HEAR API, export it."""
