@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # JAX compiles each synth for tens of seconds; keep compiled kernels between runs.
 export DOPPELGANGERS_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install test fuzz demo bench learn probe-set clean
+.PHONY: install test test-fast lint fuzz demo bench learn probe-set clean
 
 install: $(STAMP)
 
@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
+
+# The suite without the tests marked slow: an answer in a few minutes while developing.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The suite fuzzes the readers briefly (dataset manifests, sample JSON and audio, tar
 # layouts, probe's CSV); this runs each target FUZZ_EXAMPLES times and prints
@@ -28,7 +35,7 @@ fuzz: $(STAMP)
 
 # Renders 9 shards of 512 voice pairs at delta 0.05 (views close enough for a CPU to learn
 # them in minutes), holds one shard out (512 pairs: one retrieval group) and trains the
-# small network with the fastest-learning CPU setting that benchmarks/learn.py found. fit
+# small network with the fastest-learning CPU setting that experiments/learn.py found. fit
 # ends by printing held-out recall@1 of the untrained and the trained network side by side.
 demo: $(STAMP)
 	$(BIN)/doppelgen render demo-shards --synth voice --delta 0.05 --shards 9 --pairs-per-shard 512 --overwrite
@@ -39,20 +46,20 @@ demo: $(STAMP)
 		--val-shards 1 --val-every 1
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/render.py
-	$(BIN)/python benchmarks/render_ray.py
-	$(BIN)/python benchmarks/train.py
+	$(BIN)/python -m benchmarks.render
+	$(BIN)/python -m benchmarks.render_ray
+	$(BIN)/python -m benchmarks.train
 
 # Recorded drum hits from a pinned Debian package, labelled by instrument, split by kit
-# (benchmarks/probe_set.py; OUT/SOURCES.md says what it holds and under which licences).
+# (experiments/probe_set/; OUT/SOURCES.md says what it holds and under which licences).
 probe-set: $(STAMP)
-	$(BIN)/python benchmarks/probe_set.py .cache/probe-set
+	$(BIN)/python -m experiments.probe_set .cache/probe-set
 
-# Evidence that training learns (benchmarks/learn.py): renders voice pairs at delta 0.05
+# Evidence that training learns (experiments/learn.py): renders voice pairs at delta 0.05
 # and 0.25 (cached), trains the small network for a fixed number of steps on the CPU and
 # prints one JSON line: held-out recall@1 and drum-probe accuracy, untrained vs trained.
 learn: probe-set
-	$(BIN)/python benchmarks/learn.py --probe-set .cache/probe-set
+	$(BIN)/python -m experiments.learn --probe-set .cache/probe-set
 
 clean:
 	rm -rf demo-shards runs/demo .pytest_cache
