@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from doppeltrain.checkpoint import load_checkpoint_network as load_model
+from doppeltrain.checkpoint import load_checkpoint_network
 from doppeltrain.config import LossConfig
 from doppeltrain.distributed import AllReduceBatchNorm2d, gather_with_grad
 from doppeltrain.loss import contrastive_loss
@@ -50,7 +50,7 @@ def test_torchrun_ranks_read_disjoint_pairs_and_end_with_equal_weights(voice_sha
     digests = [audit[-1]["final_weights_sha256"] for audit in audits]
     assert digests[0] == digests[1]
     # The checkpoint holds those very weights (BatchNorm buffers included).
-    model, config = load_model(run_dir / "checkpoints" / "latest.pt")
+    model, config = load_checkpoint_network(run_dir / "checkpoints" / "latest.pt")
     assert weights_digest(model) == digests[0]
     assert config.data.batch_size == 4
 

@@ -25,7 +25,7 @@ from doppeltrain.checkpoint import (
     CHECKPOINT_KEYS,
     CheckpointError,
     load_checkpoint,
-    load_model,
+    load_checkpoint_network,
     save_checkpoint,
 )
 from doppeltrain.cli import main
@@ -146,7 +146,7 @@ def test_fit_checkpoints_hold_the_documented_keys(fitted, voice_shards):
 
 def test_load_model_gives_the_trained_network_in_eval_mode(fitted):
     _, _, run_dir = fitted
-    model, config = load_model(run_dir / "checkpoints" / "latest.pt")
+    model, config = load_checkpoint_network(run_dir / "checkpoints" / "latest.pt")
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     assert not model.training and config.model.embedding_dim == 32
     assert all(torch.equal(value, state["model"][key]) for key, value in model.state_dict().items())
