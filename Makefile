@@ -38,10 +38,13 @@ demo: $(STAMP)
 		--optimizer adam --lr 0.003 --augment none --epochs 2 --steps-per-epoch 100 --workers 1 \
 		--val-shards 1 --val-every 1
 
+# The augmentation's aten ops and host syncs per view of 768 clips on a GPU's path
+# (target <= 1500 ops, <= 3 syncs), counted on the CPU (benchmarks/augment_ops.py).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/render.py
 	$(BIN)/python benchmarks/render_ray.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/augment_ops.py
 
 # Recorded drum hits from a pinned Debian package, labelled by instrument, split by kit
 # (benchmarks/probe_set.py; OUT/SOURCES.md says what it holds and under which licences).
