@@ -199,6 +199,8 @@ class WaveformAugment(torch.nn.Module):
         # Every draw happens, applied or not, so each transform's numbers stay put when
         # another's probability changes.
         draws = {name: (draw(generator, count), draw(generator, count)) for name in self.transforms()}
+        # The train loop draws on the CPU for devices other than CUDA (MPS).
+        draws = {name: (chosen_by.to(waves.device), value.to(waves.device)) for name, (chosen_by, value) in draws.items()}
         one_pass = self.one_pass if self.one_pass is not None else waves.device.type != "cpu"
         out = waves
         for name, probability in self.transforms().items():

@@ -158,7 +158,7 @@ def _pitch_plan(length: int, max_semitones: float, device: torch.device, dtype: 
 def _pitch_shift(waves: torch.Tensor, semitones: torch.Tensor, plan: PitchPlan) -> torch.Tensor:
     length = waves.shape[-1]
     dtype = plan.stretched_lengths.dtype
-    shift = semitones.to(waves.device, dtype).clamp(-plan.max_semitones, plan.max_semitones)
+    shift = semitones.to(dtype).to(waves.device).clamp(-plan.max_semitones, plan.max_semitones)
     wanted = torch.round(length * 2.0 ** (shift / 12.0)).long()
     slot = plan.slot_of[(wanted - plan.lowest).clamp(0, plan.slot_of.shape[0] - 1)]
     stretched = time_stretch(waves, plan.stretched_lengths[slot] / length, plan.out_frames)

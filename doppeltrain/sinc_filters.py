@@ -99,7 +99,8 @@ def lowpass(
     long as the lowest one needs."""
     if cutoff_hz.numel() != waves.shape[0]:
         raise ValueError(f"{cutoff_hz.numel()} cutoffs for {waves.shape[0]} rows")
-    fraction = (cutoff_hz.to(precise_dtype(cutoff_hz.device)) / sample_rate).clamp(max=0.5)
+    # The dtype first, then the device: a device without float64 cannot take it.
+    fraction = (cutoff_hz.to(precise_dtype(waves.device)).to(waves.device) / sample_rate).clamp(max=0.5)
     longest = None
     if lowest_hz is None:
         if not bool((fraction > 0).all()):
@@ -110,7 +111,7 @@ def lowpass(
         longest = half_size(min(lowest_hz / sample_rate, 0.5), zeros)
     if waves.shape[0] == 0:
         return waves.clone()
-    kernels = lowpass_kernels(fraction.to(waves.device), zeros, longest).to(waves.dtype)
+    kernels = lowpass_kernels(fraction, zeros, longest).to(waves.dtype)
     longest = (kernels.shape[1] - 1) // 2
     length = waves.shape[-1]
     padded = F.pad(waves[:, None], (longest, longest), mode="replicate")[:, 0]

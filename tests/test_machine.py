@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from doppeltrain.config import TrainConfig
-from doppeltrain.machine import MAX_ACCELERATOR_WORKERS, MAX_CPU_WORKERS, configure_backends, default_loader_workers, for_device
+from doppeltrain.machine import (
+    MAX_ACCELERATOR_WORKERS,
+    MAX_CPU_WORKERS,
+    configure_backends,
+    default_loader_workers,
+    for_device,
+)
 from doppeltrain.model import build_model
 from doppeltrain.precision import autocast_dtype, precise_dtype
 from doppeltrain.train import sized_to_machine
