@@ -30,7 +30,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (len(cfg.data.datasets) > 0, "no datasets given"),
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.data.batch_size >= 2, f"--batch-size must be at least 2 (uniformity needs pairs), got {cfg.data.batch_size}"),
-        (cfg.data.workers >= 0, f"--workers must be 0 or more, got {cfg.data.workers}"),
+        (cfg.data.workers is None or cfg.data.workers >= 0, f"--workers must be 0 or more, got {cfg.data.workers}"),
         (cfg.data.val_shards >= 0, f"--val-shards must be 0 (none) or more, got {cfg.data.val_shards}"),
         (cfg.optim.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optim.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}"),
         (cfg.optim.lr is None or cfg.optim.lr > 0, f"--lr must be positive, got {cfg.optim.lr}"),

@@ -33,7 +33,7 @@ def test_torchrun_ranks_read_disjoint_pairs_and_end_with_equal_weights(voice_sha
         "-m", "doppeltrain", "fit", str(voice_shards), "--runs-dir", str(tmp_path), "--name", "ddp",
         "--model", "small", "--width", "8", "--embedding-dim", "32", "--batch-size", "4", "--workers", "1",
         "--val-shards", "1", "--epochs", "2", "--pairs-per-epoch", "all", "--val-every", "1", "--log-every", "1", "--audit",
-        "--no-progress",
+        "--device", "cpu", "--no-progress",  # gloo on the CPU even where a GPU is: NCCL refuses two ranks on one GPU
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
