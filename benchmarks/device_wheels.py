@@ -86,7 +86,6 @@ def project_requirements_missing() -> list[str]:
     """The project's own dependencies (pyproject.toml, extras left out) that neither list
     holds. Needs Python 3.11 (tomllib)."""
     import tomllib
-
     from packaging.requirements import Requirement
 
     have = image_packages() | {normalized(Requirement(line).name) for line in wheel_requirements()}

@@ -151,9 +151,9 @@ def _kill_group(process: subprocess.Popen) -> None:
 def check_imports() -> dict:
     """Import every module the phases import; ``{"missing": {module: error}}`` names the
     ones that fail (on the lent machine: a wheel missing from device_wheels.txt)."""
-    from benchmarks.gpu_check_phases import IMPORTS
-
     import importlib
+
+    from benchmarks.gpu_check_phases import IMPORTS
 
     missing = {}
     for module in IMPORTS:

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.device_wheels import DEVICE_PLATFORMS, download, image_packages, missing_requirements, normalized, project_requirements_missing
+from benchmarks.device_wheels import (
+    DEVICE_PLATFORMS,
+    download,
+    image_packages,
+    missing_requirements,
+    normalized,
+    project_requirements_missing,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE = ("Could not fetch URL", "NewConnectionError", "Temporary failure in name resolution", "Network is unreachable", "ProxyError")
