@@ -119,4 +119,7 @@ register_irs_command(app)
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The ``doppelgen`` console script; returns the exit status (tests call ``main([...])``)."""
+    from doppelgen.render.jax_runtime import prepare_jax_backends
+
+    prepare_jax_backends()  # before any command starts a JAX backend (param_layout does, eagerly)
     return run_app(app, argv, "doppelgen")

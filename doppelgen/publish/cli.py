@@ -56,7 +56,14 @@ def verify(
         typer.echo(problem)
     checked = f"{report.shards_checked} shards, {report.pairs_checked} pairs"
     if report.rerendered:
-        checked += f", {report.rerendered} pairs rendered again (compared: {report.rerender_mode})"
+        checked += f", {report.rerendered} pairs rendered again (compared: {report.rerender_mode}"
+        measured = report.rerender_measured
+        if measured:
+            checked += (
+                f"; measured: worst clip {measured['worst_clip']:.3g}, median clip {measured['median_clip']:.3g}, "
+                f"params differ by up to {measured['params_difference']:.2g}"
+            )
+        checked += ")"
     if report.ok:
         typer.echo(f"ok: {folder}: {checked}", err=True)
         return

@@ -56,7 +56,8 @@ class VerifyReport:
     shards_checked: int = 0
     pairs_checked: int = 0
     rerendered: int = 0
-    rerender_mode: str | None = None  # "bytes" or a tolerance, when pairs were rendered again
+    rerender_mode: str | None = None  # "bytes" or what was compared, when pairs were rendered again
+    rerender_measured: dict | None = None  # across platforms: worst and median clip distance, params difference
 
     @property
     def ok(self) -> bool:
@@ -188,7 +189,7 @@ def verify_dataset(folder: str | os.PathLike, *, rerender: int = 0, workers: int
 
             result = rerender_pairs(store, manifest, rerender, seed)
             report.problems += result.problems
-            report.rerendered, report.rerender_mode = result.rerendered, result.mode
+            report.rerendered, report.rerender_mode, report.rerender_measured = result.rerendered, result.mode, result.measured
     return report
 
 

@@ -109,13 +109,21 @@ def import_ray():
     return ray
 
 
-def render_run(recipe: Recipe, out, shards: range, batch_size: int, workers: int, manifest: bool = False, elapsed: float = 0.0) -> RenderSummary:
+def render_run(
+    recipe: Recipe, out, shards: range, batch_size: int, workers: int, manifest: bool = False, elapsed: float = 0.0, gpus: float = 0.0
+) -> RenderSummary:
     """The body of one Ray task: render ``shards`` of ``recipe`` into ``out`` (resuming what
-    a killed attempt left), or, with an empty range and ``manifest``, write manifest.json."""
+    a killed attempt left), or, with an empty range and ``manifest``, write manifest.json.
+    ``gpus``: what the task asked Ray for; 0 renders on the CPU."""
+    from doppelgen.render.jax_runtime import configure_jax_memory, use_cpu_only
     from doppelgen.render.loop import render_dataset
 
+    if not gpus:
+        # Ray sets CUDA_VISIBLE_DEVICES only for tasks it gives GPUs: a CPU task on a GPU
+        # node would see every GPU and render on GPU 0.
+        use_cpu_only()
     # Several tasks may share one GPU (--gpus-per-task 0.5): JAX must not take 75% of it each.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    configure_jax_memory()
     return render_dataset(recipe, out, shard_range=shards, batch_size=batch_size, workers=workers, progress=False, manifest=manifest, elapsed=elapsed)
 
 
@@ -192,7 +200,7 @@ def render_with_ray(
         workers = task_workers(options, resources["num_gpus"])
         summary = RenderSummary(out=out)
         runs = shard_runs(shards, options.shards_per_task)
-        pending = {task.remote(recipe, out, run, batch_size, workers): run for run in runs}
+        pending = {task.remote(recipe, out, run, batch_size, workers, gpus=resources["num_gpus"]): run for run in runs}
         with tqdm(total=len(shards), unit="shard", desc=f"render {recipe.synth.name} on ray", disable=not progress) as bar:
             try:
                 while pending:
@@ -211,7 +219,7 @@ def render_with_ray(
         summary.skipped.sort()
         summary.seconds = time.perf_counter() - started
         finish = ray.remote(**resources)(render_run).options(name="doppelgen-manifest")
-        final = _result(ray, finish.remote(recipe, out, range(0), batch_size, 0, True, summary.seconds))
+        final = _result(ray, finish.remote(recipe, out, range(0), batch_size, 0, True, summary.seconds, gpus=resources["num_gpus"]))
     summary.manifest_written, summary.complete = final.manifest_written, final.complete
     summary.seconds = time.perf_counter() - started
     return summary

@@ -187,8 +187,8 @@ def write_batches(recipe: Recipe, out: str | os.PathLike | Store, todo: list[int
 
 
 def _finish_manifest(recipe: Recipe, out: Store, seconds: float) -> None:
-    from doppelgen.render.jax_runtime import platform
+    from doppelgen.render.platform_identity import render_platform
     from doppelgen.render.synths import param_layout
 
     names = [info.to_dict() for info in param_layout(recipe)]
-    write_manifest(out, build_manifest(recipe, out, names, platform(), seconds))
+    write_manifest(out, build_manifest(recipe, out, names, render_platform(), seconds))
