@@ -7,10 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from doppelgen.recipe import PARAMETRIC_DEFAULTS, Recipe, RecipeError, make_recipe
-from doppelgen.console import EXIT_FAILURE, EXIT_INTERRUPTED, fail, run_app
-from doppelgen.render.distributors import DISTRIBUTORS, ClusterError, DistributorError, RayOptions, render_with_ray
-from doppelgen.format import FormatError
+from doppelgen.recipe import PARAMETRIC_DEFAULTS, Recipe, make_recipe
+from doppelgen.console import EXIT_FAILURE, EXIT_INTERRUPTED, fail, reports_input_errors, run_app
+from doppelgen.render.distributors import DISTRIBUTORS, ClusterError, RayOptions, render_with_ray
 
 app = typer.Typer(
     help="Render reproducible doppelgänger pair datasets (SynthAX) into WebDataset shards.",
@@ -41,6 +40,7 @@ def recipe_from_options(manifest: Optional[Path], overrides: dict, synth_args: d
 
 
 @app.command()
+@reports_input_errors
 def render(
     out: str = typer.Argument("shards", help="Output folder, or a file://, s3:// or gs:// URL; created if missing."),
     synth: Optional[str] = typer.Option(None, help="Synth architecture: voice, voicefm or parametric.  [default: voice]"),
@@ -70,7 +70,7 @@ def render(
     max_retries: Optional[int] = typer.Option(None, help=f"ray: retries of a task whose process died or hit a storage error; a retry resumes.  [default: {RayOptions.max_retries}]"),
 ) -> None:
     """Render the pairs of a recipe into OUT. Re-running resumes: only missing shards are rendered."""
-    from doppelgen.render.loop import DatasetError, render_dataset
+    from doppelgen.render.loop import render_dataset
     from doppelgen.render.encoding_workers import EncodingWorkerError
     from doppelgen.render.kernel import RenderError
 
@@ -78,10 +78,7 @@ def render(
         fail("oscillator counts (--sine, --square-saw, --fm-sine, --fm-square-saw) apply only to --synth parametric")
     overrides = dict(synth=synth, delta=delta, n_shards=shards, pairs_per_shard=pairs_per_shard, seed=seed, sample_rate=sample_rate, duration=duration, n_layers=n_layers, codec=codec)
     oscillators = dict(sine=sine, square_saw=square_saw, fm_sine=fm_sine, fm_square_saw=fm_square_saw)
-    try:
-        recipe = recipe_from_options(manifest, overrides, oscillators)
-    except RecipeError as error:
-        fail(str(error))
+    recipe = recipe_from_options(manifest, overrides, oscillators)
     ray_options = dict(address=ray_address, shards_per_task=shards_per_task, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, max_retries=max_retries)
     if distributor not in DISTRIBUTORS:
         fail(f"unknown distributor {distributor!r}: choose {' or '.join(DISTRIBUTORS)}")
@@ -96,11 +93,9 @@ def render(
             )
         else:
             summary = render_dataset(recipe, out, batch_size=batch_size, workers=workers, shard_range=shard_range, overwrite=overwrite, progress=not quiet)
-    except (RecipeError, DatasetError, FormatError, DistributorError) as error:
-        fail(str(error))
     except (RenderError, EncodingWorkerError, ClusterError) as error:
         fail(str(error), EXIT_FAILURE)
-    except OSError as error:
+    except OSError as error:  # before InputError: a StorageError midway is a failed write
         fail(f"writing {out} failed: {error.strerror or error}; completed shards are kept, re-run to resume", EXIT_FAILURE)
     except KeyboardInterrupt:
         fail(f"interrupted; completed shards in {out} are kept, run the same command again to resume", EXIT_INTERRUPTED)

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from doppelgen.console import InputError
 from doppelgen.format import CODECS, FORMAT_VERSION, printable
 from doppelgen.format.limits import (  # noqa: F401  (re-exported: the recipe's bounds)
     MAX_CLIP_SAMPLES,
@@ -36,7 +37,7 @@ PRNG_IMPL = "threefry2x32"
 PRNG_FLAGS = {"jax_threefry_partitionable": True}
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """A recipe value is invalid; the message is one line naming it."""
 
 

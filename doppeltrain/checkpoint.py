@@ -33,7 +33,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import TEMP_MARK, atomic_writer, remove_dead_temporaries, temporary_path
 
 from doppeltrain.config import FeatureConfig, ModelConfig, TrainConfig
@@ -51,7 +51,7 @@ MAX_N_FFT = 65536
 MAX_EXAMPLE_FRAMES = 10_000
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint is missing, unreadable, unsafe or not ours; the message is one line."""
 
 

@@ -6,6 +6,8 @@ import os
 import re
 from typing import Any
 
+from doppelgen.console import InputError
+
 FORMAT_VERSION = 1
 SUPPORTED_FORMATS = (1,)
 MANIFEST_NAME = "manifest.json"
@@ -23,7 +25,7 @@ _SHARD_RE = re.compile(r"pairs-([0-9]{6})\.tar")
 _KEY_RE = re.compile(r"[0-9]{10}")
 
 
-class FormatError(ValueError):
+class FormatError(InputError):
     """A dataset, shard or sample does not follow docs/FORMAT.md; the message is one line."""
 
 

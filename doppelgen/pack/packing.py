@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 import soundfile as sf
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.render.output_claim import clear_dataset
 from doppelgen.format import CODECS, FORMAT_VERSION, MANIFEST_NAME, n_samples
 from doppelgen.render.manifest import recipe_sha256, software_versions, write_manifest
@@ -53,7 +53,7 @@ PACK_RNG = (
 )
 
 
-class PackError(ValueError):
+class PackError(InputError):
     """Packing cannot start (bad option, no recordings, output taken); one line."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from doppelgen.console import InputError
 from doppelgen.paper import PAPER, PAPER_CITATION
 from doppelgen.format import AUDIO_MEMBERS, FormatError, audio_extension, is_packed_recipe
 from doppelgen.publish.info import describe_dataset, human_bytes, human_duration, read_described_manifest
@@ -40,7 +41,7 @@ SIZE_CATEGORIES = [
 ]
 
 
-class CardError(ValueError):
+class CardError(InputError):
     """The card cannot be written; the message is one line."""
 
 

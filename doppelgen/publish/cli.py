@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from doppelgen.console import EXIT_FAILURE, fail
+from doppelgen.console import EXIT_FAILURE, InputError, fail, reports_input_errors
 from doppelgen.publish.export import DEFAULT_EXPORT_PAIRS
 from doppelgen.pack.packing import PackConfig
 from doppelgen.publish.verify import default_verify_workers
@@ -21,19 +21,7 @@ from doppelgen.publish.verify import default_verify_workers
 PACK_DEFAULTS = PackConfig()  # quoted by the options below; the values live in pack.py only
 
 
-def _input_errors() -> tuple[type[Exception], ...]:
-    """The exceptions that mean "your input is wrong" (one line, no traceback)."""
-    from doppelgen.publish.card import CardError
-    from doppelgen.recipe import RecipeError
-    from doppelgen.publish.export import ExportError
-    from doppelgen.format import FormatError
-    from doppelgen.pack.packing import PackError
-    from doppelgen.storage import StorageError
-    from doppelgen.publish.verify import VerifyError
-
-    return (CardError, ExportError, FormatError, PackError, RecipeError, StorageError, VerifyError)
-
-
+@reports_input_errors
 def verify(
     folder: str = typer.Argument(..., help="Dataset folder (holds manifest.json and pairs-*.tar), or its file://, s3:// or gs:// URL."),
     rerender: int = typer.Option(0, "--rerender", help="Render this many sampled pairs again and compare them with the shards."),
@@ -48,10 +36,7 @@ def verify(
         return verify_ir_folder(folder)
     from doppelgen.publish.verify import verify_dataset
 
-    try:
-        report = verify_dataset(folder, rerender=rerender, workers=workers, seed=seed)
-    except _input_errors() as error:
-        fail(str(error))
+    report = verify_dataset(folder, rerender=rerender, workers=workers, seed=seed)
     for problem in report.problems:
         typer.echo(problem)
     checked = f"{report.shards_checked} shards, {report.pairs_checked} pairs"
@@ -64,6 +49,7 @@ def verify(
     raise typer.Exit(EXIT_FAILURE)
 
 
+@reports_input_errors
 def info(
     folder: str = typer.Argument(..., help="Dataset folder or URL."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for scripts."),
@@ -71,13 +57,11 @@ def info(
     """The recipe, totals, software and per-shard statistics of a dataset."""
     from doppelgen.publish.info import describe_dataset, description_json, format_description
 
-    try:
-        description = describe_dataset(folder)
-    except _input_errors() as error:
-        fail(str(error))
+    description = describe_dataset(folder)
     typer.echo(description_json(description) if as_json else format_description(description))
 
 
+@reports_input_errors
 def export(
     folder: str = typer.Argument(..., help="Dataset folder or URL."),
     n: int = typer.Option(DEFAULT_EXPORT_PAIRS, "--n", help="Pairs to export (the first N)."),
@@ -88,8 +72,8 @@ def export(
 
     try:
         result = export_pairs(folder, to, n=n)
-    except _input_errors() as error:
-        fail(str(error))
+    except InputError:
+        raise  # one line, exit 2: a StorageError reading the dataset too
     except OSError as error:
         fail(f"writing {to} failed: {error.strerror or error}", EXIT_FAILURE)
     for problem in result.problems:
@@ -101,6 +85,7 @@ def export(
         raise typer.Exit(EXIT_FAILURE)
 
 
+@reports_input_errors
 def card(
     folder: str = typer.Argument(..., help="Dataset folder or URL; README.md is written into it."),
     license: Optional[str] = typer.Option(None, "--license", help="License id for the Hub. [default: cc-by-4.0; other for packed recordings]"),
@@ -109,13 +94,11 @@ def card(
     """Write a Hugging Face dataset card (README.md) for a finished dataset."""
     from doppelgen.publish.card import write_card
 
-    try:
-        path = write_card(folder, license=license, title=title)
-    except _input_errors() as error:
-        fail(str(error))
+    path = write_card(folder, license=license, title=title)
     typer.echo(f"wrote {path}")
 
 
+@reports_input_errors
 def pack(
     audio_dir: Path = typer.Argument(..., help="Folder of recordings (wav, flac, ogg; nested folders are searched)."),
     out: str = typer.Argument("shards", help="Output dataset folder, or a file://, s3:// or gs:// URL."),
@@ -138,8 +121,8 @@ def pack(
             pairs_per_shard=pairs_per_shard, seed=seed, codec=codec,
         )
         summary = pack_folder(audio_dir, out, config, workers=workers, overwrite=overwrite, progress=not quiet)
-    except _input_errors() as error:
-        fail(str(error))
+    except InputError:
+        raise  # one line, exit 2: a StorageError too
     except OSError as error:
         fail(f"writing {out} failed: {error.strerror or error}", EXIT_FAILURE)
     skipped = f", {len(summary.skipped)} unreadable recordings skipped (listed in manifest.json)" if summary.skipped else ""

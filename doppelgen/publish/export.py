@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from doppelgen.console import InputError
 from doppelgen.files import write_atomic
 from doppelgen.format import (
     FormatError,
@@ -52,7 +53,7 @@ SHOWN_CHARACTERS = 60
 MAX_PROBLEMS = 100
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """Export cannot run (bad option, unreadable dataset, no good pair); one line."""
 
 

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
+from doppelgen.console import InputError
 from doppelgen.recipe import Recipe, RecipeError
 from doppelgen.files import default_workers
 from doppelgen.format import (
@@ -45,7 +46,7 @@ def default_verify_workers() -> int:
     return default_workers(cap=4)
 
 
-class VerifyError(ValueError):
+class VerifyError(InputError):
     """Verification cannot start (no such folder, bad option); the message is one line."""
 
 

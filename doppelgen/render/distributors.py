@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from doppelgen.recipe import Recipe
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 
 if TYPE_CHECKING:
     from doppelgen.render.loop import RenderSummary
@@ -38,7 +38,7 @@ WAIT_SECONDS = 0.5
 CONNECT_SECONDS = 10.0
 
 
-class DistributorError(ValueError):
+class DistributorError(InputError):
     """The distributor cannot run with these options or this installation; one line."""
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from doppelgen.console import InputError
 from doppelgen.recipe import Recipe
 from doppelgen.render.encoding_workers import EncoderPool, InlineWriter, SlotLayout, shared_memory_room
 from doppelgen.files import default_workers
@@ -23,7 +24,7 @@ from doppelgen.storage import StorageError, Store, open_store
 DEFAULT_BATCH_SIZE = 256
 
 
-class DatasetError(RuntimeError):
+class DatasetError(InputError):
     """The output folder cannot take this render; the message is one line."""
 
 

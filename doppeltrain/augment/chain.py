@@ -60,6 +60,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from doppelgen.console import InputError
+
 from doppeltrain.config import AUGMENT_MODES, AugmentConfig
 from doppeltrain.augment.masking import axis_mask, mask_param
 from doppeltrain.augment.pitch_shift import pitch_shift
@@ -70,7 +72,7 @@ WAVEFORM_TRANSFORMS = ("highpass", "lowpass", "pitch", "time_shift", "impulse_re
 SPECTROGRAM_MODES = ("specaugment", "masking")
 
 
-class AugmentError(ValueError):
+class AugmentError(InputError):
     """An augmentation option cannot be used; the message is one line."""
 
 

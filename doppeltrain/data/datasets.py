@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import webdataset as wds
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import file_sha256
 from doppelgen.format import (
     MANIFEST_NAME,
@@ -37,7 +37,7 @@ MIN_PAIR_BYTES = 3 * 2 * 512
 MAX_CLIP_SECONDS = 600
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """The input data cannot be used; the message is one line."""
 
 
