@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from doppelgen.console import InputError
-from doppelgen.format import CODECS, FORMAT_VERSION, printable
+from doppelgen.format import CODECS, FORMAT_VERSION
 from doppelgen.format.limits import (  # noqa: F401  (re-exported: the recipe's bounds)
     MAX_CLIP_SAMPLES,
     MAX_OSCILLATORS,
@@ -90,7 +90,7 @@ class Recipe:
         if self.synth.name == "parametric":
             unknown = set(self.synth.args) - set(PARAMETRIC_DEFAULTS)
             if unknown:
-                raise RecipeError(f"unknown parametric synth arguments: {printable(', '.join(sorted(unknown)))}")
+                raise RecipeError(f"unknown parametric synth arguments: {shown(', '.join(sorted(unknown)), 120, quoted=False)}")
             if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_OSCILLATORS for v in self.synth.args.values()):
                 raise RecipeError(f"parametric oscillator counts must be whole numbers in [0, {MAX_OSCILLATORS}]")
             if sum(self.synth.args.values()) == 0:
@@ -178,13 +178,13 @@ def make_recipe(synth: str = "voice", synth_args: dict[str, int] | None = None, 
         raise RecipeError(f"recipe field synth must be a name, got {shown(synth)}")
     if not isinstance(synth_args or {}, dict):
         raise RecipeError(f"synth arguments must be an object, got {shown(synth_args)}")
-    args = {key: _coerce(f"synth.args.{printable(key, 40)}", value, int) for key, value in (synth_args or {}).items()}
+    args = {key: _coerce(f"synth.args.{shown(key, 40, quoted=False)}", value, int) for key, value in (synth_args or {}).items()}
     if synth == "parametric":
         args = {**PARAMETRIC_DEFAULTS, **args}
     types = {f.name: f.type for f in dataclasses.fields(Recipe)}
     unknown = set(fields) - set(types) - {"synth"}
     if unknown:
-        raise RecipeError(f"unknown recipe fields: {printable(', '.join(sorted(unknown)))}")
+        raise RecipeError(f"unknown recipe fields: {shown(', '.join(sorted(unknown)), 120, quoted=False)}")
     kinds = {"int": int, "float": float, "str": str}
     values = {name: _coerce(name, value, kinds[types[name]]) for name, value in fields.items()}
     recipe = Recipe(synth=SynthSpec(name=synth, arg_items=tuple(sorted(args.items()))), **values)

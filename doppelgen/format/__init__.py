@@ -18,16 +18,21 @@ Every public name is importable from here (``from doppelgen.format import decode
 
 from doppelgen.format.audio import ROUND_TRIP_BOUNDS, decode_clip, encode_clip, float_wav, round_trip_bound
 from doppelgen.format.json_data import (
+    INT64_LIMIT,
     MAX_GAIN,
     MAX_JSON_DEPTH,
     MAX_MANIFEST_BYTES,
     MAX_SAMPLE_JSON_BYTES,
     MAX_STATS_BYTES,
     dump_json,
+    is_number,
+    is_whole_number,
     parse_json,
     read_json_file,
+    unfit_number,
 )
-from doppelgen.format.manifest_checks import check_manifest, complete_shards, parse_manifest, read_manifest
+from doppelgen.format.limits import shown
+from doppelgen.format.manifest_checks import check_manifest, complete_shards, parse_manifest, read_manifest, read_stats
 from doppelgen.format.names import (
     AUDIO_MEMBERS,
     CODECS,
@@ -44,22 +49,21 @@ from doppelgen.format.names import (
     n_samples,
     pair_index,
     pair_key,
-    printable,
     shard_index,
     shard_name,
     split_member_name,
     stats_name,
 )
 from doppelgen.format.samples import REQUIRED_SAMPLE_FIELDS, Pair, decode_pair, parse_sample_json
-from doppelgen.format.tar_reading import MAX_MEMBER_BYTES, iter_shard_pairs, iter_tar_members
+from doppelgen.format.tar_reading import MAX_MEMBER_BYTES, group_members, iter_shard_pairs, iter_tar_members
 
 __all__ = [
-    "AUDIO_MEMBERS", "CODECS", "FORMAT_VERSION", "MANIFEST_NAME", "MAX_GAIN", "MAX_JSON_DEPTH",
+    "AUDIO_MEMBERS", "CODECS", "FORMAT_VERSION", "INT64_LIMIT", "MANIFEST_NAME", "MAX_GAIN", "MAX_JSON_DEPTH",
     "MAX_MANIFEST_BYTES", "MAX_MEMBER_BYTES", "MAX_SAMPLE_JSON_BYTES", "MAX_STATS_BYTES",
     "REQUIRED_SAMPLE_FIELDS", "ROUND_TRIP_BOUNDS", "SUPPORTED_FORMATS", "TAR_MODE", "TAR_MTIME", "TAR_USER", "FormatError",
     "Pair", "audio_extension", "check_manifest", "complete_shards", "decode_clip", "decode_pair",
-    "dump_json", "encode_clip", "float_wav", "is_packed_recipe", "iter_shard_pairs", "iter_tar_members",
+    "dump_json", "encode_clip", "float_wav", "group_members", "is_number", "is_whole_number", "is_packed_recipe", "iter_shard_pairs", "iter_tar_members",
     "member_names", "n_samples", "pair_index", "pair_key", "parse_json", "parse_manifest",
-    "parse_sample_json", "printable", "read_json_file", "read_manifest", "round_trip_bound", "shard_index", "shard_name",
-    "split_member_name", "stats_name",
+    "parse_sample_json", "read_json_file", "read_manifest", "read_stats", "round_trip_bound", "shard_index", "shard_name", "shown",
+    "split_member_name", "stats_name", "unfit_number",
 ]

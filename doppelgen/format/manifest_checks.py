@@ -1,4 +1,4 @@
-"""A dataset's manifest.json read and checked before anyone relies on it, and its complete shards."""
+"""A dataset's manifest.json read and checked before anyone relies on it; its shards' stats files and complete shards."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 from doppelgen.console import one_line
 from doppelgen.storage import StorageError, local_folder, open_store
-from doppelgen.format.json_data import MAX_MANIFEST_BYTES, parse_json, read_json_file
+from doppelgen.format.json_data import MAX_MANIFEST_BYTES, MAX_STATS_BYTES, parse_json, read_json_file
 from doppelgen.format.limits import RECIPE_BOUNDS, recipe_number_problem, recipe_size_problem, shown
-from doppelgen.format.names import CODECS, MANIFEST_NAME, SUPPORTED_FORMATS, FormatError, printable, shard_index, stats_name
+from doppelgen.format.names import CODECS, MANIFEST_NAME, SUPPORTED_FORMATS, FormatError, shard_index, stats_name
 
 
 def read_manifest(folder) -> dict:
@@ -130,7 +130,7 @@ def _check_record_fields(record: dict, where: str) -> None:
     for field in ("software", "platform"):
         for key, value in (record.get(field) or {}).items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
-                raise FormatError(f"{where}: record.{field}.{printable(key, 40)} must be text or a number, got {shown(value)}")
+                raise FormatError(f"{where}: record.{field}.{shown(key, 40, quoted=False)} must be text or a number, got {shown(value)}")
 
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -162,6 +162,23 @@ def _check_shard_entries(shards: Any, n_shards: int, pairs_per_shard: int, where
         digest = entry.get("sha256", "0" * 64)
         if not (isinstance(digest, str) and _SHA256_RE.fullmatch(digest)):
             raise FormatError(f"{at}: sha256 of {name} must be 64 hex digits, got {shown(digest)}")
+
+
+def read_stats(folder, name: str) -> dict:
+    """The stats file ``name`` (``pairs-NNNNNN.stats.json``) of a dataset as a dict.
+    ``folder``: a path, URL or ``storage`` store. FileNotFoundError if there is none;
+    FormatError saying why (one line; the caller names the file) if it cannot be read or
+    is not a JSON object of at most ``MAX_STATS_BYTES``."""
+    store = open_store(folder)
+    try:
+        stats = parse_json(store.read_bytes(name, MAX_STATS_BYTES + 1), MAX_STATS_BYTES)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # StorageError among them
+        raise FormatError(one_line(error)) from None
+    if not isinstance(stats, dict):
+        raise FormatError("not a JSON object")
+    return stats
 
 
 def complete_shards(folder) -> list[int]:

@@ -50,14 +50,6 @@ def pair_index(key: Any) -> int | None:
     return int(key) if isinstance(key, str) and _KEY_RE.fullmatch(key) else None
 
 
-def printable(text: str, limit: int = 120) -> str:
-    """``text`` safe to print on one line: control characters, newlines and undecodable
-    bytes escaped, cut to ``limit`` characters (member names and keys come from the data)."""
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def pair_key(index: int) -> str:
     return f"{index:010d}"
 

@@ -28,16 +28,17 @@ from doppelgen.format import (
     Pair,
     decode_pair,
     float_wav,
+    group_members,
     is_packed_recipe,
     iter_tar_members,
     pair_key,
     shard_index,
     shard_name,
+    shown,
     split_member_name,
 )
 from doppelgen.publish.info import read_described_manifest, unfit_number
 from doppelgen.vggish import LOG_OFFSET, MEL_FMIN, vggish_log_mel
-from doppelgen.publish.shard_checks import group_members
 from doppelgen.storage import Store, open_store
 
 # Parameters with the largest |a - b| shown per picture: enough to read the names.
@@ -76,13 +77,6 @@ class ExportResult:
         return len(self.problems) + self.more_problems
 
 
-def shown(text: object, limit: int = SHOWN_CHARACTERS) -> str:
-    """Text read from a dataset as one printable line: characters that are not printable
-    (newlines, escapes, undecodable bytes) written as Python escapes, long text cut."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # --- what export needs of a pair -----------------------------------------------------
 
 
@@ -91,7 +85,7 @@ def exported_index(meta: dict) -> int:
     whole number in [0, 10**10)."""
     index = meta.get("index")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < INDEX_LIMIT:
-        raise FormatError(f"index {shown(repr(index))} is not a pair index in [0, 10**10)")
+        raise FormatError(f"index {shown(index, SHOWN_CHARACTERS)} is not a pair index in [0, 10**10)")
     return index
 
 
@@ -166,7 +160,7 @@ def iter_dataset_samples(folder: Store, n_shards: int, result: ExportResult) -> 
                 for key, group in group_members(iter_tar_members(handle, name)):
                     yield name, key, {split_member_name(member)[1]: data for member, data in group}
         except (FormatError, OSError) as error:
-            message = shown(error, 400)
+            message = shown(error, 400, quoted=False)
             result.report(message if message.startswith(f"{name}: ") else f"{name}: {message}")
     if expected < n_shards:
         result.report(missing_shards(expected, n_shards))
@@ -186,11 +180,11 @@ def pair_title(meta: dict, recipe: dict) -> str:
     params = pair_params(meta)
     if is_packed_recipe(recipe):
         crops = ", ".join(f"{view} @ {', '.join(f'{t:.2f}' for t in params[view][:4])}{' ...' if len(params[view]) > 4 else ''} s" for view in ("a", "b"))
-        return f"pair {meta['index']}  ·  {shown(meta.get('source', '?'))}  ·  {crops}"
+        return f"pair {meta['index']}  ·  {shown(meta.get('source', '?'), SHOWN_CHARACTERS, quoted=False)}  ·  {crops}"
     synth = recipe.get("synth", {}).get("name", "?")
     a, b = params["a"], params["b"]
     spread = float(np.mean(np.abs(a - b))) if a.size else float("nan")
-    return f"pair {meta['index']}  ·  {shown(synth)}  ·  delta {shown(recipe.get('delta'))}  ·  mean |a - b| = {spread:.3f} (normalized)"
+    return f"pair {meta['index']}  ·  {shown(synth, SHOWN_CHARACTERS, quoted=False)}  ·  delta {shown(recipe.get('delta'), SHOWN_CHARACTERS, quoted=False)}  ·  mean |a - b| = {spread:.3f} (normalized)"
 
 
 def pair_picture(pair: Pair, recipe: dict, names: list[str]) -> bytes:
@@ -263,20 +257,21 @@ def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = DEF
         raise ExportError(str(error)) from None
     recipe = manifest["recipe"]
     param_names = manifest.get("record", {}).get("param_names") or []
-    names = [shown(p.get("name", "?")) for p in param_names if isinstance(p, dict)]
+    names = [shown(p.get("name", "?"), SHOWN_CHARACTERS, quoted=False) for p in param_names if isinstance(p, dict)]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ExportError(f"cannot write to {out}: {error.strerror or error}") from None
     result = ExportResult(out=out, keys=[], files=[])
     for shard, key, members in iter_dataset_samples(folder, recipe["n_shards"], result):
-        where = f"{shard}: {shown(key)}"
+        where = f"{shard}: {shown(key, SHOWN_CHARACTERS, quoted=False)}"
         try:
             pair = exportable_pair(key, members, recipe["sample_rate"])
         except FormatError as error:
             # decode_pair's messages may name the key already; keep it short, say it once.
-            message = shown(str(error).replace(key, shown(key)), 400)
-            result.report(f"{shard}: {message}" if message.startswith(shown(key)) else f"{where}: {message}")
+            shown_key = shown(key, SHOWN_CHARACTERS, quoted=False)
+            message = shown(str(error).replace(key, shown_key), 400, quoted=False)
+            result.report(f"{shard}: {message}" if message.startswith(shown_key) else f"{where}: {message}")
             continue
         stem = pair_key(pair.meta["index"])
         if stem in result.keys:

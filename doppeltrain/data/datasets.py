@@ -23,6 +23,7 @@ from doppelgen.format import (
     parse_manifest,
     read_manifest,
     shard_index,
+    shown,
     stats_name,
 )
 from doppelgen.storage import Store, is_store_location, open_store
@@ -79,19 +80,13 @@ def is_shard_name(name: object) -> bool:
     return shard_index(name) is not None
 
 
-def _shown(name: object) -> str:
-    """A name from a dataset, quoted on one line and cut short."""
-    text = repr(name)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def member_url(location: str, name: str) -> str:
     """The URL of file ``name`` of a URL dataset: ``pipe:`` commands name it with a
     ``{name}`` placeholder, other URLs are folders that ``name`` is appended to. Only
     ``manifest.json`` and shard names are ever filled in (DataError otherwise), so nothing
     read from a dataset reaches a shell."""
     if name != MANIFEST_NAME and not is_shard_name(name):
-        raise DataError(f"{location}: refusing to open {_shown(name)}: not {MANIFEST_NAME} or pairs-NNNNNN.tar")
+        raise DataError(f"{location}: refusing to open {shown(name)}: not {MANIFEST_NAME} or pairs-NNNNNN.tar")
     if location.startswith("pipe:"):
         if "{name}" not in location:
             raise DataError(
@@ -129,7 +124,7 @@ def record_shards(location: str, manifest: dict) -> list[dict]:
     for entry in shards:
         name = entry.get("name") if isinstance(entry, dict) else None
         if not is_shard_name(name):
-            raise DataError(f"{location}: manifest names a shard {_shown(name)}, not pairs-NNNNNN.tar; dataset refused")
+            raise DataError(f"{location}: manifest names a shard {shown(name)}, not pairs-NNNNNN.tar; dataset refused")
         if name in names:
             raise DataError(f"{location}: manifest lists {name} twice; dataset refused")
         names.add(name)
