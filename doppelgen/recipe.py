@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from doppelgen.console import InputError
-from doppelgen.format import CODECS, FORMAT_VERSION
+from doppelgen.synths import SYNTHS, synth_args_problem
+from doppelgen.format import CODECS, FORMAT_VERSION, recipe_sha256
 from doppelgen.format.limits import (  # noqa: F401  (re-exported: the recipe's bounds)
     MAX_CLIP_SAMPLES,
-    MAX_OSCILLATORS,
     MAX_PAIRS,
     MAX_SHARD_SAMPLES,
     RECIPE_BOUNDS,
@@ -22,9 +22,6 @@ from doppelgen.format.limits import (  # noqa: F401  (re-exported: the recipe's 
     recipe_size_problem,
     shown,
 )
-
-SYNTHS = ("voice", "voicefm", "parametric")
-PARAMETRIC_DEFAULTS = {"sine": 2, "square_saw": 2, "fm_sine": 1, "fm_square_saw": 1}
 
 # How a pair's keys are derived; recorded in every manifest so a reader knows.
 RNG_DERIVATION = (
@@ -77,6 +74,12 @@ class Recipe:
     def n_samples(self) -> int:
         return int(round(self.duration * self.sample_rate))
 
+    @property
+    def sha256(self) -> str:
+        """The recipe's identity, the sha256 of :meth:`to_dict`'s canonical JSON: every
+        shard's stats file and the folder's claim carry it."""
+        return recipe_sha256(self.to_dict())
+
     def shard_pairs(self, shard: int) -> range:
         """The global pair indices shard ``shard`` holds."""
         start = shard * self.pairs_per_shard
@@ -85,18 +88,9 @@ class Recipe:
     def validate(self) -> "Recipe":
         """The recipe itself, if every value lies in its range (``RECIPE_BOUNDS``) and the
         values fit together; RecipeError naming the first that does not."""
-        if self.synth.name not in SYNTHS:
-            raise RecipeError(f"unknown synth {shown(self.synth.name)}: expected one of {', '.join(SYNTHS)}")
-        if self.synth.name == "parametric":
-            unknown = set(self.synth.args) - set(PARAMETRIC_DEFAULTS)
-            if unknown:
-                raise RecipeError(f"unknown parametric synth arguments: {shown(', '.join(sorted(unknown)), 120, quoted=False)}")
-            if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_OSCILLATORS for v in self.synth.args.values()):
-                raise RecipeError(f"parametric oscillator counts must be whole numbers in [0, {MAX_OSCILLATORS}]")
-            if sum(self.synth.args.values()) == 0:
-                raise RecipeError("a parametric synth needs at least one oscillator")
-        elif self.synth.args:
-            raise RecipeError(f"synth {shown(self.synth.name)} takes no arguments")
+        problem = synth_args_problem(self.synth.name, self.synth.args)  # the synth registry's row
+        if problem:
+            raise RecipeError(problem)
         for name in RECIPE_BOUNDS:
             problem = recipe_number_problem(name, getattr(self, name))
             if problem:
@@ -173,14 +167,15 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
 
 
 def make_recipe(synth: str = "voice", synth_args: dict[str, int] | None = None, **fields: Any) -> Recipe:
-    """A validated recipe; ``parametric`` gets the paper's oscillator counts unless overridden."""
+    """A validated recipe; a synth's arguments default to its row of the registry
+    (``parametric``: the paper's oscillator counts) unless overridden."""
     if not isinstance(synth, str):
         raise RecipeError(f"recipe field synth must be a name, got {shown(synth)}")
     if not isinstance(synth_args or {}, dict):
         raise RecipeError(f"synth arguments must be an object, got {shown(synth_args)}")
     args = {key: _coerce(f"synth.args.{shown(key, 40, quoted=False)}", value, int) for key, value in (synth_args or {}).items()}
-    if synth == "parametric":
-        args = {**PARAMETRIC_DEFAULTS, **args}
+    if synth in SYNTHS:
+        args = {**SYNTHS[synth].defaults, **args}
     types = {f.name: f.type for f in dataclasses.fields(Recipe)}
     unknown = set(fields) - set(types) - {"synth"}
     if unknown:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -14,6 +15,12 @@ from doppelgen.format.names import FormatError
 def dump_json(obj: Any) -> bytes:
     """Canonical JSON bytes: the same object always gives the same bytes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def recipe_sha256(recipe: dict) -> str:
+    """A recipe's identity: the sha256 of its canonical JSON, so equal recipes hash alike
+    (``Recipe.sha256``; a packed dataset's or an IR set's recipe object)."""
+    return hashlib.sha256(dump_json(recipe)).hexdigest()
 
 
 # Limits on JSON read from a dataset, so that hostile input costs bounded memory and no

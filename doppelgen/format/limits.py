@@ -33,8 +33,6 @@ MAX_CLIP_SAMPLES = 2**22
 MAX_SHARD_SAMPLES = 2**29
 # Pair indices are folded into uint32 JAX keys.
 MAX_PAIRS = 2**32
-# Oscillators of each kind in a parametric synth (the paper's has 6 in all).
-MAX_OSCILLATORS = 16
 
 
 def shown(value: Any, limit: int = 80, *, quoted: bool = True) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from doppelgen.format.audio import decode_clip
-from doppelgen.format.json_data import MAX_GAIN, MAX_SAMPLE_JSON_BYTES, is_number, is_whole_number, parse_json
+from doppelgen.format.json_data import MAX_GAIN, MAX_SAMPLE_JSON_BYTES, is_number, is_whole_number, parse_json, unfit_number
 from doppelgen.format.limits import shown
 from doppelgen.format.names import FormatError
 
@@ -32,6 +32,21 @@ def parse_sample_json(data: bytes) -> dict:
     if not (isinstance(gain, list) and len(gain) == 2 and all(is_number(g) and 0 < g <= MAX_GAIN for g in gain)):
         raise FormatError(f"sample JSON gain must be [gain_a, gain_b], two numbers in (0, {MAX_GAIN:g}], got {shown(gain)}")
     return meta
+
+
+def sample_params(meta: dict) -> dict[str, np.ndarray]:
+    """A sample's ``params`` ``base``, ``a`` and ``b`` as float64 arrays of one length;
+    FormatError (one line) unless each is a list of finite numbers."""
+    params = meta.get("params")
+    if not (isinstance(params, dict) and all(isinstance(params.get(part), list) for part in ("base", "a", "b"))):
+        raise FormatError("params must be an object with lists base, a and b")
+    for part in ("base", "a", "b"):
+        values = params[part]
+        if not all(is_number(v) for v in values) or unfit_number(values, part) is not None:
+            raise FormatError(f"params.{part} must be a list of finite numbers")
+    if not len(params["base"]) == len(params["a"]) == len(params["b"]):
+        raise FormatError("params.base, a and b differ in length")
+    return {part: np.asarray(params[part], dtype=np.float64) for part in ("base", "a", "b")}
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from doppelgen.console import EXIT_FAILURE, InputError, fail, reports_input_errors
+from doppelgen.format import DATASET_KINDS, codecs_help
 from doppelgen.publish.export import DEFAULT_EXPORT_PAIRS
 from doppelgen.pack.packing import PackConfig
 from doppelgen.publish.verify import default_verify_workers
@@ -88,7 +89,7 @@ def export(
 @reports_input_errors
 def card(
     folder: str = typer.Argument(..., help="Dataset folder or URL; README.md is written into it."),
-    license: Optional[str] = typer.Option(None, "--license", help="License id for the Hub. [default: cc-by-4.0; other for packed recordings]"),
+    license: Optional[str] = typer.Option(None, "--license", help=f"License id for the Hub. [default: {'; '.join(f'{kind.license} for {kind.described} pairs' for kind in DATASET_KINDS.values())}]"),
     title: Optional[str] = typer.Option(None, "--title", help="Title of the card. [default: from the recipe]"),
 ) -> None:
     """Write a Hugging Face dataset card (README.md) for a finished dataset."""
@@ -107,7 +108,7 @@ def pack(
     max_n: Optional[int] = typer.Option(PACK_DEFAULTS.max_n, "--max-n", help="Pairs to make at most (default: one per readable recording)."),
     pairs_per_shard: int = typer.Option(PACK_DEFAULTS.pairs_per_shard, "--pairs-per-shard", help="Pairs in each shard."),
     seed: int = typer.Option(PACK_DEFAULTS.seed, "--seed", help="Seed of the crops and of the order recordings are taken in."),
-    codec: str = typer.Option(PACK_DEFAULTS.codec, "--codec", help="flac (24-bit), flac16 (16-bit) or wav (float32)."),
+    codec: str = typer.Option(PACK_DEFAULTS.codec, "--codec", help=f"{codecs_help()}."),
     workers: int = typer.Option(0, "--workers", help="Decoding processes (0: this one). Does not change the output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

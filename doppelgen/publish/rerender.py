@@ -17,14 +17,15 @@ import numpy as np
 
 from doppelgen.recipe import Recipe, RecipeError
 from doppelgen.format import (
-    CODECS,
     MANIFEST_NAME,
+    RERENDER_TOLERANCE,
     FormatError,
+    Manifest,
+    codec_info,
     decode_clip,
     iter_tar_members,
     pair_key,
     parse_sample_json,
-    round_trip_bound,
     shard_index,
     shard_name,
     split_member_name,
@@ -32,15 +33,6 @@ from doppelgen.format import (
 from doppelgen.render.shard_writer import pair_sample
 from doppelgen.storage import Store, open_store
 
-# Audio rendered on another platform (CPU vs GPU) or with other software versions must
-# agree with the stored audio within this fraction of the clip's peak. FLAC's own
-# quantisation is at most 2**-22 of the peak and float32 reassociation errors are of order
-# 1e-6, so 1e-4 leaves room for both while a different parameter draw or synth change
-# (errors of order 1) still fails. Not yet measured against a GPU render.
-RERENDER_TOLERANCE = 1e-4
-# 16-bit FLAC rounds each render to its own step (format.round_trip_bound: 2**-15 x
-# peak), so two encodings of nearly equal audio may differ by two steps on top.
-RERENDER_TOLERANCES = {codec: RERENDER_TOLERANCE for codec in CODECS} | {"flac16": RERENDER_TOLERANCE + 2 * round_trip_bound("flac16")}
 # Software whose version changes rendered bytes; the same versions on the same backend
 # must reproduce a shard bit for bit.
 BYTE_EXACT_SOFTWARE = ("jax", "jaxlib", "synthax", "numpy", "libsndfile")
@@ -55,19 +47,17 @@ class RerenderResult:
 
 def rerender_tolerance(codec: str) -> float:
     """How far (x peak) audio rendered again on another platform may lie from the stored
-    audio of a dataset in ``codec``."""
-    return RERENDER_TOLERANCES.get(codec, RERENDER_TOLERANCE)
+    audio of a dataset in ``codec`` (its row of ``format.CODEC_TABLE``)."""
+    return codec_info(codec).rerender_tolerance
 
 
-def same_platform(record: dict) -> bool:
-    """Whether this machine should reproduce the record's bytes exactly."""
+def same_platform(manifest: Manifest) -> bool:
+    """Whether this machine should reproduce the bytes the manifest records exactly."""
     import jax
 
     from doppelgen.render.manifest import software_versions
 
-    platform = record.get("platform") if isinstance(record.get("platform"), dict) else {}
-    ours = software_versions()
-    theirs = record.get("software") if isinstance(record.get("software"), dict) else {}
+    platform, ours, theirs = manifest.platform, software_versions(), manifest.software
     same_device = platform.get("backend") == jax.default_backend() and platform.get("device_kind") == jax.devices()[0].device_kind
     return same_device and all(ours.get(k) == theirs.get(k) for k in BYTE_EXACT_SOFTWARE)
 
@@ -91,15 +81,13 @@ def read_pairs(folder: Store, indices: Iterable[int], per_shard: int) -> dict[in
     return found
 
 
-def rerender_pairs(folder: str | Store, manifest: dict, count: int, seed: int) -> RerenderResult:
+def rerender_pairs(folder: str | Store, manifest: Manifest, count: int, seed: int) -> RerenderResult:
     """Render ``count`` pairs sampled with ``seed`` again and compare them with the stored
     ones of the dataset at ``folder`` (a path, URL or store)."""
     folder = open_store(folder)
     result = RerenderResult()
-    recipe_dict = manifest["recipe"]
-    record = manifest.get("record") if isinstance(manifest.get("record"), dict) else {}
     try:
-        recipe = Recipe.from_dict(recipe_dict)
+        recipe = Recipe.from_dict(manifest.recipe)
     except RecipeError as error:
         result.problems.append(f"{MANIFEST_NAME}: cannot render again: {error}")
         return result
@@ -116,7 +104,7 @@ def rerender_pairs(folder: str | Store, manifest: dict, count: int, seed: int) -
         result.problems.append("no sampled pair could be read back to compare")
         return result
     a, b, params = render_pairs(recipe, indices, batch_size=min(len(indices), 64))
-    exact = same_platform(record)
+    exact = same_platform(manifest)
     tolerance = rerender_tolerance(recipe.codec)
     result.mode = "bytes" if exact else f"audio within {tolerance:g} x peak, params exact"
     for row, index in enumerate(indices.tolist()):

@@ -17,6 +17,7 @@ from doppelgen.console import one_line
 from doppelgen.files import stream_sha256
 from doppelgen.format import (
     FormatError,
+    audio_extension,
     decode_clip,
     group_members,
     is_number,
@@ -51,7 +52,7 @@ class ShardExpectation:
     n_params: int | None = None
     n_layers: int = 1  # synth layers: the JSON has ``layers`` exactly when > 1
     view_bounds: tuple[float, float] | None = None  # synth views live in [eps, 1]
-    packed: bool = False  # real audio from ``doppelgen pack``: JSON names its source
+    sample_text_fields: tuple[str, ...] = ()  # text fields every sample's JSON holds (packed: its source)
 
     @property
     def name(self) -> str:
@@ -74,8 +75,9 @@ def check_sample_json(meta: dict, expected_index: int, exp: ShardExpectation) ->
         problems.append("layers present, but the recipe has one layer")
     for params in [meta["params"]] + (layers or []):
         problems += check_params(params, exp)
-    if exp.packed and not isinstance(meta.get("source"), str):
-        problems.append("source (the recording's relative path) is missing")
+    for name in exp.sample_text_fields:
+        if not isinstance(meta.get(name), str):
+            problems.append(f"{name} is missing or not text")
     return problems
 
 
@@ -101,7 +103,7 @@ def check_params(params: Any, exp: ShardExpectation) -> list[str]:
 
 def check_pair(key: str, group: list[tuple[str, bytes]], expected_index: int, exp: ShardExpectation) -> list[str]:
     """Names, order, audio and JSON of one pair's members; problems as ``member: what``."""
-    expected_names = list(member_names(expected_index, exp.codec))
+    expected_names = list(member_names(expected_index, audio_extension(exp.codec)))
     names = [name for name, _ in group]
     if names != expected_names:
         return [f"{shown(key, 120, quoted=False)}: members {shown(', '.join(names), 120, quoted=False)}; expected {', '.join(expected_names)}"]

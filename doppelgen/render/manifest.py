@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform as _platform
@@ -12,12 +11,8 @@ from typing import Any
 
 from doppelgen.recipe import Recipe
 from doppelgen.console import one_line
-from doppelgen.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, dump_json, parse_json, read_stats, stats_name
+from doppelgen.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, parse_json, read_stats, recipe_sha256, stats_name
 from doppelgen.storage import Store, open_store
-
-
-def recipe_sha256(recipe_dict: dict) -> str:
-    return hashlib.sha256(dump_json(recipe_dict)).hexdigest()
 
 
 def _version(package: str) -> str | None:
@@ -52,7 +47,7 @@ def build_manifest(
     render_seconds: float,
 ) -> dict:
     store = open_store(out_dir)
-    shards, expected = [], recipe_sha256(recipe.to_dict())
+    shards, expected = [], recipe.sha256
     for shard in range(recipe.n_shards):
         try:
             stats = read_stats(store, stats_name(shard))
