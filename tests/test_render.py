@@ -368,6 +368,29 @@ def test_the_attempt_number_changes_the_real_kernels_draw(voice_recipe):
         assert all(np.array_equal(part[row], expected_part[row]) for part, expected_part in zip(mixed, expected))
 
 
+def test_recipes_share_a_kernel_exactly_when_the_fields_it_uses_agree(voice_recipe):
+    from doppelgen.render.kernel import kernel_key
+
+    same = [dataclasses.replace(voice_recipe, seed=5), dataclasses.replace(voice_recipe, delta=0.5),
+            dataclasses.replace(voice_recipe, n_shards=9, pairs_per_shard=3), dataclasses.replace(voice_recipe, codec="wav")]
+    assert all(kernel_key(recipe) == kernel_key(voice_recipe) for recipe in same)
+    other = [dataclasses.replace(voice_recipe, eps=1e-3), dataclasses.replace(voice_recipe, n_layers=2),
+             dataclasses.replace(voice_recipe, duration=0.5), make_recipe("voicefm", n_shards=4, pairs_per_shard=8)]
+    assert all(kernel_key(recipe) != kernel_key(voice_recipe) for recipe in other)
+
+
+def test_synth_args_come_from_the_registry_and_the_command_line():
+    from doppelgen.cli import parse_synth_args, recipe_from_options
+
+    overrides = dict(synth="parametric", delta=None)
+    recipe = recipe_from_options(None, overrides, parse_synth_args(["sine=3", "fm_sine=0"]))
+    assert recipe.synth.args == {"sine": 3, "square_saw": 2, "fm_sine": 0, "fm_square_saw": 1}
+    assert recipe_from_options(None, dict(synth="voice"), {}).synth.args == {}
+    for texts, message in [(["sine=x"], "must be a whole number"), (["=3"], "NAME=VALUE")]:
+        with pytest.raises(RecipeError, match=message):
+            parse_synth_args(texts)
+
+
 def test_recipe_values_are_canonical_and_checked(voice_recipe):
     as_dict = voice_recipe.to_dict()
     same = Recipe.from_dict({**as_dict, "duration": 1, "n_shards": 4.0, "delta": 0.25})

@@ -146,6 +146,11 @@ def redraw_nonfinite(
 KERNEL_FIELDS = ("synth", "sample_rate", "duration", "control_rate", "eps", "n_layers")
 
 
+def kernel_key(recipe: Recipe) -> tuple:
+    """What the compiled kernel of ``recipe`` is built from: its ``KERNEL_FIELDS``."""
+    return tuple(getattr(recipe, name) for name in KERNEL_FIELDS)
+
+
 @lru_cache(maxsize=8)
 def _kernel_for(key: tuple) -> PairKernel:
     return PairKernel(Recipe(**dict(zip(KERNEL_FIELDS, key))))
@@ -154,7 +159,7 @@ def _kernel_for(key: tuple) -> PairKernel:
 def pair_kernel(recipe: Recipe) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The kernel for ``recipe`` as ``(indices, attempts) -> (views, a, b)``, shared by
     every recipe equal in ``KERNEL_FIELDS``."""
-    kernel = _kernel_for(tuple(getattr(recipe, name) for name in KERNEL_FIELDS))
+    kernel = _kernel_for(kernel_key(recipe))
     return lambda indices, attempts: kernel(indices, attempts, recipe.seed, recipe.delta)
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from doppelgen.console import InputError, one_line
+from doppelgen.format import shown
 
 from doppeltrain.use.audio_files import expand_inputs, path_text
 from doppeltrain.checkpoint import state_dict_sha256
@@ -111,7 +112,7 @@ def read_csv_rows(csv_path: Path, what: str) -> list[list[str]]:
 
 def _cells(row: list[str]) -> str:
     # The row as the error shows it: one line, at most 200 characters.
-    return repr(",".join(row)[:200])
+    return shown(",".join(row), 200)
 
 
 def _read_csv(csv_path: Path) -> list[LabelledFile]:
