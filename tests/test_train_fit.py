@@ -25,7 +25,7 @@ from doppeltrain.checkpoint import (
     CHECKPOINT_KEYS,
     CheckpointError,
     load_checkpoint,
-    load_model,
+    load_checkpoint_network as load_model,
     save_checkpoint,
 )
 from doppeltrain.cli import main
