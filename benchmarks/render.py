@@ -37,7 +37,8 @@ import numpy as np
 
 from benchmarks.cpu_clock import cpu_seconds  # noqa: E402
 from doppelgen.recipe import make_recipe  # noqa: E402
-from doppelgen.render.loop import render_dataset, write_batches  # noqa: E402
+from doppelgen.render.loop import render_dataset  # noqa: E402
+from doppelgen.render.shard_runs import write_batches  # noqa: E402
 from doppelgen.files import default_workers  # noqa: E402
 from doppelgen.render.jax_runtime import configure_jax  # noqa: E402
 from doppelgen.render.kernel import render_batch  # noqa: E402

@@ -33,8 +33,9 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import TEMP_MARK, atomic_writer, remove_dead_temporaries, temporary_path
+from doppelgen.format import is_number, is_whole_number
 
 from doppeltrain.config import FeatureConfig, ModelConfig, TrainConfig
 from doppeltrain.model import MODEL_BLOCKS, build_model
@@ -51,7 +52,7 @@ MAX_N_FFT = 65536
 MAX_EXAMPLE_FRAMES = 10_000
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint is missing, unreadable, unsafe or not ours; the message is one line."""
 
 
@@ -197,25 +198,17 @@ def inference_config_problem(cfg: TrainConfig) -> str:
         "features.example_frames": (features.example_frames, MAX_EXAMPLE_FRAMES),
     }
     for name, (value, upper) in int_bounds.items():
-        if not _is_int(value) or not 1 <= value <= upper:
+        if not is_whole_number(value) or not 1 <= value <= upper:
             return f"{name} must be an integer in 1..{upper}, got {value!r}"
     for name in ("f_min", "f_max", "log_offset"):
         value = getattr(features, name)
-        if not _is_number(value) or not math.isfinite(value):
+        if not is_number(value) or not math.isfinite(value):
             return f"features.{name} must be a finite number, got {value!r}"
     if not 0 <= features.f_min < features.f_max <= features.sample_rate / 2:
         return "features need 0 <= f_min < f_max <= sample_rate / 2"
     if features.log_offset <= 0:
         return "features.log_offset must be positive"
     return ""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def network_with_weights(config: TrainConfig, weights: Any, source: Union[str, Path]) -> nn.Module:

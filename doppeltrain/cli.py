@@ -13,16 +13,10 @@ from typing import Any, List, Optional
 
 import typer
 
-from doppelgen.console import run_app
-from doppelgen.irs import IrError
+from doppelgen.console import fail, reports_input_errors, run_app
 
-from doppeltrain.augment.chain import AugmentError
-from doppeltrain.checkpoint import CheckpointError
 from doppeltrain.use.cli import register as register_use_commands
 from doppeltrain.config import TrainConfig
-from doppeltrain.data import DataError
-from doppeltrain.distributed import DistributedError
-from doppeltrain.config_checks import TrainError
 from doppeltrain.train import fit, resume_config
 
 app = typer.Typer(
@@ -32,15 +26,7 @@ app = typer.Typer(
     help="Train audio embeddings on doppelgänger pair shards, and use them.",
 )
 
-USAGE_EXIT = 2
 DEFAULTS = TrainConfig()  # quoted in --help; the values live in doppeltrain/config.py only
-# "Your input is wrong": one line, no traceback. Anything else is a bug and keeps its traceback.
-INPUT_ERRORS = (TrainError, DataError, CheckpointError, DistributedError, AugmentError, IrError)
-
-
-def _error(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=USAGE_EXIT)
 
 
 def build_config(overrides: dict[str, Any], resume: bool) -> TrainConfig:
@@ -79,10 +65,11 @@ def _pairs_per_epoch(text: Optional[str]):
     try:
         return int(text)
     except ValueError:
-        raise _error(f"--pairs-per-epoch must be a whole number or 'all', got {text!r}") from None
+        fail(f"--pairs-per-epoch must be a whole number or 'all', got {text!r}")
 
 
 @app.command("fit")
+@reports_input_errors
 def fit_command(
     datasets: Optional[List[str]] = typer.Argument(None, help="Pair datasets: folders, file://, s3:// or gs:// URLs, or WebDataset URLs (pipe:, http://; docs/FORMAT.md)."),
     run: Optional[str] = typer.Option(
@@ -149,11 +136,9 @@ def fit_command(
         "progress": progress,
         "audit": audit,
     }
-    try:
-        config = build_config(overrides, resume)
-        summary = fit(config)
-    except INPUT_ERRORS as error:
-        raise _error(str(error)) from None
+    # Bad input (TrainError, DataError, CheckpointError, IrError, ...: console.InputError)
+    # is one line and exit 2; anything else is a bug and keeps its traceback.
+    summary = fit(build_config(overrides, resume))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(fit_summary_line(summary))
 

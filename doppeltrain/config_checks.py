@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from doppelgen.console import InputError
+
 from doppeltrain import distributed as dist_utils
 from doppeltrain.augment.chain import check_augment_config
 from doppeltrain.config import TrainConfig
@@ -20,7 +22,7 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
-class TrainError(ValueError):
+class TrainError(InputError):
     """Bad options or a run that cannot go on; the message is one line."""
 
 

@@ -58,7 +58,7 @@ def test_a_flac16_dataset_is_read_by_every_reader(tmp_path, voice_shards, monkey
     recipe = make_recipe("voice", n_shards=4, pairs_per_shard=8, codec="flac16")
     render_dataset(recipe, out, batch_size=8, workers=0, progress=False)
     manifest = read_manifest(out)
-    assert manifest["recipe"]["codec"] == "flac16"
+    assert manifest.codec == "flac16"
     names = [name for name, _ in iter_tar_members(out / shard_name(0))]
     assert names[:3] == ["0000000000.a.flac", "0000000000.b.flac", "0000000000.json"]
     assert all(sf.info(io.BytesIO(data)).subtype == "PCM_16" for name, data in iter_tar_members(out / shard_name(0)) if name.endswith(".flac"))
@@ -117,7 +117,7 @@ def test_render_and_pack_take_codec_flac16_on_the_command_line(tmp_path):
     sf.write(recordings / "a.wav", (np.sin(np.arange(20000) * 0.03) * 0.4).astype(np.float32), 16000)
     result = CliRunner().invoke(app, ["pack", str(recordings), str(tmp_path / "p"), "--codec", "flac16", "-q"])
     assert result.exit_code == 0, result.output
-    assert read_manifest(tmp_path / "p")["recipe"]["codec"] == "flac16" and verify_dataset(tmp_path / "p").ok
+    assert read_manifest(tmp_path / "p").codec == "flac16" and verify_dataset(tmp_path / "p").ok
     (pair,) = iter_shard_pairs(tmp_path / "p" / shard_name(0))
     member = next(data for name, data in iter_tar_members(tmp_path / "p" / shard_name(0)) if name.endswith("a.flac"))
     assert sf.info(io.BytesIO(member)).subtype == "PCM_16"

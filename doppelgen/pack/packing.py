@@ -36,10 +36,10 @@ from typing import Any, Iterator
 import numpy as np
 import soundfile as sf
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.render.output_claim import clear_dataset
-from doppelgen.format import CODECS, FORMAT_VERSION, MANIFEST_NAME, n_samples
-from doppelgen.render.manifest import recipe_sha256, software_versions, write_manifest
+from doppelgen.format import CODECS, FORMAT_VERSION, MANIFEST_NAME, n_samples, recipe_sha256
+from doppelgen.render.manifest import software_versions, write_manifest
 from doppelgen.pack.recordings import AUDIO_EXTENSIONS, Resampler, UnreadableRecording, list_recordings, listing_sha256, plan_crops
 from doppelgen.render.shard_writer import SILENCE_RMS, pair_sample, write_samples
 from doppelgen.storage import StorageError, Store, open_store
@@ -53,7 +53,7 @@ PACK_RNG = (
 )
 
 
-class PackError(ValueError):
+class PackError(InputError):
     """Packing cannot start (bad option, no recordings, output taken); one line."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from doppelgen.format import (
     MANIFEST_NAME,
     FormatError,
+    Manifest,
     decode_clip,
     iter_tar_members,
     pair_key,
@@ -63,17 +64,15 @@ class PairComparison:
     audio_distances: dict[str, float] = field(default_factory=dict)  # member suffix -> log-mel distance
 
 
-def same_platform(record: dict) -> bool:
-    """Whether this machine should reproduce the record's bytes exactly: the same
-    platform (``platform_identity.same_platform``) and the same versions of the software
-    that shapes the bytes."""
+def same_platform(manifest: Manifest) -> bool:
+    """Whether this machine should reproduce the bytes the manifest records exactly: the
+    same platform (``platform_identity.same_platform``) and the same versions of the
+    software that shapes the bytes."""
     from doppelgen.render.manifest import software_versions
     from doppelgen.render.platform_identity import render_platform
     from doppelgen.render.platform_identity import same_platform as same_identity
 
-    platform = record.get("platform") if isinstance(record.get("platform"), dict) else {}
-    ours = software_versions()
-    theirs = record.get("software") if isinstance(record.get("software"), dict) else {}
+    platform, ours, theirs = manifest.platform, software_versions(), manifest.software
     return same_identity(platform, render_platform()) and all(ours.get(k) == theirs.get(k) for k in BYTE_EXACT_SOFTWARE)
 
 
@@ -96,15 +95,13 @@ def read_pairs(folder: Store, indices: Iterable[int], per_shard: int) -> dict[in
     return found
 
 
-def rerender_pairs(folder: str | Store, manifest: dict, count: int, seed: int) -> RerenderResult:
+def rerender_pairs(folder: str | Store, manifest: Manifest, count: int, seed: int) -> RerenderResult:
     """Render ``count`` pairs sampled with ``seed`` again and compare them with the stored
     ones of the dataset at ``folder`` (a path, URL or store)."""
     folder = open_store(folder)
     result = RerenderResult()
-    recipe_dict = manifest["recipe"]
-    record = manifest.get("record") if isinstance(manifest.get("record"), dict) else {}
     try:
-        recipe = Recipe.from_dict(recipe_dict)
+        recipe = Recipe.from_dict(manifest.recipe)
     except RecipeError as error:
         result.problems.append(f"{MANIFEST_NAME}: cannot render again: {error}")
         return result
@@ -121,7 +118,7 @@ def rerender_pairs(folder: str | Store, manifest: dict, count: int, seed: int) -
         result.problems.append("no sampled pair could be read back to compare")
         return result
     a, b, params = render_pairs(recipe, indices, batch_size=min(len(indices), 64))
-    exact = same_platform(record)
+    exact = same_platform(manifest)
     result.mode = "bytes" if exact else DESCRIPTION
     distances, params_worst = [], 0.0
     for row, index in enumerate(indices.tolist()):

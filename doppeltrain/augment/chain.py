@@ -60,6 +60,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from doppelgen.console import InputError
 from doppeltrain.augment.masking import axis_mask, mask_param
 from doppeltrain.augment.pitch_shift import PITCH_CHUNK, pitch_shift
 from doppeltrain.augment.sinc_filters import cutoffs_uniform_in_mel, highpass, lowpass
@@ -70,7 +71,7 @@ WAVEFORM_TRANSFORMS = ("highpass", "lowpass", "pitch", "time_shift", "impulse_re
 SPECTROGRAM_MODES = ("specaugment", "masking")
 
 
-class AugmentError(ValueError):
+class AugmentError(InputError):
     """An augmentation option cannot be used; the message is one line."""
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from doppelgen.console import EXIT_FAILURE, one_line
+from doppelgen.console import EXIT_FAILURE, InputError, one_line
 from doppelgen.files import file_sha256, write_atomic
 from doppeltrain.use.inference import AudioReadError, load_audio
 
@@ -135,7 +135,7 @@ LEFT_OUT = (
 )
 
 
-class ProbeSetError(ValueError):
+class ProbeSetError(InputError):
     """A refusal or failure, in one line naming its cause."""
 
 
