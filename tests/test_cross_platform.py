@@ -84,10 +84,10 @@ def test_a_ray_task_given_no_gpu_renders_on_the_cpu(monkeypatch):
     monkeypatch.delenv("JAX_PLATFORMS", raising=False)
     code = (
         "import os\n"
-        "import doppelgen.render.loop as loop\n"
+        "from types import SimpleNamespace\n"
         "from doppelgen.render.distributors import render_run\n"
-        "loop.render_dataset = lambda *a, **k: print(os.environ.get('JAX_PLATFORMS'), os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'))\n"
-        "render_run(None, 'out', range(0), 8, 0, gpus={gpus})"
+        "job = SimpleNamespace(render=lambda *a: print(os.environ.get('JAX_PLATFORMS'), os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE')))\n"
+        "render_run(job, range(0), 0, gpus={gpus})"
     )
     assert run_python(code.format(gpus=0)) == "cpu false"
     assert run_python(code.format(gpus=1)) == "None false"
