@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from doppelgen.format import read_manifest
 from doppelgen.publish import rerender as rerender_module
 from doppelgen.publish.cross_platform import CLIP_TOLERANCE, DESCRIPTION, log_mel_distance, params_difference
 from doppelgen.render.platform_identity import IDENTITY_KEYS, _cpu_flags, isa_cap, same_platform, xla_cpu_isa
@@ -110,7 +111,7 @@ def test_a_dataset_rendered_with_xla_capped_at_sse42_passes_verify_rerender_here
     assert f"compared: {DESCRIPTION}; measured: worst clip" in verify.stderr, verify.stderr
 
     # It is a real difference: byte for byte (as if this were the same platform) the pairs differ.
-    monkeypatch.setattr(rerender_module, "same_platform", lambda record: True)
-    manifest = json.loads((out / "manifest.json").read_text())
+    monkeypatch.setattr(rerender_module, "same_platform", lambda manifest: True)
+    manifest = read_manifest(out)
     exact = rerender_module.rerender_pairs(out, manifest, 8, seed=0)
     assert exact.problems and all(p.endswith("re-rendered bytes differ (but agree as a render from another platform would)") for p in exact.problems)
