@@ -392,3 +392,20 @@ def test_ctrl_c_and_a_killed_rendering_worker_end_the_run_cleanly(recipe_file, t
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in workers), "a rendering worker outlived the run"
+
+
+def test_auto_renders_on_the_cpu_when_training_on_the_cpu():
+    from doppeltrain.data.streamed import render_place
+
+    assert render_place("auto", torch.device("cpu")) == "cpu"
+    assert render_place("cpu", torch.device("cpu")) == "cpu"
+
+
+@pytest.mark.slow
+def test_the_streamed_benchmark_compares_the_loader_with_the_kernel(tmp_path):
+    from benchmarks import train_streamed
+
+    figures = train_streamed.compare(train_streamed.write_recipe(tmp_path), workers=1, batch_size=8, seconds=2, rounds=1)
+    assert figures["loader_pairs_per_s"] > 0 and figures["kernel_pairs_per_s"] > 0
+    assert figures["ratio"] == pytest.approx(figures["loader_pairs_per_s"] / figures["kernel_pairs_per_s"], abs=0.002)
+    assert figures["worker_start_cpu_s"] > 0

@@ -13,7 +13,7 @@ Where it renders (``--render-on``):
   load the compiled kernel from the persistent cache); each renders whole steps, the
   DataLoader takes them round robin. With ``--workers 0`` it renders in this process.
 - ``gpu``: in this process, on the training GPU, with JAX's preallocation off so that
-  torch keeps its memory (``jax_runtime.configure_jax_memory``).
+  torch keeps its memory (``jax_runtime.prepare_jax_backends``).
 
 In this process a thread renders the next batches while the current step trains (JAX
 releases the GIL while it computes). The same workers, or the same thread, render the
@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from doppelgen.format import pair_key
 from doppelgen.paper_recipes import load_recipe
 from doppelgen.recipe import Recipe, RecipeError
-from doppelgen.render.jax_runtime import configure_jax_memory, use_cpu_only
+from doppelgen.render.jax_runtime import prepare_jax_backends, use_cpu_only
 
 from doppeltrain.data.batches import PairBatch
 from doppeltrain.data.datasets import DataError
@@ -195,12 +195,17 @@ def init_render_worker(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def jax_sees_gpu() -> bool:
+def jax_sees_gpu(device: torch.device) -> bool:
     """Whether JAX in this process renders on a GPU. Initialises JAX's backend, with
-    preallocation off first, so that it shares the device with torch."""
-    configure_jax_memory()
+    preallocation off first, so that it shares the device with torch (and its CPU backend
+    kept: the kernel draws parameters there), and with only the training GPU visible to
+    it (a rank of a multi-GPU run renders on its own GPU, where JAX's first device would
+    be every rank's GPU 0)."""
+    prepare_jax_backends()
     import jax
 
+    if device.type == "cuda" and device.index is not None:
+        jax.config.update("jax_cuda_visible_devices", str(device.index))
     return jax.default_backend() == "gpu"
 
 
@@ -211,7 +216,7 @@ def render_place(choice: str, device: torch.device) -> str:
         raise DataError(f"unknown --render-on {choice!r}: expected one of {', '.join(RENDER_PLACES)}")
     if choice == "cpu" or (choice == "auto" and device.type != "cuda"):
         return "cpu"
-    if jax_sees_gpu():
+    if jax_sees_gpu(device):
         return "gpu"
     if choice == "gpu":
         raise DataError("--render-on gpu: JAX sees no GPU here (install jax[cuda], or use --render-on cpu)")
