@@ -259,6 +259,7 @@ def write_json(path: Path, data: dict) -> Path:
         ("render-on", "unknown --render-on 'tpu'"),
         ("delta-ramp", "--delta-ramp must be"),
         ("delta-from-frozen", "--delta-from ramps the delta of streamed recipes"),
+        ("same-recipe", "are the same recipe; give it once"),
         pytest.param("no-gpu", "--render-on gpu: JAX sees no GPU",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
     ],
@@ -280,6 +281,7 @@ def test_bad_recipes_and_stream_options_give_one_line_and_exit_2(voice_shards, r
         "delta-ramp": ["--delta-from", "0.05", "--delta-ramp", "0"],
         "delta-from-frozen": ["--delta-from", "0.05"],
         "no-gpu": ["--render-on", "gpu"],
+        "same-recipe": [str(write_json(tmp_path / "copy.json", recipe))],  # the same recipe, another file
     }.get(case, [])
     status = main(["fit", str(source), "--runs-dir", str(tmp_path / "runs"), "--workers", "0", *TINY_CLI, *extra])
     error = capsys.readouterr().err

@@ -68,6 +68,16 @@ def find_sources(locations: Sequence[str], sample_rate: int) -> RunSources:
     frozen_locations = [str(location) for location in locations if not is_recipe_location(str(location))]
     recipes = [read_recipe_source(str(location), sample_rate) for location in locations if is_recipe_location(str(location))]
     frozen = discover(frozen_locations, sample_rate) if frozen_locations else []
+    first_of: dict[str, str] = {}
+    for source in recipes:
+        if source.sha256 in first_of:
+            # Both would render the same indices: every pair twice in a batch.
+            raise DataError(f"{first_of[source.sha256]} and {source.location} are the same recipe; give it once")
+        first_of[source.sha256] = source.location
+    for info in frozen:
+        same = first_of.get(info.manifest.recipe_sha256)
+        if same is not None:
+            logger.warning("%s holds the first pairs of %s: the run trains on some pairs twice", info.location, same)
     lengths = {info.n_samples for info in frozen} | {source.recipe.n_samples for source in recipes}
     if len(lengths) > 1:
         # Batches stack clips, so a run reads one clip length.
