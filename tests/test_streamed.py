@@ -242,6 +242,18 @@ def test_an_error_in_a_loader_worker_becomes_one_line():
     assert worker_failure(RuntimeError("something else")) is None
 
 
+def test_a_recipe_that_renders_no_finite_pair_stops_the_run_in_one_line(recipe_file, tmp_path, capsys, monkeypatch):
+    from doppelgen.render import kernel
+
+    def non_finite(*args, **kwargs):
+        raise RenderError("pair 3 was still non-finite after 32 attempts")
+
+    monkeypatch.setattr(kernel, "render_pairs", non_finite)
+    status = main(["fit", str(recipe_file), "--runs-dir", str(tmp_path), "--workers", "0", *TINY_CLI])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and lines == ["error: voice at delta 0.25: pair 3 was still non-finite after 32 attempts"]
+
+
 def write_json(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data))
     return path

@@ -44,7 +44,13 @@ from doppelgen.render.jax_runtime import prepare_jax_backends, use_cpu_only
 from doppeltrain.data.batches import PairBatch
 from doppeltrain.data.datasets import DataError
 from doppeltrain.data.stream_plan import DeltaRamp, IndexPlan, render_chunk
-from doppeltrain.data.worker_processes import WorkerError, ignore_interrupts, interrupts_ignored, worker_failure
+from doppeltrain.data.worker_processes import (
+    WorkerError,
+    ignore_interrupts,
+    interrupts_ignored,
+    raised_in_worker,
+    worker_failure,
+)
 
 RENDER_PLACES = ("auto", "cpu", "gpu")
 # Pairs per kernel call on the CPU: measured on voice, 64 renders as fast per CPU-second
@@ -102,11 +108,14 @@ def render_rows(recipe: Recipe, indices: np.ndarray, delta: float, chunk: int) -
     """Views a and b of pairs ``indices`` of ``recipe`` at ``delta``, in kernel calls of
     exactly ``chunk`` pairs (the last padded), so that every call reuses one compiled kernel."""
     # Imported here: JAX loads in the process that renders, never in one that forks.
-    from doppelgen.render.kernel import render_pairs
+    from doppelgen.render.kernel import RenderError, render_pairs
 
     n = len(indices)
     padded = np.concatenate([indices, np.full(-n % chunk, indices[-1], np.int64)])
-    a, b, _ = render_pairs(dataclasses.replace(recipe, delta=delta), padded, batch_size=chunk)
+    try:
+        a, b, _ = render_pairs(dataclasses.replace(recipe, delta=delta), padded, batch_size=chunk)
+    except RenderError as error:  # the recipe renders NaN or infinity, redraw after redraw
+        raise DataError(f"{recipe.synth.name} at delta {delta}: {error}") from None
     return a[:n], b[:n]
 
 
@@ -265,8 +274,8 @@ class StreamedLoader:
             failure = worker_failure(error) or self.dead_worker()
             if failure is None:
                 raise
-            if isinstance(error, DataError):
-                raise DataError(str(failure).split(": ", 1)[-1]) from None
+            if isinstance(error, DataError):  # raised by a worker: the data's fault, as here
+                raise DataError(raised_in_worker(error)[1]) from None
             raise failure from None
         finally:
             if self.loader is None:

@@ -60,9 +60,15 @@ def worker_failure(error: BaseException) -> WorkerError | None:
         return error
     text = str(error)
     if "in DataLoader worker process" in text:
-        name, _, message = text.strip().splitlines()[-1].partition(": ")
-        name = name.rsplit(".", 1)[-1]  # the exception's class, without its module
-        return WorkerError(f"a loader worker failed: {name}: {one_line(Exception(message))}" if message else f"a loader worker failed: {name}")
+        name, message = raised_in_worker(error)
+        return WorkerError(f"a loader worker failed: {name}: {message}" if message else f"a loader worker failed: {name}")
     if any(mark in text for mark in _DEATH_MARKS) and "DataLoader worker" in text:
         return WorkerError(f"a loader worker died: {one_line(error)}")
     return None
+
+
+def raised_in_worker(error: BaseException) -> tuple[str, str]:
+    """``(class name, one-line message)`` of the exception a worker raised, from the
+    DataLoader's re-raise, whose message ends with the worker's traceback."""
+    name, _, message = str(error).strip().splitlines()[-1].partition(": ")
+    return name.rsplit(".", 1)[-1], one_line(Exception(message)) if message else ""
