@@ -25,7 +25,6 @@ from doppelgen.paper_recipes import recipe_text
 from doppelgen.recipe import make_recipe
 from doppelgen.render.kernel import RenderError, render_pairs
 from doppelgen.render.loop import render_dataset
-
 from doppeltrain.checkpoint import load_checkpoint
 from doppeltrain.cli import main
 from doppeltrain.config import TrainConfig

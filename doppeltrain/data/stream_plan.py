@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from doppelgen.format.limits import MAX_PAIRS
-
 from doppeltrain.data.datasets import DataError, held_out_shards, n_val_shards, recipe_digest
 
 

@@ -40,7 +40,6 @@ from doppelgen.format import pair_key
 from doppelgen.paper_recipes import load_recipe
 from doppelgen.recipe import Recipe, RecipeError
 from doppelgen.render.jax_runtime import prepare_jax_backends, use_cpu_only
-
 from doppeltrain.data.batches import PairBatch
 from doppeltrain.data.datasets import DataError
 from doppeltrain.data.stream_plan import DeltaRamp, IndexPlan, render_chunk
