@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from doppelgen.format import pair_key
 from doppelgen.paper_recipes import load_recipe
 from doppelgen.recipe import Recipe, RecipeError
-from doppelgen.render.jax_runtime import prepare_jax_backends, use_cpu_only
+from doppelgen.render.jax_runtime import backends_initialized, prepare_jax_backends, use_cpu_only
 from doppeltrain.data.batches import PairBatch
 from doppeltrain.data.datasets import DataError
 from doppeltrain.data.stream_plan import DeltaRamp, IndexPlan, render_chunk
@@ -212,7 +212,7 @@ def jax_sees_gpu(device: torch.device) -> bool:
     prepare_jax_backends()
     import jax
 
-    if device.type == "cuda" and device.index is not None:
+    if device.type == "cuda" and device.index is not None and not backends_initialized():
         jax.config.update("jax_cuda_visible_devices", str(device.index))
     return jax.default_backend() == "gpu"
 
