@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.render_ray
 	$(BIN)/python -m benchmarks.train
 	$(BIN)/python -m benchmarks.augment_ops
+	$(BIN)/python -m benchmarks.train_streamed
 
 # Recorded drum hits from a pinned Debian package, labelled by instrument, split by kit
 # (experiments/probe_set/; OUT/SOURCES.md says what it holds and under which licences).

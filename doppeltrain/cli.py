@@ -13,10 +13,11 @@ from typing import Any, List, Optional
 
 import typer
 
-from doppelgen.console import fail, reports_input_errors, run_app
+from doppelgen.console import EXIT_FAILURE, fail, reports_input_errors, run_app
 
 from doppeltrain.use.cli import register as register_use_commands
 from doppeltrain.config import TrainConfig
+from doppeltrain.data import WorkerError
 from doppeltrain.train import fit, resume_config
 
 app = typer.Typer(
@@ -71,7 +72,7 @@ def _pairs_per_epoch(text: Optional[str]):
 @app.command("fit")
 @reports_input_errors
 def fit_command(
-    datasets: Optional[List[str]] = typer.Argument(None, help="Pair datasets: folders, file://, s3:// or gs:// URLs, or WebDataset URLs (pipe:, http://; docs/FORMAT.md)."),
+    datasets: Optional[List[str]] = typer.Argument(None, help="Pair datasets: folders, file://, s3:// or gs:// URLs, or WebDataset URLs (pipe:, http://; docs/FORMAT.md); or recipe JSON files (e.g. manifests/voice.json, or a dataset's manifest.json), whose pairs are rendered on the fly."),
     run: Optional[str] = typer.Option(
         None, "--run", "--name",
         help=f"Run name: its files go to RUNS_DIR/RUN. Spell it --name under torchrun, whose own parser reads --run as its --run-path. (default: {DEFAULTS.run})",
@@ -85,7 +86,10 @@ def fit_command(
     batch_size: Optional[int] = typer.Option(None, help=f"Pairs per batch per rank. (default: {DEFAULTS.data.batch_size})"),
     workers: Optional[int] = typer.Option(None, help="Data-loader worker processes per rank; the data order depends on it. (default: sized to the machine: its CPUs per rank less one, at most 16 per GPU, 4 on the CPU; recorded in the run's config)"),
     shuffle_buffer: Optional[int] = typer.Option(None, help=f"Pairs in each worker's shuffle buffer. (default: {DEFAULTS.data.shuffle_buffer})"),
-    val_shards: Optional[float] = typer.Option(None, help=f"Shards held out per dataset: a fraction (<1) or a count; 0 for none. (default: {DEFAULTS.data.val_shards})"),
+    val_shards: Optional[float] = typer.Option(None, help=f"Shards held out per dataset (a recipe: the shards its frozen render would hold out): a fraction (<1) or a count; 0 for none. (default: {DEFAULTS.data.val_shards})"),
+    render_on: Optional[str] = typer.Option(None, help=f"Where recipes' pairs render: cpu (loader workers), gpu (the training GPU) or auto (gpu when training on CUDA and JAX sees a GPU). (default: {DEFAULTS.data.render_on})"),
+    delta_from: Optional[float] = typer.Option(None, help="Ramp the delta of streamed recipes linearly from this value at step 0 to the recipe's delta at --delta-ramp of the run. (default: the recipe's delta throughout)"),
+    delta_ramp: Optional[float] = typer.Option(None, help=f"Fraction of the run's steps the --delta-from ramp lasts. (default: {DEFAULTS.data.delta_ramp})"),
     val_every: Optional[int] = typer.Option(None, help=f"Validate every N epochs (and at the end); 0 never. (default: {DEFAULTS.val_every})"),
     checkpoint_every: Optional[int] = typer.Option(None, help=f"Keep a checkpoint every N epochs; latest.pt is written every epoch. (default: {DEFAULTS.checkpoint_every})"),
     optimizer: Optional[str] = typer.Option(None, help=f"sgd or adam. (default: {DEFAULTS.optim.optimizer})"),
@@ -119,6 +123,9 @@ def fit_command(
         "data.workers": workers,
         "data.shuffle_buffer": shuffle_buffer,
         "data.val_shards": val_shards,
+        "data.render_on": render_on,
+        "data.delta_from": delta_from,
+        "data.delta_ramp": delta_ramp,
         "val_every": val_every,
         "checkpoint_every": checkpoint_every,
         "optim.optimizer": optimizer,
@@ -137,8 +144,12 @@ def fit_command(
         "audit": audit,
     }
     # Bad input (TrainError, DataError, CheckpointError, IrError, ...: console.InputError)
-    # is one line and exit 2; anything else is a bug and keeps its traceback.
-    summary = fit(build_config(overrides, resume))
+    # is one line and exit 2; anything else is a bug and keeps its traceback, except a
+    # loader worker that died or failed while the run was going: one line and exit 1.
+    try:
+        summary = fit(build_config(overrides, resume))
+    except WorkerError as error:
+        fail(str(error), EXIT_FAILURE)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(fit_summary_line(summary))
 

@@ -10,6 +10,7 @@ from doppelgen.console import InputError
 from doppeltrain import distributed as dist_utils
 from doppeltrain.augment.chain import check_augment_config
 from doppeltrain.config import TrainConfig
+from doppeltrain.data.streamed import RENDER_PLACES
 from doppeltrain.model import MODEL_BLOCKS
 from doppeltrain.schedule import OPTIMIZERS
 
@@ -17,8 +18,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # Options a resumed run may change: they affect speed, logging or when to stop, not the
 # weights. Not data.workers: it decides which worker reads which shard, hence the order.
 # Datasets may move: their manifests' digests must still match the checkpoint's.
+# Streamed pairs may render elsewhere: the same pairs, up to the device's arithmetic.
 RESUME_MAY_CHANGE = frozenset(
-    {"resume", "until_epoch", "device", "progress", "log_every", "audit", "runs_dir", "val_audio_pairs", "data.datasets"}
+    {"resume", "until_epoch", "device", "progress", "log_every", "audit", "runs_dir", "val_audio_pairs", "data.datasets",
+     "data.render_on"}
 )
 
 
@@ -52,6 +55,9 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.val_audio_pairs >= 0, f"val_audio_pairs must be 0 or more, got {cfg.val_audio_pairs}"),
         (bool(cfg.run) and "/" not in cfg.run and cfg.run not in (".", ".."), f"--run must be a plain folder name, got {cfg.run!r}"),
         (cfg.features.sample_rate == cfg.data.sample_rate, "features.sample_rate must equal data.sample_rate"),
+        (cfg.data.render_on in RENDER_PLACES, f"unknown --render-on {cfg.data.render_on!r}: expected one of {', '.join(RENDER_PLACES)}"),
+        (cfg.data.delta_from is None or 0 <= cfg.data.delta_from <= 4, f"--delta-from must lie in [0, 4], got {cfg.data.delta_from}"),
+        (0 < cfg.data.delta_ramp <= 1, f"--delta-ramp must be a fraction of the run's steps in (0, 1], got {cfg.data.delta_ramp}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -150,8 +150,11 @@ class _Run:
     step: int
     timing: dict[str, float] = field(default_factory=lambda: {"wait": 0.0, "total": 0.0, "steps": 0})
     check_interrupt: Any = lambda: None  # raises KeyboardInterrupt once Ctrl-C was pressed
+    loaders: Any = None  # data.RunLoaders: closing it stops the rendering workers
 
     def close(self) -> None:
+        if self.loaders is not None:
+            self.loaders.close()
         self.logger.close()
         if self.audit is not None:
             self.audit.close()
@@ -179,7 +182,13 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         run = _prepare(sized_to_machine(cfg, env.device), env)
         try:
             with interrupt_between_steps() as run.check_interrupt:
-                return _train(run)
+                try:
+                    return _train(run)
+                except RuntimeError as error:  # a loader worker that died or failed: one line
+                    failure = data.worker_failure(error)
+                    if failure is None:
+                        raise
+                    raise failure from None
         finally:
             run.close()
     finally:
@@ -199,9 +208,8 @@ def sized_to_machine(cfg: TrainConfig, device: torch.device) -> TrainConfig:
 def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
     """Find the data, check a resume, build (or restore) model, optimizer and loaders."""
     device, run_dir = env.device, run_dir_of(cfg)
-    infos = data.discover(cfg.data.datasets, cfg.data.sample_rate)
-    manifests = data.manifest_digests((info.location, info.manifest) for info in infos)
-    train_shards, val_shards = data.split_shards(infos, cfg.data.val_shards, cfg.seed)
+    sources = data.find_sources(cfg.data.datasets, cfg.data.sample_rate)
+    manifests = sources.digests()
     state = None
     if cfg.resume:
         state = load_checkpoint(latest_checkpoint(run_dir))
@@ -230,16 +238,17 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
         encoder = nn.parallel.DistributedDataParallel(encoder, device_ids=[device.index] if device.type == "cuda" else None)
 
     epoch_ref = data.SharedEpoch(start_epoch)
-    train_loader = data.make_loader(train_shards, cfg, train=True, epoch_ref=epoch_ref, rank=env.rank, world_size=env.world_size)
     # Every rank's validation loader would read every validation pair: rank 0 alone validates.
-    val_loader = None
-    if val_shards and env.is_main and cfg.val_every:
-        val_loader = data.make_loader(val_shards, cfg, train=False, epoch_ref=epoch_ref)
+    loaders = data.make_run_loaders(sources, cfg, epoch_ref=epoch_ref, rank=env.rank, world_size=env.world_size,
+                                    device=device, validate=env.is_main and bool(cfg.val_every))
+    train_loader, val_loader = loaders.train, loaders.validation
 
     autocast = autocast_dtype(cfg.precision, device)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        # Streamed recipes: their sha256 and the pair indices the run trains and validates on.
+        streams = {"streams": loaders.streams} if loaders.streams else {}
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), **streams}, indent=2) + "\n")
     dist_utils.barrier()
     resumed = state is not None
     return _Run(
@@ -250,7 +259,7 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
         precision="bf16" if autocast == torch.bfloat16 else "fp32",
         logger=RunLogger(run_dir, env.is_main, start_epoch, step),
         audit=open(run_dir / f"audit-rank{env.rank}.jsonl", "a" if resumed else "w") if cfg.audit else None,
-        manifests=manifests, start_epoch=start_epoch, step=step,
+        manifests=manifests, start_epoch=start_epoch, step=step, loaders=loaders,
     )
 
 

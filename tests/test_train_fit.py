@@ -369,10 +369,10 @@ class SlowLoader:
 
 
 def test_the_data_wait_fraction_counts_the_time_spent_waiting_for_batches(voice_shards, tmp_path, monkeypatch):
-    from doppeltrain import data
+    from doppeltrain.data import sources
 
-    delay, real_make_loader = 0.3, data.make_loader
-    monkeypatch.setattr(data, "make_loader", lambda *a, **k: SlowLoader(real_make_loader(*a, **k), delay) if k["train"] else real_make_loader(*a, **k))
+    delay, real_make_loader = 0.3, sources.make_loader
+    monkeypatch.setattr(sources, "make_loader", lambda *a, **k: SlowLoader(real_make_loader(*a, **k), delay) if k["train"] else real_make_loader(*a, **k))
     summary = fit(tiny_config(voice_shards, tmp_path, epochs=1, val_every=0, log_every=1))
     counted = STEPS_PER_EPOCH - 1  # the epoch's first step (starting the workers) is not counted
     assert summary["data_wait_seconds"] >= counted * delay

@@ -70,7 +70,13 @@ class DatasetInfo:
     def recipe_digest(self) -> int:
         """A number fixed by the recipe alone: the same dataset gets the same validation
         split wherever it is stored."""
-        return int.from_bytes(bytes.fromhex(self.manifest.recipe_sha256)[:8], "little")
+        return recipe_digest(self.manifest.recipe_sha256)
+
+
+def recipe_digest(sha256: str) -> int:
+    """The first 8 bytes of a recipe's sha256 (hex, of its canonical JSON), as a number:
+    what the validation split of the recipe's pairs is drawn from."""
+    return int.from_bytes(bytes.fromhex(sha256)[:8], "little")
 
 
 def is_shard_name(name: object) -> bool:
@@ -219,6 +225,14 @@ def n_val_shards(n_shards: int, val_shards: float) -> int:
     return min(wanted, n_shards - 1)
 
 
+def held_out_shards(n_shards: int, held: int, seed: int, digest: int) -> set[int]:
+    """Which ``held`` of ``n_shards`` shards are held out: a function of the seed and the
+    recipe's digest alone, shared by frozen datasets and streamed recipes (whose held-out
+    shards are those of a frozen render of the same recipe)."""
+    rng = np.random.default_rng([seed, digest])
+    return set(rng.permutation(n_shards)[:held].tolist())
+
+
 def split_shards(
     infos: Sequence[DatasetInfo], val_shards: float, seed: int
 ) -> tuple[list[ShardRef], list[ShardRef]]:
@@ -237,8 +251,7 @@ def split_shards(
         held = n_val_shards(n, val_shards)
         if val_shards > 0 and held == 0:
             logger.warning("%s: only %d shard; none held out for validation", info.location, n)
-        rng = np.random.default_rng([seed, info.recipe_digest])
-        chosen = set(rng.permutation(n)[:held].tolist())
+        chosen = held_out_shards(n, held, seed, info.recipe_digest)
         for position, shard in enumerate(info.shards):
             (val if position in chosen else train).append(shard)
     return train, val
