@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # JAX compiles each synth for tens of seconds; keep compiled kernels between runs.
 export DOPPELGANGERS_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install test fuzz demo bench learn probe-set eval clean
+.PHONY: install test test-fast lint fuzz demo bench learn probe-set eval clean
 
 install: $(STAMP)
 
@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
+
+# The suite without the tests marked slow: an answer in a few minutes while developing.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The suite fuzzes the readers briefly (dataset manifests, sample JSON and audio, tar
 # layouts, probe's CSV); this runs each target FUZZ_EXAMPLES times and prints
@@ -28,7 +35,7 @@ fuzz: $(STAMP)
 
 # Renders 9 shards of 512 voice pairs at delta 0.05 (views close enough for a CPU to learn
 # them in minutes), holds one shard out (512 pairs: one retrieval group) and trains the
-# small network with the fastest-learning CPU setting that benchmarks/learn.py found. fit
+# small network with the fastest-learning CPU setting that experiments/learn.py found. fit
 # ends by printing held-out recall@1 of the untrained and the trained network side by side.
 demo: $(STAMP)
 	$(BIN)/doppelgen render demo-shards --synth voice --delta 0.05 --shards 9 --pairs-per-shard 512 --overwrite
@@ -38,21 +45,25 @@ demo: $(STAMP)
 		--optimizer adam --lr 0.003 --augment none --epochs 2 --steps-per-epoch 100 --workers 1 \
 		--val-shards 1 --val-every 1
 
+# The augmentation's aten ops and host syncs per view of 768 clips on a GPU's path
+# (target <= 1500 ops, <= 3 syncs), counted on the CPU (benchmarks/augment_ops.py).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/render.py
-	$(BIN)/python benchmarks/render_ray.py
-	$(BIN)/python benchmarks/train.py
+	$(BIN)/python -m benchmarks.render
+	$(BIN)/python -m benchmarks.render_ray
+	$(BIN)/python -m benchmarks.train
+	$(BIN)/python -m benchmarks.augment_ops
+	$(BIN)/python -m benchmarks.train_streamed
 
 # Recorded drum hits from a pinned Debian package, labelled by instrument, split by kit
-# (benchmarks/probe_set.py; OUT/SOURCES.md says what it holds and under which licences).
+# (experiments/probe_set/; OUT/SOURCES.md says what it holds and under which licences).
 probe-set: $(STAMP)
-	$(BIN)/python benchmarks/probe_set.py .cache/probe-set
+	$(BIN)/python -m experiments.probe_set .cache/probe-set
 
-# Evidence that training learns (benchmarks/learn.py): renders voice pairs at delta 0.05
+# Evidence that training learns (experiments/learn.py): renders voice pairs at delta 0.05
 # and 0.25 (cached), trains the small network for a fixed number of steps on the CPU and
 # prints one JSON line: held-out recall@1 and drum-probe accuracy, untrained vs trained.
 learn: probe-set
-	$(BIN)/python benchmarks/learn.py --probe-set .cache/probe-set
+	$(BIN)/python -m experiments.learn --probe-set .cache/probe-set
 
 # HEAR's downstream protocol (docs/eval.md) on two tiny tasks made from the drum probe set
 # (benchmarks/eval_tasks.py: which instrument, 5 kit folds at 48 kHz; which instruments in
@@ -60,7 +71,7 @@ learn: probe-set
 EVAL_MODEL ?= runs/demo/checkpoints/latest.pt
 EVAL_OUT ?= runs/demo/eval
 eval: probe-set $(EVAL_MODEL)
-	$(BIN)/python benchmarks/eval_tasks.py .cache/probe-set .cache/eval-tasks
+	$(BIN)/python -m benchmarks.eval_tasks .cache/probe-set .cache/eval-tasks
 	$(BIN)/doppeltrain eval $(EVAL_MODEL) .cache/eval-tasks/drum_kits .cache/eval-tasks/drum_layers --out $(EVAL_OUT)
 
 runs/demo/checkpoints/latest.pt:

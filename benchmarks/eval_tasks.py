@@ -12,7 +12,7 @@ for ``make eval``:
 Neither rate is the model's 16 kHz, so ``doppeltrain eval`` resamples both. The probe set
 holds recorded acoustic drums only (no General MIDI soundfonts, no speech).
 
-``python benchmarks/eval_tasks.py PROBE_SET OUT`` writes ``OUT/drum_kits`` and
+``python -m benchmarks.eval_tasks PROBE_SET OUT`` writes ``OUT/drum_kits`` and
 ``OUT/drum_layers``; a task already built from the same probe set by the same recipe is
 left as it is.
 """
@@ -30,8 +30,8 @@ import numpy as np
 
 from doppelgen.console import EXIT_FAILURE, one_line
 from doppelgen.files import file_sha256
-from doppeltrain.inference import AudioReadError, load_audio
 from doppeltrain.use.hear_tasks import METADATA_FILE, TaskError, TaskWriter
+from doppeltrain.use.inference import AudioReadError, load_audio
 
 RECIPE_VERSION = 1
 KITS_RATE, LAYERS_RATE = 48000, 44100

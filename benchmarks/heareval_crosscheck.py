@@ -1,6 +1,6 @@
 """Cross-check ``doppeltrain eval`` against heareval's own prediction runner on the same embeddings.
 
-    python benchmarks/heareval_crosscheck.py MODEL TASK... --out DIR \\
+    python -m benchmarks.heareval_crosscheck MODEL TASK... --out DIR \\
         [--heareval-python ../heareval-env/bin/python] [--grid default] [--grid-points 8] \\
         [--seeds 42 0 1 2 3] [--heareval-seeds 42 0 1 2 3] \\
         [--feature-set model --feature-set logmel --feature-set random]
@@ -45,12 +45,12 @@ import numpy as np
 
 from doppelgen.files import write_atomic
 from doppeltrain.distributed import resolve_device
-from doppeltrain.inference import load_model
 from doppeltrain.use.downstream import HEAREVAL_SEED
 from doppeltrain.use.evaluation import MODEL_ROW, EvalConfig, evaluate_task, feature_sets
 from doppeltrain.use.hear_scores import SCORES
 from doppeltrain.use.hear_tasks import read_task
 from doppeltrain.use.heareval_layout import read_heareval_scores
+from doppeltrain.use.inference import load_model
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -12,9 +12,8 @@ One seed says little on a small task (a few dozen validation clips choose the gr
 
 import sys
 
-import pytorch_lightning as pl
-
 import heareval.predictions.task_predictions as task_predictions
+import pytorch_lightning as pl
 from heareval.predictions.runner import runner
 
 seed = int(sys.argv[1])

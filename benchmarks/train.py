@@ -17,8 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import train_fit
-import train_pipeline
+from benchmarks import train_fit, train_pipeline
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,9 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"fit, small model: waiting    {fit['data_wait_fraction']:10.1%}  of step time (target < 5%: {'met' if wait_ok else 'NOT met'})", flush=True)
 
     # Last: it loads JAX into this process, after every DataLoader fork is done.
-    import render as render_benchmark
-    from doppelgen.config import make_recipe
-    from doppelgen.jax_runtime import configure_jax
+    from benchmarks import render as render_benchmark
+    from doppelgen.recipe import make_recipe
+    from doppelgen.render.jax_runtime import configure_jax
 
     configure_jax()
     reference = render_benchmark.measure_reference(make_recipe("voice", n_shards=8, pairs_per_shard=256), batch_size=256)

@@ -1,96 +1,79 @@
-"""The synth registry: recipe name -> SynthAX architecture, and its parameter layout."""
+"""The synth registry: every synth a recipe may name, one row each, without importing JAX.
+
+To add a synth, add its row to ``SYNTHS``: the SynthAX class that renders it, the
+constructor arguments a recipe may set with their defaults, and their bounds. The
+recipe's checks (``doppelgen.recipe``), the renderer (``render.synths.build_synth``) and
+the command line's ``--synth`` and ``--synth-arg`` all read this table, so the row is the
+whole change (plus a test and the docs).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Any, Mapping
 
-import jax
-import numpy as np
+from doppelgen.format import is_whole_number, shown
 
-from .config import Recipe, RecipeError
+# Oscillators of each kind in a parametric synth (the paper's has 6 in all): each is
+# unrolled into the kernel, so the count bounds its compile time.
+MAX_OSCILLATORS = 16
 
 
 @dataclass(frozen=True)
-class ParamInfo:
-    """One scalar of the flattened parameter vector, with its human-readable range."""
+class Synth:
+    """One synth a recipe may name."""
 
-    name: str  # module/parameter, with [i] or [i,j] for array-valued parameters
-    minimum: float | None
-    maximum: float | None
-    curve: float | None
-    symmetric: bool | None
+    name: str
+    synthax_class: str  # "module.Class": imported only when rendering
+    # Constructor arguments a recipe may set, with the defaults a recipe gets (sorted pairs,
+    # so a row is hashable); none: the synth takes no arguments.
+    default_items: tuple[tuple[str, int], ...] = ()
+    arg_bounds: tuple[int, int] = (0, MAX_OSCILLATORS)  # every argument's range, both ends included
+    arg_meaning: str = "arguments"  # what the arguments count, for messages
+    least_total: int = 0  # the arguments' sum must reach this
+    least_total_meaning: str = ""  # what that sum counts, for messages
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    @property
+    def defaults(self) -> dict[str, int]:
+        return dict(self.default_items)
 
 
-def synth_config(recipe: Recipe, batch_size: int = 1):
-    from synthax.config import SynthConfig
-
-    return SynthConfig(
-        batch_size=batch_size,
-        sample_rate=recipe.sample_rate,
-        buffer_size_seconds=recipe.duration,
-        control_rate=recipe.control_rate,
-        eps=recipe.eps,
+SYNTHS: dict[str, Synth] = {
+    synth.name: synth
+    for synth in (
+        Synth("voice", "synthax.synth.Voice"),
+        Synth("voicefm", "synthax.synth.VoiceExpanded"),
+        Synth(
+            "parametric", "synthax.synth.ParametricSynth",
+            default_items=(("fm_sine", 1), ("fm_square_saw", 1), ("sine", 2), ("square_saw", 2)),
+            arg_meaning="oscillator counts", least_total=1, least_total_meaning="oscillator",
+        ),
     )
+}
 
 
-def build_synth(recipe: Recipe, batch_size: int = 1):
-    """The recipe's SynthAX module. Pairs are drawn one sound at a time (batch 1, vmapped),
-    so that a pair never depends on which others share its batch."""
-    from synthax.synth import ParametricSynth, Voice, VoiceExpanded
-
-    config = synth_config(recipe, batch_size)
-    name = recipe.synth.name
-    if name == "voice":
-        return Voice(config)
-    if name == "voicefm":
-        return VoiceExpanded(config)
-    if name == "parametric":
-        return ParametricSynth(config, **recipe.synth.args)
-    raise RecipeError(f"unknown synth {name!r}")
-
-
-@lru_cache(maxsize=16)
-def param_layout(recipe: Recipe) -> tuple[ParamInfo, ...]:
-    """Names and ranges of the flattened parameter vector, in ``ravel_pytree`` order."""
-    synth = build_synth(recipe)
-    params = jax.eval_shape(synth.init, jax.random.PRNGKey(0))
-    # Ranges live on the bound submodules (defaults or the architecture's overrides).
-    bound = synth.bind(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), params))
-    modules = bound.modules
-    from synthax.types import is_parameter_spec
-
-    layout: list[ParamInfo] = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = [getattr(entry, "key", str(entry)) for entry in path]
-        module_key, parameter = keys[-2], keys[-1]
-        module_name = module_key.removeprefix("modules_")
-        module = modules.get(module_name)
-        spec = None
-        if module is not None:
-            fields = {f.name: f for f in dataclasses.fields(module)}
-            if parameter in fields and is_parameter_spec(fields[parameter].type):
-                spec = getattr(module, parameter)
-        element_shape = leaf.shape[1:]  # drop the batch axis of size 1
-        for flat_index, element in enumerate(np.ndindex(*element_shape) if element_shape else [()]):
-            suffix = f"[{','.join(map(str, element))}]" if element_shape else ""
-            layout.append(_param_info(f"{module_name}/{parameter}{suffix}", spec, element))
-    return tuple(layout)
+def synth_args_problem(name: Any, args: Mapping[str, Any]) -> str | None:
+    """Why synth ``name`` cannot take constructor arguments ``args`` (one line), or None."""
+    synth = SYNTHS.get(name) if isinstance(name, str) else None
+    if synth is None:
+        return f"unknown synth {shown(name)}: expected one of {', '.join(SYNTHS)}"
+    if not synth.default_items:
+        return f"synth {shown(name)} takes no arguments" if args else None
+    unknown = set(args) - set(synth.defaults)
+    if unknown:
+        return f"unknown {name} synth arguments: {shown(', '.join(sorted(unknown)), 120, quoted=False)}"
+    low, high = synth.arg_bounds
+    if any(not is_whole_number(value) or not low <= value <= high for value in args.values()):
+        return f"{name} {synth.arg_meaning} must be whole numbers in [{low}, {high}]"
+    if sum(args.values()) < synth.least_total:
+        return f"a {name} synth needs at least {synth.least_total} {synth.least_total_meaning}"
+    return None
 
 
-def _param_info(name: str, spec, element: tuple[int, ...]) -> ParamInfo:
-    if spec is None or not hasattr(spec, "minimum"):
-        return ParamInfo(name, None, None, None, None)
-
-    def scalar(value) -> float:
-        array = np.asarray(value, dtype=np.float64)
-        if array.ndim == 0:
-            return float(array)
-        # Array-valued ranges (e.g. Voice's mixer curve) vary along the last axis.
-        return float(array[element[-1]]) if element else float(array.reshape(-1)[0])
-
-    return ParamInfo(name, scalar(spec.minimum), scalar(spec.maximum), scalar(spec.curve), bool(spec.symmetric))
+def synth_args_help() -> str:
+    """The arguments each synth takes, with their defaults, for ``--help``."""
+    return "; ".join(
+        f"{synth.name}: {', '.join(f'{key}={value}' for key, value in synth.defaults.items())}"
+        for synth in SYNTHS.values()
+        if synth.default_items
+    )

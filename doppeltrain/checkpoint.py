@@ -9,7 +9,7 @@ could run code, is refused before anything in it runs. Keys:
   ``build_model(config.model)``
 - ``optimizer``: its state_dict (the learning rate is a function of ``step``)
 - ``epoch``: epochs completed; ``step``: optimizer steps taken
-- ``rng``: the saving process's RNG states, as tensors (see :func:`rng_state`)
+- ``rng``: the saving process's RNG states, as tensors (:mod:`doppeltrain.rng_state`)
 - ``config``: ``TrainConfig.to_dict()``
 - ``manifests``: ``{dataset: sha256 of its manifest.json}``, so a resume can refuse
   data that changed under it
@@ -24,23 +24,21 @@ import hashlib
 import math
 import pickle
 import pickletools
-import random
 import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Union
 
-import numpy as np
 import torch
 from torch import nn
 
-from doppelgen.console import one_line
-from doppelgen.files import TEMP_MARK, atomic_writer, file_sha256, remove_dead_temporaries, temporary_path
-from doppelgen.format import MANIFEST_NAME, dump_json
+from doppelgen.console import InputError, one_line
+from doppelgen.files import TEMP_MARK, atomic_writer, remove_dead_temporaries, temporary_path
+from doppelgen.format import is_number, is_whole_number
 
-from .config import FeatureConfig, ModelConfig, TrainConfig
-from .model import MODEL_BLOCKS, build_model
+from doppeltrain.config import FeatureConfig, ModelConfig, TrainConfig
+from doppeltrain.model import MODEL_BLOCKS, build_model
 
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "rng", "config", "manifests")
 LATEST_NAME = "latest.pt"
@@ -54,7 +52,7 @@ MAX_N_FFT = 65536
 MAX_EXAMPLE_FRAMES = 10_000
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint is missing, unreadable, unsafe or not ours; the message is one line."""
 
 
@@ -200,25 +198,17 @@ def inference_config_problem(cfg: TrainConfig) -> str:
         "features.example_frames": (features.example_frames, MAX_EXAMPLE_FRAMES),
     }
     for name, (value, upper) in int_bounds.items():
-        if not _is_int(value) or not 1 <= value <= upper:
+        if not is_whole_number(value) or not 1 <= value <= upper:
             return f"{name} must be an integer in 1..{upper}, got {value!r}"
     for name in ("f_min", "f_max", "log_offset"):
         value = getattr(features, name)
-        if not _is_number(value) or not math.isfinite(value):
+        if not is_number(value) or not math.isfinite(value):
             return f"features.{name} must be a finite number, got {value!r}"
     if not 0 <= features.f_min < features.f_max <= features.sample_rate / 2:
         return "features need 0 <= f_min < f_max <= sample_rate / 2"
     if features.log_offset <= 0:
         return "features.log_offset must be positive"
     return ""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def network_with_weights(config: TrainConfig, weights: Any, source: Union[str, Path]) -> nn.Module:
@@ -234,7 +224,7 @@ def network_with_weights(config: TrainConfig, weights: Any, source: Union[str, P
     return model
 
 
-def load_model(checkpoint_path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> tuple[nn.Module, TrainConfig]:
+def load_checkpoint_network(checkpoint_path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> tuple[nn.Module, TrainConfig]:
     """The trained network (eval mode, on ``device``) and the config it was trained with.
 
     The network maps log-mel ``(N, 1, 96, 64)`` to unnormalized embeddings; L2-normalize
@@ -254,74 +244,3 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-# --- what a checkpoint records -------------------------------------------------------
-
-
-def manifest_digests(datasets: Iterable[tuple[str, dict]]) -> dict[str, str]:
-    """``{location: sha256}`` of each dataset's manifest, from ``(location, manifest)`` pairs.
-
-    A local folder's digest is that of its ``manifest.json`` bytes (what ``sha256sum``
-    prints); a URL dataset, whose file is not at hand, gets the digest of the manifest's
-    canonical JSON (``doppelgen.format.dump_json``).
-    """
-    digests = {}
-    for location, manifest in datasets:
-        path = Path(location) / MANIFEST_NAME
-        if "://" not in str(location) and path.is_file():
-            digests[str(location)] = file_sha256(path)[0]
-        else:
-            digests[str(location)] = hashlib.sha256(dump_json(manifest)).hexdigest()
-    return digests
-
-
-def rng_state() -> dict[str, Any]:
-    """The process's RNG states as tensors and plain data, so a checkpoint holding them
-    loads with ``weights_only=True``; :func:`set_rng_state` restores them exactly.
-
-    - ``python``: ``{"version": int, "state": int64 tensor (625,), "gauss_next": float or None}``,
-      from ``random.getstate()`` (Mersenne Twister words and position)
-    - ``numpy``: ``{"algorithm": "MT19937", "key": int64 tensor (624,), "pos": int,
-      "has_gauss": int, "cached_gaussian": float}``, from ``np.random.get_state()``
-    - ``torch``: ``torch.get_rng_state()`` (uint8 tensor)
-    - ``cuda``: ``torch.cuda.get_rng_state_all()`` (list of uint8 tensors), when CUDA is available
-    """
-    version, words, gauss_next = random.getstate()
-    algorithm, key, pos, has_gauss, cached_gaussian = np.random.get_state()
-    state = {
-        "python": {"version": int(version), "state": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss_next},
-        "numpy": {
-            "algorithm": str(algorithm), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` recorded; CheckpointError if it is malformed. CUDA
-    states are restored when the process sees as many devices as the saver did."""
-    try:
-        python, numpy_state = state["python"], state["numpy"]
-        words = tuple(int(word) for word in python["state"].tolist())
-        gauss_next = python["gauss_next"]
-        python_state = (int(python["version"]), words, None if gauss_next is None else float(gauss_next))
-        key = numpy_state["key"]
-        if not isinstance(key, torch.Tensor) or key.shape != (624,) or key.min() < 0 or key.max() >= 2**32:
-            raise ValueError("numpy key must be 624 unsigned 32-bit words")
-        numpy_tuple = (str(numpy_state["algorithm"]), key.numpy().astype(np.uint32), int(numpy_state["pos"]),
-                       int(numpy_state["has_gauss"]), float(numpy_state["cached_gaussian"]))
-        torch_state = state["torch"]
-        if not isinstance(torch_state, torch.Tensor) or torch_state.dtype != torch.uint8:
-            raise ValueError("torch state must be a uint8 tensor")
-        random.setstate(python_state)
-        np.random.set_state(numpy_tuple)
-        torch.set_rng_state(torch_state)
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
-        raise CheckpointError(f"the checkpoint's RNG states are malformed ({one_line(error)})") from None
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LossConfig
-from .loss import contrastive_loss
-from .retrieval import retrieval_metrics
-from .views import ViewPipeline
+from doppeltrain.config import LossConfig
+from doppeltrain.loss import contrastive_loss
+from doppeltrain.retrieval import retrieval_metrics
+from doppeltrain.views import ViewPipeline
 
 
 def embed_views(encoder: nn.Module, pipeline: ViewPipeline, a: torch.Tensor, b: torch.Tensor, generator, autocast) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """The network's input: VGGish-style log-mel examples, computed in batch on the device.
 
-The definition is REFERENCE.md's ('Features fed to the network'): frames of 400 samples
+The definition is docs/REFERENCE.md's ('Features fed to the network'): frames of 400 samples
 (25 ms at 16 kHz) every 160 (10 ms), periodic Hann window, |FFT| of size 512, a 64-band
 HTK mel filterbank from 125 to 7500 Hz with triangles in the mel domain and the DC bin
 zeroed, ``log(mel + 0.01)``, then examples of 96 frames (0.96 s) every 96 frames. Frames
@@ -8,7 +8,7 @@ are not centred: frame ``t`` covers samples ``[160 t, 160 t + 400)``, so a 1 s c
 98 frames and gives one example.
 
 torchaudio's own mel filterbank draws its triangles in hertz, not in mel, so the
-filterbank comes from ``doppelgen.logmel`` (the HTK mel scale, ``htk_hertz_to_mel``); the
+filterbank comes from ``doppelgen.vggish`` (the HTK mel scale, ``htk_hertz_to_mel``); the
 STFT is torchaudio's.
 """
 
@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from doppelgen.logmel import vggish_mel_filterbank
+from doppelgen.vggish import vggish_mel_filterbank
 
-from .config import FeatureConfig
+from doppeltrain.config import FeatureConfig
 
 
 def mel_filterbank(cfg: FeatureConfig) -> torch.Tensor:
     """The (n_fft // 2 + 1, n_mels) float32 weights: triangles whose edges are equally
     spaced on the HTK mel scale, evaluated at each FFT bin's mel value, the DC bin
-    unweighted. Built once by ``doppelgen.logmel`` (NumPy), which draws the pictures of
+    unweighted. Built once by ``doppelgen.vggish`` (NumPy), which draws the pictures of
     ``doppelgen export``: the two programs share one definition."""
     weights = vggish_mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
     return torch.from_numpy(weights.astype(np.float32))

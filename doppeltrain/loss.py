@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from .config import LossConfig
+from doppeltrain.config import LossConfig
 
 
 def alignment_loss(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:

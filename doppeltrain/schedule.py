@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import OptimConfig
+from doppeltrain.config import OptimConfig
 
 OPTIMIZERS = ("sgd", "adam")
 REFERENCE_BATCH = 256  # the batch the reference's SGD learning rate is quoted for

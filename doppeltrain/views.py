@@ -15,9 +15,9 @@ from torch import nn
 
 from doppelgen.irs import default_ir_dir
 
-from .augment import Augmenter
-from .config import AugmentConfig, TrainConfig
-from .features import LogMelFrontend
+from doppeltrain.augment.chain import Augmenter
+from doppeltrain.config import AugmentConfig, TrainConfig
+from doppeltrain.features import LogMelFrontend
 
 
 class ViewPipeline(nn.Module):

@@ -12,7 +12,7 @@ import torchaudio
 from torch_audiomentations import HighPassFilter, LowPassFilter
 from torch_audiomentations.utils.mel_scale import convert_frequencies_to_mels
 
-from doppeltrain.augment import (
+from doppeltrain.augment.chain import (
     Augmenter,
     AugmentError,
     SpectrogramAugment,
@@ -24,9 +24,9 @@ from doppeltrain.augment import (
     time_shift,
 )
 from doppeltrain.config import AugmentConfig
-from doppeltrain.masking import axis_mask, mask_param
-from doppeltrain.pitch_shift import pitch_shift
-from doppeltrain.sinc_filters import (
+from doppeltrain.augment.masking import axis_mask, mask_param
+from doppeltrain.augment.pitch_shift import pitch_shift
+from doppeltrain.augment.sinc_filters import (
     cutoffs_uniform_in_mel,
     hertz_to_mel_oshaughnessy,
     highpass,

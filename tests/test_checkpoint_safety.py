@@ -17,16 +17,15 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from doppeltrain import hear, inference
+from doppeltrain.use import hear, inference
 from doppeltrain.checkpoint import (
     CHECKPOINT_KEYS,
     CheckpointError,
     load_checkpoint,
-    load_model,
-    rng_state,
+    load_checkpoint_network,
     save_checkpoint,
-    set_rng_state,
 )
+from doppeltrain.rng_state import rng_state, set_rng_state
 from doppeltrain.cli import app, main
 from doppeltrain.train import resume_config
 from use_fixtures import SR, write_checkpoint, write_labelled_folder
@@ -80,7 +79,7 @@ def assert_refused_in_one_line(output: str, name: str) -> None:
 
 def test_python_loaders_refuse_a_payload_before_it_runs(crafted):
     path, marker = crafted
-    for loader in (load_checkpoint, load_model, inference.load_model, lambda p: hear.load_model(str(p))):
+    for loader in (load_checkpoint, load_checkpoint_network, inference.load_model, lambda p: hear.load_model(str(p))):
         with pytest.raises(CheckpointError, match="arbitrary unpickling") as caught:
             loader(path)
         assert "\n" not in str(caught.value) and "x.pt" in str(caught.value)
@@ -192,7 +191,7 @@ def test_a_crafted_config_cannot_make_loading_allocate_without_bound(tmp_path):
     state["config"]["model"]["width"] = 10**9
     save_checkpoint(state, path)
     with pytest.raises(CheckpointError, match="model.width must be an integer in 1..4096"):
-        load_model(path)
+        load_checkpoint_network(path)
 
 
 # --- temporaries of killed writers -------------------------------------------------------

@@ -14,19 +14,26 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from eval_fixtures import write_multiclass_task, write_multilabel_task
 from typer.testing import CliRunner
+from use_fixtures import write_checkpoint
 
+from doppelgen.console import InputError
 from doppeltrain.cli import app
-from doppeltrain.inference import load_model
 from doppeltrain.use import downstream, evaluation
 from doppeltrain.use.downstream import PredictorConfig, ProtocolConfig, SplitData, grid_points, run_protocol, train_predictor
 from doppeltrain.use.eval_cache import EmbeddingCache, feature_set_key, task_key
 from doppeltrain.use.hear_scores import (
-    average_precision, chroma_accuracy, d_prime, macro_auc, mean_average_precision, roc_auc, top1_accuracy,
+    average_precision,
+    chroma_accuracy,
+    d_prime,
+    macro_auc,
+    mean_average_precision,
+    roc_auc,
+    top1_accuracy,
 )
 from doppeltrain.use.hear_tasks import METADATA_FILE, FoldSplit, TaskError, read_task
-from eval_fixtures import write_multiclass_task, write_multilabel_task
-from use_fixtures import write_checkpoint
+from doppeltrain.use.inference import load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,6 +127,7 @@ def test_a_broken_task_folder_is_refused_in_one_line(tasks, tmp_path, case):
         read_task(folder, 16000, known_scores=("top1_acc", "mAP", "d_prime", "aucroc"))
     message = str(caught.value)
     assert fragment in message and "\n" not in message, message
+    assert isinstance(caught.value, InputError)  # what every command line reports in one line
 
 
 # --- scores ----------------------------------------------------------------------------

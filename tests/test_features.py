@@ -1,4 +1,4 @@
-"""The log-mel frontend against a direct NumPy implementation of REFERENCE.md's definition."""
+"""The log-mel frontend against a direct NumPy implementation of docs/REFERENCE.md's definition."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from doppeltrain.config import FeatureConfig
-from doppelgen.logmel import htk_hertz_to_mel
+from doppelgen.vggish import htk_hertz_to_mel
 from doppeltrain.features import LogMelFrontend, log_mel, n_examples
 
 SR = 16000
 
 
 def reference_log_mel(x: np.ndarray) -> np.ndarray:
-    """REFERENCE.md, written out: 400-sample frames every 160, periodic Hann, |rfft| of 512,
+    """docs/REFERENCE.md, written out: 400-sample frames every 160, periodic Hann, |rfft| of 512,
     HTK-mel triangles (in mel) over 125-7500 Hz with the DC bin zeroed, log(mel + 0.01)."""
     x = x.astype(np.float64)
     count = 1 + (len(x) - 400) // 160

@@ -27,7 +27,7 @@ from doppelgen.format import (
     shard_name,
     stats_name,
 )
-from doppelgen.verify import verify_dataset
+from doppelgen.publish.verify import verify_dataset
 
 
 @pytest.fixture()

@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from doppelgen.cli import app
-from doppelgen.config import make_recipe
-from doppelgen.dataset import render_dataset
-from doppelgen.encoding_workers import SEGMENT_PREFIX
+from doppelgen.recipe import make_recipe
+from doppelgen.render.loop import render_dataset
+from doppelgen.render.encoding_workers import SEGMENT_PREFIX
 from doppelgen.format import stats_name
 
 RENDER = [sys.executable, "-m", "doppelgen", "render"]
@@ -183,7 +183,7 @@ def test_render_refuses_an_absurd_recipe_in_one_line_before_any_work(tmp_path, f
 
 
 def test_sizes_that_fit_each_bound_but_not_together_are_refused():
-    from doppelgen.config import RecipeError
+    from doppelgen.recipe import RecipeError
 
     with pytest.raises(RecipeError, match="100000 pairs of 960000 samples exceed a shard's 536870912 samples"):
         make_recipe("voice", pairs_per_shard=100_000, duration=60.0)

@@ -1,4 +1,4 @@
-"""The HEAR 2021 API contract of ``doppeltrain.hear``."""
+"""The HEAR 2021 API contract of ``doppeltrain.use.hear``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import inspect
 import pytest
 import torch
 
-from doppeltrain import hear
-from doppeltrain.inference import embed
+from doppeltrain.use import hear
+from doppeltrain.use.inference import embed
 from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint
 
 

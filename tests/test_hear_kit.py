@@ -1,4 +1,4 @@
-"""The real HEAR kit side by side: ``doppeltrain.hear`` declaring HEAR's 48 kHz, our embeddings
+"""The real HEAR kit side by side: ``doppeltrain.use.hear`` declaring HEAR's 48 kHz, our embeddings
 in heareval's on-disk layout, and (where heareval's environment exists: docs/eval.md)
 heareval's own code: its scores, its grid, its embedding layout and its prediction runner
 on the same embeddings as ``doppeltrain eval``.
@@ -12,26 +12,21 @@ import json
 import pickle
 import random
 import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from eval_fixtures import write_multiclass_task, write_multilabel_task
+from use_fixtures import write_checkpoint
 
-from doppeltrain import hear
-from doppeltrain.inference import embed, resample
+from benchmarks import heareval_crosscheck
+from doppeltrain.use import hear
 from doppeltrain.use.downstream import grid_points
 from doppeltrain.use.hear_scores import SCORES
 from doppeltrain.use.hear_tasks import read_task
 from doppeltrain.use.heareval_layout import read_heareval_scores, write_task_embeddings
-from eval_fixtures import write_multiclass_task, write_multilabel_task
-from use_fixtures import write_checkpoint
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-import heareval_crosscheck  # noqa: E402
+from doppeltrain.use.inference import embed, resample
 
 HEAREVAL_PYTHON = heareval_crosscheck.heareval_python()
 # heareval's environment takes seconds to import torch and Lightning: every test that uses it is slow.
@@ -57,7 +52,7 @@ def run_in_heareval(script: str, *args: str) -> str:
     return done.stdout
 
 
-# --- doppeltrain.hear at HEAR's 48 kHz ---------------------------------------------------
+# --- doppeltrain.use.hear at HEAR's 48 kHz ---------------------------------------------------
 
 
 def test_the_model_declares_48k_and_embeds_as_if_given_its_own_rate(checkpoint):
@@ -205,7 +200,7 @@ def test_we_try_the_grid_points_heareval_tries():
 def test_doppeltrain_eval_and_heareval_agree_on_the_same_embeddings(checkpoint, tasks, tmp_path):
     # The easy multiclass task on log-mel statistics, heareval's default grid cut to its
     # first two points, heareval at its seed 42, ours at 42, 0 and 1: the means must agree
-    # within the stated margin (benchmarks/heareval_crosscheck.py).
+    # within the stated margin (python -m benchmarks.heareval_crosscheck).
     report = heareval_crosscheck.crosscheck(str(checkpoint), [str(tasks[0])], tmp_path, HEAREVAL_PYTHON, grid="default",
                                             grid_points=2, seeds=(42, 0, 1), heareval_seeds=(42,), rows=("logmel",),
                                             progress=False)

@@ -12,12 +12,12 @@ import pytest
 import soundfile as sf
 import yaml
 
-from doppelgen.card import CardError, size_category, write_card
-from doppelgen.export import ExportError, export_pairs, param_differences
-from doppelgen.logmel import vggish_log_mel as log_mel
+from doppelgen.publish.card import CardError, size_category, write_card
+from doppelgen.publish.export import ExportError, export_pairs, param_differences
+from doppelgen.vggish import vggish_log_mel as log_mel
 from doppelgen.format import iter_shard_pairs, iter_tar_members, read_manifest, shard_name
-from doppelgen.info import describe_dataset, format_description
-from doppelgen.pack import PackConfig, pack_folder
+from doppelgen.publish.info import describe_dataset, format_description
+from doppelgen.pack.packing import PackConfig, pack_folder
 
 from test_verify import run_cli
 
@@ -70,13 +70,13 @@ def test_log_mel_has_the_vggish_shape_and_finds_a_tone():
 
 
 def test_log_mel_of_the_pictures_is_the_trainers_features():
-    """export draws what the network sees: doppelgen.logmel (NumPy, float64) against
+    """export draws what the network sees: doppelgen.vggish (NumPy, float64) against
     doppeltrain.features (torch, float32)."""
     import torch
 
     from doppeltrain.config import FeatureConfig
     from doppeltrain.features import log_mel as trainer_log_mel, mel_filterbank
-    from doppelgen.logmel import vggish_mel_filterbank
+    from doppelgen.vggish import vggish_mel_filterbank
 
     cfg = FeatureConfig()
     np.testing.assert_allclose(vggish_mel_filterbank(cfg.sample_rate, cfg.n_fft), mel_filterbank(cfg).numpy(), atol=1e-6)
@@ -139,8 +139,8 @@ def test_card_header_is_what_the_hub_reads(dataset, voice_recipe):
     assert [f["name"] for f in features["json"]["struct"]] == ["index", "seed", "gain", "params"]
     assert header["dataset_info"]["splits"] == [{"name": "train", "num_bytes": describe_dataset(dataset)["totals"]["bytes"], "num_examples": 32}]
     body = (dataset / "README.md").read_text(encoding="utf-8")
-    for entry in read_manifest(dataset)["record"]["shards"]:
-        assert f"`{entry['sha256']}`" in body
+    for entry in read_manifest(dataset).shards:
+        assert f"`{entry.sha256}`" in body
     for how in ("doppeltrain fit", "wds.WebDataset", "load_dataset(", "pairs-{000000..000003}.tar", '"delta": 0.25'):
         assert how in body
 
@@ -198,11 +198,11 @@ def test_hugging_face_datasets_loads_every_pair_without_an_audio_decoder(dataset
     for folder in (dataset, packed):
         manifest = read_manifest(folder)
         stored = {}
-        for s in range(manifest["recipe"]["n_shards"]):
+        for s in range(manifest.n_shards):
             for name, data in iter_tar_members(folder / shard_name(s)):
                 stored[name] = data
         rows = loaded[str(folder)]
-        assert len(rows) == sum(e["n_pairs"] for e in manifest["record"]["shards"])
+        assert len(rows) == sum(e.n_pairs for e in manifest.shards)
         for row in rows:
             key = row["key"]
             assert bytes.fromhex(row["a"]) == stored[f"{key}.a.flac"] and bytes.fromhex(row["b"]) == stored[f"{key}.b.flac"]

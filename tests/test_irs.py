@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from doppelgen import irs
+from doppelgen.irs import sets as irs
 from doppelgen.cli import main
 from doppelgen.files import TEMP_MARK
-from doppelgen.irs import IrError, IrSetConfig, cached_ir_dir, default_ir_dir, impulse_response, ir_name, render_ir_set
-from doppelgen.irs_rooms import Room, draw_room, eyring_absorption, render_impulse_response
-from doppelgen.irs_verify import verify_ir_set
+from doppelgen.irs.sets import IrError, IrSetConfig, cached_ir_dir, default_ir_dir, impulse_response, ir_name, render_ir_set
+from doppelgen.irs.rooms import Room, draw_room, eyring_absorption, render_impulse_response
+from doppelgen.irs.verify import verify_ir_set
 
 SMALL = IrSetConfig(count=3, seed=7)
 
@@ -228,7 +228,7 @@ def test_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
 CONCURRENT_CALLER = """
 import sys, time
 from pathlib import Path
-import doppelgen.irs as irs
+import doppelgen.irs.sets as irs
 real = irs.render_ir_set
 def counted(*args, **kwargs):
     print("rendering", flush=True)

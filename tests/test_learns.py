@@ -1,6 +1,6 @@
 """Training learns: a few dozen steps beat the untrained network at finding held-out pairs.
 
-Also the pieces of ``benchmarks/learn.py`` (``make learn``): its leave-one-group-out probe
+Also the pieces of ``experiments/learn.py`` (``make learn``): its leave-one-group-out probe
 and its JSON line, end to end at a tiny size.
 """
 
@@ -12,14 +12,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from doppelgen.config import make_recipe
-from doppelgen.dataset import render_dataset
+from doppelgen.recipe import make_recipe
+from doppelgen.render.loop import render_dataset
 from doppeltrain.config import TrainConfig
 from doppeltrain.train import fit
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import learn
+from experiments import learn
 
 # The learning test's data: voice pairs at delta 0.05, whose two views differ little, so
 # that a few dozen steps of the small network already separate pairs (at the paper's
@@ -61,7 +59,7 @@ def test_a_few_dozen_steps_beat_the_untrained_network(close_pairs, tmp_path, see
     assert trained["median_rank"] <= untrained["median_rank"]
 
 
-# --- benchmarks/learn.py ----------------------------------------------------------------
+# --- experiments/learn.py ----------------------------------------------------------------
 
 
 def test_the_grouped_probe_never_learns_from_the_group_it_tests():

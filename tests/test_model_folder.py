@@ -14,14 +14,14 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from doppeltrain import hear
+from doppeltrain.use import hear
 from doppeltrain.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from doppeltrain.cli import app
-from doppeltrain.inference import embed, embed_files, load_model
-from doppeltrain.model_folder import (
+from doppeltrain.use.inference import embed, embed_files, load_model
+from doppeltrain.use.model_folder import (
     CARD_FILE, CONFIG_FILE, MODEL_FILE, export_model, hub_datasets, load_model_folder,
 )
-from doppeltrain.probe import ProbeConfig, run_probe
+from doppeltrain.use.probe import ProbeConfig, run_probe
 from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint, write_labelled_folder
 
 HUB = "https://huggingface.co/datasets/someone/doppelgangers-voice/resolve/main"
@@ -81,7 +81,7 @@ def test_the_model_card_has_hub_metadata_and_says_how_to_train_and_embed(folder)
     body = text.split("---\n", 2)[2]
     for fact in ("| epochs | 3 of 200 |", "| optimizer steps | 42 |", "768 pairs per process × 2",
                  "adam", "| augmentation | specaugment |", "`" + HUB + "`", "a" * 64,
-                 "doppeltrain embed model/", 'load_model("model/")', "doppeltrain.hear"):
+                 "doppeltrain embed model/", 'load_model("model/")', "doppeltrain.use.hear"):
         assert fact in body, fact
 
 

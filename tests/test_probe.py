@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from doppeltrain import hear
+from doppeltrain.use import hear
 from doppeltrain.cli import app
 from doppeltrain.config import TrainConfig
-from doppeltrain.inference import embed_files, load_model
+from doppeltrain.use.inference import embed_files, load_model
 from doppeltrain.model import build_model
-from doppeltrain.probe import (
+from doppeltrain.use.probe import (
     LogMelStatistics, ProbeConfig, Standardizer, baseline_model, fit_logistic_regression,
     linear_probe, read_labelled_data, read_split_file, run_probe, stratified_split,
 )

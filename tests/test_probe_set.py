@@ -1,4 +1,4 @@
-"""The drum probe set builder (benchmarks/probe_set.py) on tiny fake kits packed in a fake
+"""The drum probe set builder (experiments/probe_set/) on tiny fake kits packed in a fake
 .deb, built inside each test: selection, conversion, splits, the sha256 refusal and
 idempotence. One test fetches the real pinned package and needs the network."""
 
@@ -23,9 +23,8 @@ import torch
 from doppelgen.files import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))  # probe_set imports the modules beside it
-import debian_package
-import probe_set
+from experiments.probe_set import build as probe_set
+from experiments.probe_set import debian_package
 
 SR = 44100
 PREFIX = "usr/share/hydrogen/data/drumkits"
@@ -235,7 +234,7 @@ def test_build_writes_labelled_clips_and_splits_that_never_share_a_group(tmp_pat
 
 
 def test_the_built_set_is_what_doppeltrain_probe_reads(tmp_path, fake_package):
-    from doppeltrain import probe
+    from doppeltrain.use import probe
 
     package, deb = fake_package
     out = tmp_path / "set"

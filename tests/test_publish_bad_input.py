@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from doppelgen.format import MANIFEST_NAME, pair_key
-from doppelgen.pack import PackConfig, pack_folder
+from doppelgen.pack.packing import PackConfig, pack_folder
 
 from test_verify import rewrite_shard, run_cli
 
@@ -23,10 +23,10 @@ def dataset(voice_shards, tmp_path):
 def quick_pictures(monkeypatch):
     """Pictures reduced to what depends on the pair's data (title, parameter ranking):
     matplotlib's drawing costs seconds a picture and is tested in test_info_export_card."""
-    from doppelgen import export
+    from doppelgen.publish import export
 
-    def picture(pair, recipe, names) -> bytes:
-        return f"{export.pair_title(pair.meta, recipe)} {export.param_differences(pair.meta, names)}".encode()
+    def picture(pair, manifest, names) -> bytes:
+        return f"{export.pair_title(pair.meta, manifest)} {export.param_differences(pair.meta, names)}".encode()
 
     monkeypatch.setattr(export, "pair_picture", picture, raising=False)
 
@@ -208,9 +208,9 @@ def test_statistics_that_overflow_are_refused(dataset):
 def test_info_json_and_the_card_never_write_nan(dataset):
     """The refusal above keeps NaN out; should a NaN reach them anyway, writing fails
     instead of producing invalid JSON."""
-    from doppelgen.card import card_body
+    from doppelgen.publish.card import card_body
     from doppelgen.format import read_manifest
-    from doppelgen.info import describe_dataset, description_json
+    from doppelgen.publish.info import describe_dataset, description_json
 
     desc = describe_dataset(dataset)
     json.loads(description_json(desc), parse_constant=lambda name: pytest.fail(f"{name} in info --json"))

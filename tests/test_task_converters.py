@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +13,12 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from benchmarks import eval_tasks
 from doppeltrain.cli import app
 from doppeltrain.use.hear_tasks import TaskError, read_task
 from doppeltrain.use.task_converters import ConvertOptions, convert
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-import eval_tasks  # noqa: E402
 
 URBAN_CLASSES = ("dog_bark", "siren")
 # UrbanSound8K's files come at many rates, depths and channel counts: a few of each here.

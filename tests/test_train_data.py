@@ -115,8 +115,8 @@ def test_mixed_datasets_are_read_together(voice_shards):
 @pytest.fixture(scope="module")
 def other_recipe_shards(tmp_path_factory) -> Path:
     """A second voice dataset of another delta and seed: 2 shards of 4 pairs."""
-    from doppelgen.config import make_recipe
-    from doppelgen.dataset import render_dataset
+    from doppelgen.recipe import make_recipe
+    from doppelgen.render.loop import render_dataset
 
     out = tmp_path_factory.mktemp("other-recipe")
     render_dataset(make_recipe("voice", n_shards=2, pairs_per_shard=4, delta=0.05, seed=7), out, batch_size=8,
@@ -127,7 +127,7 @@ def other_recipe_shards(tmp_path_factory) -> Path:
 def test_datasets_of_different_recipes_mix_in_one_run(voice_shards, other_recipe_shards, tmp_path):
     folders = (voice_shards, other_recipe_shards)
     infos = discover([str(folder) for folder in folders], SR)
-    assert infos[0].manifest["recipe"]["seed"] != infos[1].manifest["recipe"]["seed"]
+    assert infos[0].manifest.seed != infos[1].manifest.seed
     train, val = split_shards(infos, 1, seed=0)
     # One validation shard held out per dataset, the rest trains.
     assert sorted(Path(s.url).parent for s in val) == sorted(folders)
@@ -349,15 +349,15 @@ def test_validation_reads_every_pair_once_in_a_fixed_order(voice_shards):
 
 
 def test_batches_hold_the_rendered_audio_with_its_gain(voice_shards):
-    from doppelgen.config import Recipe
-    from doppelgen.kernel import render_pairs
+    from doppelgen.recipe import Recipe
+    from doppelgen.render.kernel import render_pairs
 
     (info,) = discover([str(voice_shards)], SR)
     loader = make_loader(list(info.shards[:1]), config(batch_size=8), train=False, epoch_ref=SharedEpoch(0))
     (batch,) = list(loader)
     assert batch.a.dtype == batch.b.dtype and batch.a.dtype.is_floating_point and batch.a.shape == (8, SR)
     indices = [int(key) for key in batch.keys]
-    a, b, _ = render_pairs(Recipe.from_dict(info.manifest["recipe"]), indices, batch_size=8)
+    a, b, _ = render_pairs(Recipe.from_dict(info.manifest.recipe), indices, batch_size=8)
     for decoded, rendered in ((batch.a.numpy(), a), (batch.b.numpy(), b)):
         peak = np.abs(rendered).max(axis=1, keepdims=True)
         assert (np.abs(decoded - rendered) <= 1e-5 * peak).all()

@@ -11,7 +11,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from doppeltrain.checkpoint import rng_state, save_checkpoint
+from doppeltrain.checkpoint import save_checkpoint
+from doppeltrain.rng_state import rng_state
 from doppeltrain.config import ModelConfig, TrainConfig
 from doppeltrain.model import build_model
 

@@ -10,8 +10,8 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..config import TrainConfig
-from .batches import (
+from doppeltrain.config import TrainConfig
+from doppeltrain.data.batches import (
     BatchBuilder,
     BlockPool,
     PairBatch,
@@ -20,8 +20,8 @@ from .batches import (
     new_pool_flags,
     release_slots,
 )
-from .datasets import DataError, ShardRef
-from .order import (
+from doppeltrain.data.datasets import DataError, ShardRef
+from doppeltrain.data.order import (
     SharedEpoch,
     epoch_shards,
     shuffled,
@@ -30,7 +30,7 @@ from .order import (
     validation_batches,
     worker_batch_counts,
 )
-from .samples import SampleReader
+from doppeltrain.data.samples import SampleReader
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .datasets import DataError, ShardRef
+from doppeltrain.data.datasets import DataError, ShardRef
 
 # Mixed into the sample-shuffle seeds so they never coincide with the shard-order seeds.
 _SHUFFLE_STREAM = 1

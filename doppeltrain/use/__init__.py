@@ -1,1 +1,2 @@
-"""Using a trained model: downstream evaluation on HEAR-layout tasks, and the tasks' converters."""
+"""Using a trained model: load it, embed audio, probe it, serve the HEAR API, export it,
+and evaluate it downstream on HEAR-layout tasks."""

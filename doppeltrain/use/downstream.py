@@ -49,7 +49,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from doppelgen.console import InputError
+from doppelgen.format import shown
 from doppeltrain.use.hear_scores import SCORES
+
+
+class ProtocolError(InputError):
+    """The protocol's options cannot be used (an unknown grid, no grid points)."""
+
 
 INITIALIZATIONS = {"xavier_uniform": nn.init.xavier_uniform_, "xavier_normal": nn.init.xavier_normal_}
 
@@ -101,7 +108,7 @@ def grid_points(grid: str = "default", count: int = 8, seed: int = HEAREVAL_SEED
     """The grid points heareval tries: its grid in ParameterGrid order, shuffled by
     Python's ``random`` seeded `seed`, the first `count`."""
     if grid not in _GRID_VALUES:
-        raise ValueError(f"unknown grid {grid!r}: expected one of {', '.join(GRIDS)}")
+        raise ProtocolError(f"unknown grid {shown(grid)}: expected one of {', '.join(GRIDS)}")
     points = _parameter_grid(_GRID_VALUES[grid])
     random.Random(seed).shuffle(points)
     return points[:count]
@@ -278,7 +285,7 @@ def run_protocol(
     started = time.monotonic()
     points = list(points if points is not None else config.points())
     if not points:
-        raise ValueError("the grid holds no points")
+        raise ProtocolError("the grid holds no points")
     primary = scores[0]
     maximize = SCORES[primary].maximize
     first = folds[0]

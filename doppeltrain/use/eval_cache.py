@@ -27,10 +27,9 @@ from typing import Iterable, Optional
 import numpy as np
 
 from doppelgen.files import atomic_writer
-
 from doppeltrain.checkpoint import state_dict_sha256
-from doppeltrain.inference import AudioEmbedder
 from doppeltrain.use.hear_tasks import HearTask, TaskClip
+from doppeltrain.use.inference import AudioEmbedder
 
 PART_CLIPS = 256  # clips per part: a part is written at most every this many clips
 KEY_CHARS = 24  # of a sha256's hex digits in a folder name: collisions are not a concern

@@ -25,17 +25,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from doppelgen.console import InputError
 from doppelgen.files import cache_root, write_atomic
-
-from doppeltrain.audio_files import check_readable, path_text
+from doppelgen.format import shown
 from doppeltrain.distributed import resolve_device
-from doppeltrain.inference import DEFAULT_BATCH_SIZE, AudioEmbedder, embed_example_streams, file_examples, load_model
-from doppeltrain.probe import BASELINES, baseline_model
 from doppeltrain.use import heareval_layout
+from doppeltrain.use.audio_files import check_readable, path_text
 from doppeltrain.use.downstream import GRIDS, HEAREVAL_SEED, ProtocolConfig, SplitData, run_protocol
 from doppeltrain.use.eval_cache import EmbeddingCache, feature_set_key, file_signature, task_key, weights_sha256
 from doppeltrain.use.hear_scores import SCORES
 from doppeltrain.use.hear_tasks import HearTask, TaskClip, read_task
+from doppeltrain.use.inference import DEFAULT_BATCH_SIZE, AudioEmbedder, embed_example_streams, file_examples, load_model
+from doppeltrain.use.probe import BASELINES, baseline_model
 
 MODEL_ROW = "model"
 # Column titles of the table, by feature set.
@@ -43,6 +44,10 @@ TITLES = {MODEL_ROW: "model", "logmel": "log-mel stats", "random": "untrained"}
 # Scores shown in percent; d' is not a fraction.
 PERCENT_SCORES = frozenset({"top1_acc", "pitch_acc", "chroma_acc", "mAP", "aucroc"})
 REPORT_JSON, REPORT_MD = "eval.json", "eval.md"
+
+
+class EvalError(InputError):
+    """The options of ``doppeltrain eval`` cannot be used; the message is one line."""
 
 
 @dataclass
@@ -68,22 +73,22 @@ class EvalConfig:
 
 
 def validate(cfg: EvalConfig) -> None:
-    """Every option checked before any work; ValueError in one line."""
+    """Every option checked before any work; EvalError in one line."""
     if not cfg.tasks:
-        raise ValueError("no task folders given")
+        raise EvalError("no task folders given")
     if not Path(cfg.model).exists():
-        raise ValueError(f"no such checkpoint or model folder: {path_text(cfg.model)}")
+        raise EvalError(f"no such checkpoint or model folder: {path_text(cfg.model)}")
     unknown = [kind for kind in cfg.baselines if kind not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown baseline {unknown[0]!r}: expected one of {', '.join(BASELINES)}")
+        raise EvalError(f"unknown baseline {shown(unknown[0])}: expected one of {', '.join(BASELINES)}")
     if len(set(cfg.baselines)) != len(cfg.baselines):
-        raise ValueError("a baseline is named twice")
+        raise EvalError("a baseline is named twice")
     if cfg.grid not in GRIDS:
-        raise ValueError(f"unknown grid {cfg.grid!r}: expected one of {', '.join(GRIDS)}")
+        raise EvalError(f"unknown grid {shown(cfg.grid)}: expected one of {', '.join(GRIDS)}")
     if cfg.grid_points < 1 or cfg.batch_size < 1:
-        raise ValueError("--grid-points and --batch-size must be at least 1")
+        raise EvalError("--grid-points and --batch-size must be at least 1")
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        raise ValueError(f"--out must be a folder, and {path_text(cfg.out)} is a file")
+        raise EvalError(f"--out must be a folder, and {path_text(cfg.out)} is a file")
     resolve_device(cfg.device)
 
 
@@ -211,7 +216,7 @@ def run_eval(cfg: EvalConfig, points=None) -> dict:
     titles = [task.title for task in tasks]
     repeated = sorted({t for t in titles if titles.count(t) > 1})
     if repeated:
-        raise ValueError(f"two task folders are named {repeated[0]}: the report keys tasks by folder name")
+        raise EvalError(f"two task folders are named {repeated[0]}: the report keys tasks by folder name")
     models = feature_sets(model, cfg.baselines, cfg.seed)
     # Every file still to embed is read up to its header now, not hours into the run.
     for task in tasks:

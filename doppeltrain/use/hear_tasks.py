@@ -30,10 +30,10 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import soundfile as sf
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import write_atomic
-
-from doppeltrain.audio_files import path_text
+from doppelgen.format import shown
+from doppeltrain.use.audio_files import path_text
 
 METADATA_FILE = "task_metadata.json"
 VOCABULARY_FILE = "labelvocabulary.csv"
@@ -45,7 +45,7 @@ MAX_METADATA_BYTES = 1 << 20
 MAX_LABELS_BYTES = 256 << 20
 
 
-class TaskError(ValueError):
+class TaskError(InputError):
     """A task folder that cannot be evaluated; the message is one line naming it."""
 
 
@@ -142,13 +142,13 @@ def read_task(folder: Union[str, Path], sample_rate: Optional[int] = None, known
         raise TaskError(f"{name}/{METADATA_FILE}: not a JSON object")
     for key in ("task_name", "embedding_type", "prediction_type", "split_mode", "splits", "evaluation"):
         if key not in metadata:
-            raise TaskError(f"{name}/{METADATA_FILE}: no {key!r}")
+            raise TaskError(f"{name}/{METADATA_FILE}: no {shown(key)}")
     if metadata["embedding_type"] != "scene":
-        raise TaskError(f"{name}: a {metadata['embedding_type']!r} task; doppeltrain eval evaluates scene tasks only")
+        raise TaskError(f"{name}: a {shown(metadata['embedding_type'])} task; doppeltrain eval evaluates scene tasks only")
     if metadata["prediction_type"] not in PREDICTION_TYPES:
-        raise TaskError(f"{name}: prediction_type {metadata['prediction_type']!r}, expected one of {', '.join(PREDICTION_TYPES)}")
+        raise TaskError(f"{name}: prediction_type {shown(metadata['prediction_type'])}, expected one of {', '.join(PREDICTION_TYPES)}")
     if metadata["split_mode"] not in SPLIT_MODES:
-        raise TaskError(f"{name}: split_mode {metadata['split_mode']!r}, expected one of {', '.join(SPLIT_MODES)}")
+        raise TaskError(f"{name}: split_mode {shown(metadata['split_mode'])}, expected one of {', '.join(SPLIT_MODES)}")
     splits = metadata["splits"]
     if not isinstance(splits, list) or not splits or not all(isinstance(s, str) and s for s in splits) or len(set(splits)) != len(splits):
         raise TaskError(f"{name}/{METADATA_FILE}: \"splits\" must be a list of distinct names")
@@ -161,7 +161,7 @@ def read_task(folder: Union[str, Path], sample_rate: Optional[int] = None, known
         raise TaskError(f"{name}/{METADATA_FILE}: \"evaluation\" must be a list of score names")
     unknown = [s for s in scores if known_scores and s not in known_scores]
     if unknown:
-        raise TaskError(f"{name}: unknown score {unknown[0]!r} (known: {', '.join(known_scores)})")
+        raise TaskError(f"{name}: unknown score {shown(unknown[0])} (known: {', '.join(known_scores)})")
 
     rate = _audio_rate(folder, sample_rate)
     split_labels = {split: _read_split_labels(folder, split) for split in splits}
@@ -173,7 +173,7 @@ def read_task(folder: Union[str, Path], sample_rate: Optional[int] = None, known
         for file_name, labels in split_labels[split].items():
             for label in labels:
                 if label not in known:
-                    raise TaskError(f"{name}/{split}.json: {path_text(file_name)} has the label {label!r}, which {VOCABULARY_FILE} lacks")
+                    raise TaskError(f"{name}/{split}.json: {path_text(file_name)} has the label {shown(label)}, which {VOCABULARY_FILE} lacks")
             if metadata["prediction_type"] == "multiclass" and len(labels) != 1:
                 raise TaskError(f"{name}/{split}.json: {path_text(file_name)} has {len(labels)} labels; a multiclass clip has exactly one")
             path = audio_dir / file_name
@@ -210,7 +210,7 @@ def _audio_rate(folder: Path, preferred: Optional[int]) -> int:
 
 def _read_split_labels(folder: Path, split: str) -> dict[str, tuple[str, ...]]:
     path = folder / f"{split}.json"
-    data = _read_json(path, MAX_LABELS_BYTES, f"{path_text(folder)}: no {split}.json (the labels of split {split!r})")
+    data = _read_json(path, MAX_LABELS_BYTES, f"{path_text(folder)}: no {split}.json (the labels of split {shown(split)})")
     if not isinstance(data, dict) or not data:
         raise TaskError(f"{path_text(path)}: expected a non-empty object {{file name: [labels]}}")
     labels = {}
@@ -287,7 +287,7 @@ class TaskWriter:
         extra_metadata: Optional[dict[str, Any]] = None,
     ):
         if prediction_type not in PREDICTION_TYPES or split_mode not in SPLIT_MODES:
-            raise TaskError(f"unknown prediction type {prediction_type!r} or split mode {split_mode!r}")
+            raise TaskError(f"unknown prediction type {shown(prediction_type)} or split mode {shown(split_mode)}")
         if sample_rate <= 0 or (sample_duration is not None and sample_duration <= 0):
             raise TaskError("the sample rate and the duration must be positive")
         self.out = Path(out)
@@ -324,9 +324,9 @@ class TaskWriter:
     def add(self, split: str, name: str, labels: Sequence[str], audio: np.ndarray) -> Path:
         """Write one clip (mono float audio at the task's rate) and record its labels."""
         if split not in self.labels:
-            raise TaskError(f"unknown split {split!r}")
+            raise TaskError(f"unknown split {shown(split)}")
         if Path(name).name != name or not name.endswith(".wav"):
-            raise TaskError(f"a clip's name must be a plain .wav file name, got {name!r}")
+            raise TaskError(f"a clip's name must be a plain .wav file name, got {shown(name)}")
         if name in self.labels[split]:
             raise TaskError(f"two clips named {name} in split {split}")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
@@ -344,7 +344,7 @@ class TaskWriter:
         """Write the label files, the vocabulary and the metadata; returns the folder."""
         empty = [split for split, clips in self.labels.items() if not clips]
         if empty:
-            raise TaskError(f"split {empty[0]!r} of {path_text(self.out)} holds no clip")
+            raise TaskError(f"split {shown(empty[0])} of {path_text(self.out)} holds no clip")
         for split, clips in self.labels.items():
             write_atomic(self.out / f"{split}.json", (json.dumps(clips, indent=1) + "\n").encode())
         vocabulary = sorted({label for clips in self.labels.values() for labels in clips.values() for label in labels})

@@ -29,10 +29,15 @@ from typing import Optional, Union
 
 import numpy as np
 
+from doppelgen.console import InputError
 from doppelgen.files import write_atomic
-
-from doppeltrain.audio_files import path_text
+from doppeltrain.use.audio_files import path_text
 from doppeltrain.use.hear_tasks import METADATA_FILE, VOCABULARY_FILE, HearTask
+
+
+class LayoutError(InputError):
+    """A folder for heareval's layout that holds something else; the message is one line."""
+
 
 SCORES_FILE = "test.predicted-scores.json"  # what heareval's prediction runner writes
 EMBEDDING_SHUFFLE_SEED = 0  # heareval's task_embeddings: prng.seed(0)
@@ -48,7 +53,7 @@ def write_task_embeddings(task: HearTask, embeddings: np.ndarray, out: Union[str
         raise ValueError(f"{len(task.clips)} clips but {embeddings.shape[0]} embeddings")
     if out.exists():
         if not (out / METADATA_FILE).is_file() and any(out.iterdir()):
-            raise ValueError(f"{path_text(out)} is not empty and holds no heareval task: choose a new folder")
+            raise LayoutError(f"{path_text(out)} is not empty and holds no heareval task: choose a new folder")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     write_atomic(out / METADATA_FILE, (json.dumps(task.metadata, indent=1) + "\n").encode())

@@ -30,7 +30,8 @@ from typing import Callable, Optional
 
 from tqdm.auto import tqdm
 
-from doppeltrain.audio_files import AudioReadError, load_audio, path_text
+from doppelgen.format import shown
+from doppeltrain.use.audio_files import AudioReadError, load_audio, path_text
 from doppeltrain.use.hear_tasks import TaskError, TaskWriter
 
 MULTICLASS_SCORES = ["top1_acc", "mAP", "d_prime", "aucroc"]
@@ -87,7 +88,7 @@ def convert_urbansound8k(source: Path, out: Path, options: ConvertOptions = Conv
     for number, row in enumerate(rows, 2):
         fold = row["fold"].strip()
         if not fold.isdigit() or not 1 <= int(fold) <= 10:
-            raise TaskError(f"{path_text(listing)}: line {number} has fold {fold!r}, expected 1 to 10")
+            raise TaskError(f"{path_text(listing)}: line {number} has fold {shown(fold)}, expected 1 to 10")
         path = source / "audio" / f"fold{int(fold)}" / row["slice_file_name"].strip()
         if not path.is_file():
             raise TaskError(f"{path_text(listing)}: line {number} names {path_text(path)}, which does not exist")
@@ -112,7 +113,7 @@ def convert_vivae(source: Path, out: Path, options: ConvertOptions = ConvertOpti
     _check(options)
     subset = options.subset or "full"
     if subset not in VIVAE_SUBSETS:
-        raise TaskError(f"--subset must be one of {', '.join(VIVAE_SUBSETS)}, got {subset!r}")
+        raise TaskError(f"--subset must be one of {', '.join(VIVAE_SUBSETS)}, got {shown(subset)}")
     folder = Path(source) / f"{subset}_set"
     if not folder.is_dir():
         raise TaskError(f"{path_text(source)}: not a VIVAE folder (no {subset}_set/)")
@@ -144,7 +145,7 @@ CONVERTERS: dict[str, Converter] = {"urbansound8k": convert_urbansound8k, "vivae
 def convert(dataset: str, source: Path, out: Path, options: ConvertOptions = ConvertOptions()) -> Path:
     """What ``doppeltrain eval-convert DATASET SOURCE OUT`` does."""
     if dataset not in CONVERTERS:
-        raise TaskError(f"unknown dataset {dataset!r}: expected one of {', '.join(CONVERTERS)}")
+        raise TaskError(f"unknown dataset {shown(dataset)}: expected one of {', '.join(CONVERTERS)}")
     if not Path(source).is_dir():
         raise TaskError(f"no such folder: {path_text(source)}")
     return CONVERTERS[dataset](Path(source), Path(out), options)

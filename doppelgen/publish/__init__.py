@@ -1,0 +1,1 @@
+"""Publishing a rendered dataset: verify, info, export (WAVs and pictures) and the dataset card."""

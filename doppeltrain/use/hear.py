@@ -1,0 +1,99 @@
+"""The HEAR 2021 API, so the HEAR evaluation kit runs a doppeltrain model unchanged:
+
+    python -m heareval.embeddings.runner doppeltrain.use.hear --model runs/NAME/checkpoints/latest.pt
+
+``--model`` is a checkpoint or a model folder written by ``doppeltrain export``.
+
+HEAR's tasks are distributed at 48 kHz only, and the kit reads the audio of
+``TASK/{model.sample_rate}/``. ``--model-options '{"input_sample_rate": 48000}'`` makes
+the model declare 48 kHz to the kit and resample to its own rate inside, for scene and
+timestamp embeddings alike (timestamps stay in milliseconds of the audio given).
+
+Scene embeddings are what ``doppeltrain embed`` computes: the mean over the clip's
+0.96 s examples. Timestamp embeddings are one example (a 1 s window) centred on each
+timestamp, every `timestamp_hop_ms` (50 ms by default, the HEAR recommendation for
+event detection, rather than the network's native 0.96 s), from 0 ms to the clip's end;
+the audio outside the clip reads as silence. Timestamps are in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from doppeltrain.use import inference
+
+TIMESTAMP_HOP_MS = 50.0
+
+
+class HearModel(nn.Module):
+    """A frozen embedder with the attributes the HEAR API asks for."""
+
+    def __init__(self, embedder: inference.AudioEmbedder, timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256,
+                 input_sample_rate: Optional[int] = None):
+        super().__init__()
+        if timestamp_hop_ms <= 0:
+            raise ValueError(f"timestamp_hop_ms must be positive, got {timestamp_hop_ms}")
+        if input_sample_rate is not None and (
+            isinstance(input_sample_rate, bool) or not isinstance(input_sample_rate, (int, float))
+            or input_sample_rate != int(input_sample_rate) or input_sample_rate <= 0
+        ):
+            raise ValueError(f"input_sample_rate must be a positive whole number of Hz, got {input_sample_rate!r}")
+        self.embedder = embedder
+        # What the kit reads audio at; the embedder's own rate is embedder.sample_rate.
+        self.sample_rate = int(input_sample_rate) if input_sample_rate is not None else embedder.sample_rate
+        self.scene_embedding_size = embedder.embedding_dim
+        self.timestamp_embedding_size = embedder.embedding_dim
+        # Whole samples at the embedder's rate, so the reported milliseconds are exact for the windows taken.
+        self.timestamp_hop = max(1, round(timestamp_hop_ms * embedder.sample_rate / 1000.0))
+        self.batch_size = batch_size
+
+
+def load_model(model_file_path: Union[str, os.PathLike] = "", timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256,
+               input_sample_rate: Optional[int] = None) -> HearModel:
+    """The checkpoint (or exported model folder) at `model_file_path` as a HEAR model, on
+    the CPU (the kit moves it with ``.to(device)``). Extra keyword arguments are the
+    kit's ``model_options``; with `input_sample_rate` the model declares that rate as its
+    ``sample_rate`` and resamples the audio it is given to the network's rate.
+    CheckpointError (a ValueError) in one line for a file that is not a doppeltrain
+    model, including one that would need arbitrary unpickling."""
+    if not str(model_file_path):
+        raise ValueError("doppeltrain.use.hear.load_model needs the path of a doppeltrain checkpoint or model folder")
+    return HearModel(inference.load_model(model_file_path, device="cpu"), timestamp_hop_ms, batch_size, input_sample_rate)
+
+
+def _check_audio(audio: Tensor, model: HearModel) -> None:
+    if not isinstance(audio, Tensor) or audio.dim() != 2:
+        raise ValueError(f"audio must be a (n_sounds, n_samples) tensor at {model.sample_rate} Hz, got {getattr(audio, 'shape', type(audio))}")
+    if audio.shape[1] == 0:
+        raise ValueError("audio holds no samples")
+
+
+def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
+    """(n_sounds, n_samples) at ``model.sample_rate`` -> (n_sounds, scene_embedding_size)."""
+    _check_audio(audio, model)
+    if audio.shape[0] == 0:
+        return torch.zeros(0, model.scene_embedding_size, device=audio.device)
+    vectors = inference.embed(model.embedder, audio, model.sample_rate, model.batch_size)
+    return vectors.to(audio.device)
+
+
+def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, Tensor]:
+    """(n_sounds, n_samples) -> embeddings (n_sounds, n_timestamps, timestamp_embedding_size)
+    and their times (n_sounds, n_timestamps) in milliseconds: 0, hop, ... before the end."""
+    _check_audio(audio, model)
+    audio = inference.resample(audio.float(), model.sample_rate, model.embedder.sample_rate)
+    framing = model.embedder.framing
+    hop = model.timestamp_hop
+    count = -(-audio.shape[1] // hop)
+    windows = inference.frame(audio.float(), -framing.centre, hop, count, framing.window)
+    embeddings = [inference.encode_examples(model.embedder, sound, model.batch_size) for sound in windows]
+    if embeddings:
+        stacked = torch.stack(embeddings)
+    else:
+        stacked = torch.zeros(0, count, model.timestamp_embedding_size)
+    times = torch.arange(count, dtype=torch.float32) * (hop * 1000.0 / model.embedder.sample_rate)
+    return stacked.to(audio.device), times.expand(audio.shape[0], count).contiguous().to(audio.device)

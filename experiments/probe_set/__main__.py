@@ -1,0 +1,5 @@
+import sys
+
+from experiments.probe_set.build import main
+
+sys.exit(main())
