@@ -20,9 +20,8 @@
    any does not.
 
 Why means over seeds: on a small task one run says little. On the drum tasks (395 clips)
-the grid point is chosen on a 26-clip validation kit, and one seed's test accuracy moved
-by 0.1 on both sides; heareval's run at 42 alone stood 0.09 above ours at 42, while the
-means over 5 and 8 seeds differed by 0.006.
+the grid point is chosen on one small validation split, and one seed's test score moves by
+several points on both sides; docs/eval.md gives the measured figures.
 
 heareval's environment is found at ``--heareval-python``, else at
 ``$DOPPELGANGERS_HEAREVAL_PYTHON``, else at ``../heareval-env/bin/python`` beside the
