@@ -36,7 +36,7 @@ lint: $(STAMP)
 # hypothesis's statistics (inputs tried, time per input).
 FUZZ_EXAMPLES ?= 5000
 fuzz: $(STAMP)
-	DOPPELGANGERS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_fuzz_readers.py tests/test_probe.py -k "fuzz" --hypothesis-show-statistics
+	DOPPELGANGERS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/format/test_fuzz_readers.py tests/use/test_probe.py -k "fuzz" --hypothesis-show-statistics
 
 # Renders 9 shards of 512 voice pairs at delta 0.05 (views close enough for a CPU to learn
 # them in minutes), holds one shard out (512 pairs: one retrieval group) and trains the

@@ -1,4 +1,4 @@
-"""Instrumentation that tests/test_ray_render.py installs in its Ray cluster's worker
+"""Instrumentation that tests/render/test_ray_render.py installs in its Ray cluster's worker
 processes (runtime_env ``worker_process_setup_hook``); nothing imports it elsewhere.
 
 - Every manifest.json write is logged, with the name of the Ray task that made it.

@@ -16,7 +16,7 @@ from doppelgen.publish import rerender as rerender_module
 from doppelgen.publish.cross_platform import CLIP_TOLERANCE, DESCRIPTION, log_mel_distance, params_difference
 from doppelgen.render.platform_identity import IDENTITY_KEYS, _cpu_flags, isa_cap, same_platform, xla_cpu_isa
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AVX2_HOST = {"sse4_2", "avx", "avx2", "fma"}
 AVX512_HOST = AVX2_HOST | {"avx512f", "avx512_vnni"}
 

@@ -24,7 +24,7 @@ from benchmarks.device_wheels import (
     project_requirements_missing,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OFFLINE = ("Could not fetch URL", "NewConnectionError", "Temporary failure in name resolution", "Network is unreachable", "ProxyError")
 
 

@@ -30,7 +30,7 @@ from doppeltrain.cli import app, main
 from doppeltrain.train import resume_config
 from use_fixtures import SR, write_checkpoint, write_labelled_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Payload:

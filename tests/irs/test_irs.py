@@ -243,7 +243,7 @@ print(irs.cached_ir_dir(irs.IrSetConfig(count=4, seed=5)), flush=True)
 
 
 def test_concurrent_callers_render_one_set(tmp_path):
-    env = {**os.environ, "DOPPELGANGERS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "DOPPELGANGERS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     start, ready = tmp_path / "start", [tmp_path / f"ready-{k}" for k in range(2)]
     callers = [subprocess.Popen([sys.executable, "-c", CONCURRENT_CALLER, str(r), str(start)], env=env, stdout=subprocess.PIPE, text=True) for r in ready]
     deadline = time.monotonic() + 120

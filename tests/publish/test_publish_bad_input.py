@@ -7,11 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
+from publish_helpers import rewrite_shard, run_cli
 
 from doppelgen.format import MANIFEST_NAME, pair_key
 from doppelgen.pack.packing import PackConfig, pack_folder
-
-from test_verify import rewrite_shard, run_cli
 
 
 @pytest.fixture()
@@ -208,8 +207,8 @@ def test_statistics_that_overflow_are_refused(dataset):
 def test_info_json_and_the_card_never_write_nan(dataset):
     """The refusal above keeps NaN out; should a NaN reach them anyway, writing fails
     instead of producing invalid JSON."""
-    from doppelgen.publish.card import card_body
     from doppelgen.format import read_manifest
+    from doppelgen.publish.card import card_body
     from doppelgen.publish.info import describe_dataset, description_json
 
     desc = describe_dataset(dataset)

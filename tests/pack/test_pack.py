@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from publish_helpers import run_cli
 from scipy.signal import resample_poly
 
 from doppelgen.format import MANIFEST_NAME, iter_shard_pairs, read_manifest, shard_name
 from doppelgen.pack.packing import PackConfig, PackError, pack_folder
 from doppelgen.pack.recordings import Resampler, list_recordings, plan_crops
 from doppelgen.publish.verify import verify_dataset
-
-from test_verify import run_cli
 
 SR = 16000
 

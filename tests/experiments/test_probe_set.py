@@ -22,7 +22,7 @@ import torch
 
 from doppelgen.files import file_sha256
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 from experiments.probe_set import build as probe_set
 from experiments.probe_set import debian_package
 

@@ -34,7 +34,7 @@ from doppeltrain.config_checks import TrainError
 from doppeltrain.model import build_model
 from doppeltrain.train import fit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_FIELDS = {"step", "epoch", "loss", "alignment", "uniformity", "lr", "pairs_per_s", "data_wait_fraction"}
 # 4 shards of 8 pairs, 1 held out: 24 training pairs, 6 batches of 4 per epoch.
 STEPS_PER_EPOCH = 6

@@ -41,7 +41,7 @@ def ray_cluster(tmp_path_factory):
     hooks = tmp_path_factory.mktemp("ray-hooks")
     # Ray's socket paths must fit in 107 bytes: a short folder of its own.
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    tests = str(Path(__file__).resolve().parent)
+    tests = str(Path(__file__).resolve().parents[1])
     env = {HOOK_DIR_ENV: str(hooks), "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
     ray.init(
         num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False, logging_level=logging.ERROR,

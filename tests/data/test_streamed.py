@@ -34,7 +34,7 @@ from doppeltrain.data.streamed import Stream, StreamedPairs, shared_state
 from doppeltrain.data.worker_processes import worker_failure
 from doppeltrain.train import fit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SR = 16000
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY_CLI = ["--model", "small", "--width", "8", "--embedding-dim", "32", "--batch-size", "8", "--val-shards", "1",

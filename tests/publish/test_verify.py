@@ -1,59 +1,27 @@
 """doppelgen verify: a clean dataset passes; each kind of damage is named by shard and member."""
 
-import io
 import json
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest
-import typer
-from typer.testing import CliRunner
+from publish_helpers import rewrite_shard, run_cli
 
+from doppelgen.format import MANIFEST_NAME, encode_clip, shard_name
 from doppelgen.publish import rerender as rerender_module
-from doppelgen.publish.cli import register
-from doppelgen.format import MANIFEST_NAME, encode_clip, iter_tar_members, shard_name
-from doppelgen.render.shard_writer import pair_sample
 from doppelgen.publish.cross_platform import CLIP_TOLERANCE, DESCRIPTION
 from doppelgen.publish.rerender import compare_pair
 from doppelgen.publish.verify import VerifyError, verify_dataset
+from doppelgen.render.shard_writer import pair_sample
 
 
 @pytest.fixture()
 def dataset(voice_shards, tmp_path):
     """A private copy of the session's voice dataset, free to damage."""
     return shutil.copytree(voice_shards, tmp_path / "data")
-
-
-def publish_app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """Test app holding the publishing commands."""
-
-    register(app)
-    return app
-
-
-def run_cli(*args: str):
-    return CliRunner().invoke(publish_app(), [str(a) for a in args])
-
-
-def rewrite_shard(folder, shard: int, edit) -> None:
-    """Re-tar shard ``shard`` after ``edit(list of [name, bytes])`` changed its members."""
-    members = [[name, data] for name, data in iter_tar_members(folder / shard_name(shard))]
-    edit(members)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    (folder / shard_name(shard)).write_bytes(buffer.getvalue())
 
 
 def test_a_clean_dataset_verifies(voice_shards, voice_recipe):

@@ -23,7 +23,7 @@ from doppeltrain.augment.fft_sizes import nearest_smooth
 from doppeltrain.augment.pitch_shift import pitch_plan, pitch_shift
 from doppeltrain.augment.sinc_filters import lowpass
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 from benchmarks import augment_ops
 
 SR = 16000

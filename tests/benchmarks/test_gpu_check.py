@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import gpu_check
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_script(*args: str, timeout: int = 900) -> tuple[subprocess.CompletedProcess, list[dict]]:

@@ -19,7 +19,7 @@ from doppeltrain.distributed import AllReduceBatchNorm2d, gather_with_grad
 from doppeltrain.loss import contrastive_loss
 from doppeltrain.train import weights_digest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORLD = 2
 
 

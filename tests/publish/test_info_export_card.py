@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from publish_helpers import run_cli
 
+from doppelgen.format import iter_shard_pairs, iter_tar_members, read_manifest, shard_name
+from doppelgen.pack.packing import PackConfig, pack_folder
 from doppelgen.publish.card import CardError, size_category, write_card
 from doppelgen.publish.export import ExportError, export_pairs, param_differences
-from doppelgen.vggish import vggish_log_mel as log_mel
-from doppelgen.format import iter_shard_pairs, iter_tar_members, read_manifest, shard_name
 from doppelgen.publish.info import describe_dataset, format_description
-from doppelgen.pack.packing import PackConfig, pack_folder
-
-from test_verify import run_cli
+from doppelgen.vggish import vggish_log_mel as log_mel
 
 
 @pytest.fixture()
@@ -74,9 +73,10 @@ def test_log_mel_of_the_pictures_is_the_trainers_features():
     doppeltrain.features (torch, float32)."""
     import torch
 
-    from doppeltrain.config import FeatureConfig
-    from doppeltrain.features import log_mel as trainer_log_mel, mel_filterbank
     from doppelgen.vggish import vggish_mel_filterbank
+    from doppeltrain.config import FeatureConfig
+    from doppeltrain.features import log_mel as trainer_log_mel
+    from doppeltrain.features import mel_filterbank
 
     cfg = FeatureConfig()
     np.testing.assert_allclose(vggish_mel_filterbank(cfg.sample_rate, cfg.n_fft), mel_filterbank(cfg).numpy(), atol=1e-6)
