@@ -105,6 +105,7 @@ def write_probe_set(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_the_benchmark_prints_its_json_line(tmp_path, capsys):
     probe_set = write_probe_set(tmp_path / "probe-set")
     argv = [

@@ -328,6 +328,7 @@ def _real_package_reachable() -> str:
     return ""
 
 
+@pytest.mark.slow
 def test_the_pinned_package_holds_the_documented_kits(tmp_path):
     reason = _real_package_reachable()
     if reason:

@@ -52,6 +52,7 @@ def test_flac16_round_trip_is_within_2_to_the_minus_15_of_the_peak(name):
     assert len(data) < 0.8 * len(data24)
 
 
+@pytest.mark.slow
 def test_a_flac16_dataset_is_read_by_every_reader(tmp_path, voice_shards, monkeypatch):
     out = tmp_path / "flac16"
     # voice_shards' recipe (4 x 8 pairs of voice, flac) in 16-bit: the same pairs, coded smaller.

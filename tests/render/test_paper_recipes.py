@@ -87,6 +87,7 @@ def test_voice_renders_from_its_recipe_file_on_the_command_line(tmp_path):
     assert check_against_recipe(out, recipe) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["voicefm", "parametric"])
 def test_each_synth_renders_its_first_shard_as_the_recipe_says(name, tmp_path):
     recipe = render_first_shard(load_recipe(MANIFESTS_DIR / f"{name}.json"), tmp_path)

@@ -132,6 +132,7 @@ def test_cli_on_the_cluster_resumes_a_partial_local_render(ray_cluster, voice_sh
     assert read_manifest(out).shards == read_manifest(voice_shards).shards
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
 def test_ctrl_c_on_a_cluster_the_driver_started_keeps_complete_shards(ray_cluster, tmp_path):
     out = tmp_path / "interrupted"

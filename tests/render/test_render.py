@@ -86,6 +86,7 @@ def test_shards_follow_the_format(voice_shards: Path, voice_recipe: Recipe):
             assert min(params["a"] + params["b"]) >= np.float32(voice_recipe.eps) and max(params["a"] + params["b"]) <= 1.0
 
 
+@pytest.mark.slow
 def test_wav_codec_is_exact(tmp_path):
     recipe = make_recipe("voice", n_shards=1, pairs_per_shard=4, codec="wav")
     render_dataset(recipe, tmp_path, batch_size=8, workers=0, progress=False)
@@ -145,6 +146,7 @@ def test_a_pair_depends_only_on_its_index(voice_recipe):
     assert not np.array_equal(other_seed[0], a[5])
 
 
+@pytest.mark.slow
 def test_layers_are_independent_voices_averaged(tmp_path):
     import jax
     import jax.numpy as jnp
@@ -225,6 +227,7 @@ def test_rerun_renders_only_missing_shards(tmp_path, voice_shards, voice_recipe)
     assert hidden == [other_host.name]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_gives_the_bytes_of_a_clean_run(tmp_path):
     args = ["--shards", "12", "--pairs-per-shard", "8", "--batch-size", "1", "--workers", "0", "-q"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -274,6 +277,7 @@ def test_full_disk_keeps_finished_shards_and_resumes(tmp_path, voice_shards, voi
 # --- the command line ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_renders_from_a_recipe_file_with_overrides(tmp_path, voice_shards, voice_recipe):
     recipe_file = tmp_path / "recipe.json"
     recipe_file.write_text(json.dumps(dataclasses.replace(voice_recipe, delta=0.5).to_dict()))

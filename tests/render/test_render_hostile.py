@@ -200,6 +200,7 @@ def test_sizes_that_fit_each_bound_but_not_together_are_refused():
 # --- issue 11: README promises without a test ------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_the_same_command_gives_the_bytes_of_a_clean_run(tmp_path):
     out = tmp_path / "interrupted"
     args = ["--shards", "12", "--pairs-per-shard", "8", "--batch-size", "8", "--workers", "2", "-q"]
@@ -227,6 +228,7 @@ def test_ctrl_c_then_the_same_command_gives_the_bytes_of_a_clean_run(tmp_path):
     assert folder_bytes(out) == folder_bytes(clean)
 
 
+@pytest.mark.slow
 def test_the_production_batch_size_gives_the_bytes_of_a_small_one(tmp_path):
     recipe = make_recipe("voice", n_shards=2, pairs_per_shard=300)
     render_dataset(recipe, tmp_path / "production", batch_size=256, workers=2, progress=False)

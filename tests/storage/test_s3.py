@@ -106,6 +106,7 @@ def test_a_render_on_s3_has_the_bytes_of_a_local_render_and_nothing_else(s3_voic
     assert again.rendered == [] and again.skipped == [0, 1, 2, 3] and again.complete
 
 
+@pytest.mark.slow
 def test_a_ray_render_into_the_bucket_has_the_bytes_of_a_local_render(s3_endpoint, voice_shards):
     """Issue 12's whole path: `doppelgen render s3://... --distributor ray --manifest RECIPE`,
     on a local Ray cluster the command starts (its workers inherit the endpoint)."""
@@ -251,6 +252,7 @@ def clean_kill_recipe_render(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stalled_object", [shard_name(1), stats_name(1)])
 def test_a_render_killed_mid_upload_leaves_no_shard_complete_and_resumes(s3_endpoint, clean_kill_recipe_render, stalled_object):
     prefix = f"killed-{stalled_object.split('.', 1)[1].replace('.', '-')}"

@@ -206,6 +206,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(voice_shards,
     assert steps("split") == steps("whole")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_weights(voice_shards, tmp_path, stop):
     # Epochs of 30 steps: long enough to be killed in the middle of the second one.
