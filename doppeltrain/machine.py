@@ -55,11 +55,8 @@ def configure_backends(device: torch.device) -> None:
 def for_device(network: nn.Module, device: torch.device) -> nn.Module:
     """``network`` in the memory layout its convolutions run fastest in on ``device``:
     channels-last on CUDA, where cuDNN's tensor-core kernels read NHWC and would
-    otherwise transpose every activation, and on the CPU, where oneDNN's NHWC kernels ran
-    the small width-8 network's forward and backward in half the CPU time of NCHW
-    (0.24 against 0.50 CPU-s per 512 views, one thread, experiments/learn_notes.md);
-    unchanged elsewhere (MPS). Weights keep their values (``state_dict`` digests and
-    checkpoints read them in logical order)."""
-    if device.type in ("cuda", "cpu"):
+    otherwise transpose every activation; unchanged elsewhere. Weights keep their values
+    (``state_dict`` digests and checkpoints read them in logical order)."""
+    if device.type == "cuda":
         return network.to(memory_format=torch.channels_last)
     return network
