@@ -64,9 +64,10 @@ bench: $(STAMP)
 probe-set: $(STAMP)
 	$(BIN)/python -m experiments.probe_set .cache/probe-set
 
-# Evidence that training learns (experiments/learn.py): renders voice pairs at delta 0.05
-# and 0.25 (cached), trains the small network for a fixed number of steps on the CPU and
-# prints one JSON line: held-out recall@1 and drum-probe accuracy, untrained vs trained.
+# Evidence that training learns (experiments/learn.py): trains the small network on the CPU
+# on frozen voice pairs at delta 0.05 (cached) and on fresh pairs rendered on the fly at the
+# paper's 0.25 (with and without a delta ramp), and prints one JSON line: held-out recall,
+# median rank and drum-probe accuracy, untrained vs trained (docs/learn.md).
 learn: probe-set
 	$(BIN)/python -m experiments.learn --probe-set .cache/probe-set
 

@@ -92,6 +92,8 @@ def fit_command(
     delta_ramp: Optional[float] = typer.Option(None, help=f"Fraction of the run's steps the --delta-from ramp lasts. (default: {DEFAULTS.data.delta_ramp})"),
     val_every: Optional[int] = typer.Option(None, help=f"Validate every N epochs (and at the end); 0 never. (default: {DEFAULTS.val_every})"),
     checkpoint_every: Optional[int] = typer.Option(None, help=f"Keep a checkpoint every N epochs; latest.pt is written every epoch. (default: {DEFAULTS.checkpoint_every})"),
+    loss: Optional[str] = typer.Option(None, "--loss", help=f"align_uniform (the paper's alignment + uniformity) or infonce (symmetric InfoNCE at --temperature). (default: {DEFAULTS.loss.objective})"),
+    temperature: Optional[float] = typer.Option(None, help=f"InfoNCE temperature (--loss infonce). (default: {DEFAULTS.loss.temperature})"),
     optimizer: Optional[str] = typer.Option(None, help=f"sgd or adam. (default: {DEFAULTS.optim.optimizer})"),
     lr: Optional[float] = typer.Option(None, help="Learning rate. (default: sgd 0.12 * batch/256 * world size; adam 1e-3)"),
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay. (default: sgd 1e-6; adam 1e-4)"),
@@ -109,7 +111,7 @@ def fit_command(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar. (default: on)"),
     audit: Optional[bool] = typer.Option(None, "--audit/--no-audit", help="Each rank logs the pair keys it trained on and its final weight digest."),
 ) -> None:
-    """Train (or resume) a run: ResNet embeddings with alignment + uniformity loss."""
+    """Train (or resume) a run: ResNet embeddings with alignment + uniformity loss (or InfoNCE: --loss)."""
     overrides = {
         "data.datasets": list(datasets) if datasets else None,
         "run": run,
@@ -128,6 +130,8 @@ def fit_command(
         "data.delta_ramp": delta_ramp,
         "val_every": val_every,
         "checkpoint_every": checkpoint_every,
+        "loss.objective": loss,
+        "loss.temperature": temperature,
         "optim.optimizer": optimizer,
         "optim.lr": lr,
         "optim.weight_decay": weight_decay,

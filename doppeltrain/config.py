@@ -107,6 +107,13 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    # "align_uniform": the paper's alignment + uniformity (Wang & Isola, 2020).
+    # "infonce": symmetric InfoNCE (cross-entropy of each view's pair among the batch's
+    # other views, both ways) at `temperature`, an option for short CPU runs: at delta
+    # 0.25 it moved held-out ranks faster than the paper's loss (experiments/learn_notes.md).
+    # Alignment and uniformity are still logged under either.
+    objective: str = "align_uniform"
+    temperature: float = 0.2  # infonce only
     align_weight: float = 1.0
     unif_weight: float = 1.0
     alpha: float = 2.0

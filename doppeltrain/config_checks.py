@@ -11,6 +11,7 @@ from doppeltrain import distributed as dist_utils
 from doppeltrain.augment.chain import check_augment_config
 from doppeltrain.config import TrainConfig
 from doppeltrain.data.streamed import RENDER_PLACES
+from doppeltrain.loss import LOSS_OBJECTIVES
 from doppeltrain.model import MODEL_BLOCKS
 from doppeltrain.schedule import OPTIMIZERS
 
@@ -41,6 +42,8 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.optim.lr is None or cfg.optim.lr > 0, f"--lr must be positive, got {cfg.optim.lr}"),
         (cfg.optim.weight_decay is None or cfg.optim.weight_decay >= 0, "weight decay must be 0 or more"),
         (all(0 < m <= 1 for m in cfg.optim.milestones), "milestones must be fractions of the run's steps in (0, 1]"),
+        (cfg.loss.objective in LOSS_OBJECTIVES, f"unknown --loss {cfg.loss.objective!r}: expected one of {', '.join(LOSS_OBJECTIVES)}"),
+        (cfg.loss.temperature > 0, f"--temperature must be positive, got {cfg.loss.temperature}"),
         (cfg.model.model in MODEL_BLOCKS, f"unknown model {cfg.model.model!r}: expected one of {', '.join(MODEL_BLOCKS)}"),
         (cfg.model.width >= 1, f"--width must be at least 1, got {cfg.model.width}"),
         (cfg.model.embedding_dim >= 1, f"--embedding-dim must be at least 1, got {cfg.model.embedding_dim}"),

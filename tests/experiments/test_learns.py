@@ -105,34 +105,50 @@ def write_probe_set(folder: Path) -> Path:
     return folder
 
 
+# Renders two tiny datasets and streams a third recipe's pairs (JAX in this process):
+# over 10 s on two cores.
 @pytest.mark.slow
 def test_the_benchmark_prints_its_json_line(tmp_path, capsys):
     probe_set = write_probe_set(tmp_path / "probe-set")
-    argv = [
-        "--deltas", "0.05", "0.25", "--steps", "4", "--eval-every", "2", "--batch-size", "8", "--width", "4",
-        "--embedding-dim", "16", "--shards", "3", "--pairs-per-shard", "16", "--workers", "0", "--threads", "1",
-        "--data-root", str(tmp_path / "data"), "--probe-set", str(probe_set), "--log", str(tmp_path / "log.jsonl"),
+    common = [
+        "--steps", "4", "--stream-steps", "4", "--eval-every", "2", "--batch-size", "8", "--stream-batch-size", "8",
+        "--width", "4", "--embedding-dim", "16", "--shards", "3", "--pairs-per-shard", "16", "--workers", "0",
+        "--threads", "1", "--data-root", str(tmp_path / "data"), "--probe-set", str(probe_set),
     ]
+    argv = ["--deltas", "0.05", "0.25", *common, "--log", str(tmp_path / "log.jsonl")]
     record = learn.main(argv)
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(line) == record
     assert json.loads((tmp_path / "log.jsonl").read_text()) == record
     assert record["benchmark"] == "learn" and record["settings"]["steps"] == 4
-    assert record["budget_s"] > 0
+    assert record["budget_s"] > 0 and record["budget_cpu_s"] > 0 and record["budget_steps"] == 12
     result = record["delta_0.05"]
     for key in ("untrained", "trained"):
         assert 0 <= result["recall_at_1"][key] <= 1
+        assert 1 <= result["median_rank"][key] <= 16
     assert set(result["probe"]) == {"untrained", "trained", "logmel"}
     assert all(0 <= value <= 1 for value in result["probe"].values())
     assert result["probe"]["logmel"] > 0.9  # brightness is all the log-mel statistics need
     assert result["steps"] == 4 and result["curve"]["step"] == [0, 2, 4]
+    assert len(result["curve"]["median_rank"]) == 3
     assert result["group"] == 16  # one held-out shard of 16 pairs
-    # delta 0.25 also trains on delta 0.05's pairs (the default mix) but is scored on its
-    # own held-out shard alone.
-    mixed = record["delta_0.25"]
-    assert record["settings"]["mix_with"] == [0.05]
-    assert mixed["group"] == 16 and mixed["steps"] == 4
-    assert set(mixed["probe"]) == {"untrained", "trained", "logmel"}
+    assert result["data"]["source"] == "frozen" and result["data"]["loss"] == "align_uniform"
+    # Delta 0.25 trains on fresh pairs of the voice recipe with the delta ramp and
+    # InfoNCE, and beside it the same run on delta 0.25 alone; both are scored on the
+    # held-out shard a frozen render of the recipe holds out.
+    streamed, alone = record["delta_0.25"], record["delta_0.25_alone"]
+    assert streamed["data"] == {
+        "source": "stream", "recipe": "voice-d0.25-seed0-3x16.recipe.json", "delta_from": 0.05, "delta_ramp": 0.5,
+        "loss": "infonce", "temperature": 0.2, "steps": 4, "batch_size": 8, "pairs": 32, "distinct_pairs": 32,
+    }
+    assert alone["data"]["delta_from"] is None and alone["data"]["source"] == "stream"
+    recipe = json.loads((tmp_path / "data" / "voice-d0.25-seed0-3x16.recipe.json").read_text())
+    assert (recipe["synth"]["name"], recipe["delta"], recipe["n_shards"], recipe["pairs_per_shard"]) == ("voice", 0.25, 3, 16)
+    for run in (streamed, alone):
+        assert run["group"] == 16 and run["steps"] == 4
+        assert set(run["probe"]) == {"untrained", "trained", "logmel"}
+    # The two runs start from the same network on the same held-out pairs.
+    assert streamed["recall_at_1"]["untrained"] == alone["recall_at_1"]["untrained"]
     # The rendered data is cached: a second run renders nothing and trains the same.
-    again = learn.main(argv)
+    again = learn.main(["--deltas", "0.05", "--no-probe", *common[:-2]])
     assert again["delta_0.05"]["recall_at_1"] == result["recall_at_1"]

@@ -8,7 +8,8 @@ import torchvision
 
 from doppeltrain.config import LossConfig, ModelConfig, OptimConfig
 from doppeltrain.distributed import gather_with_grad
-from doppeltrain.loss import alignment_loss, contrastive_loss, uniformity_loss
+from doppeltrain.config_checks import TrainError, validate_config
+from doppeltrain.loss import alignment_loss, contrastive_loss, info_nce_loss, uniformity_loss
 from doppeltrain.model import build_model
 from doppeltrain.config import TrainConfig
 from doppeltrain.schedule import base_learning_rate, build_optimizer, learning_rate_at, milestone_steps
@@ -49,6 +50,44 @@ def test_contrastive_loss_weights_alignment_and_averages_view_uniformities():
     assert alignment.item() == pytest.approx(alignment_loss(a, b).item())
     assert uniformity.item() == pytest.approx(((uniformity_loss(a) + uniformity_loss(b)) / 2).item())
     assert total.item() == pytest.approx(0.5 * alignment.item() + 2.0 * uniformity.item())
+
+
+def test_info_nce_is_the_symmetric_cross_entropy_of_cosine_logits():
+    x = unit([1.0, 0.0], [0.0, 1.0])
+    # Each view's partner has cosine 1, the other view cosine 0: at temperature 0.5 the
+    # cross-entropy is -log(e^2 / (e^2 + e^0)) in both directions.
+    assert info_nce_loss(x, x, 0.5).item() == pytest.approx(math.log(1 + math.exp(-2)))
+    # Asymmetric logits: the mean of the row-wise and column-wise cross-entropies.
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(5, 3, dtype=torch.float64), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(5, 3, dtype=torch.float64), dim=1)
+    logits = a @ b.T / 0.2
+    rows = -torch.log_softmax(logits, dim=1).diagonal().mean()
+    columns = -torch.log_softmax(logits, dim=0).diagonal().mean()
+    assert info_nce_loss(a, b, 0.2).item() == pytest.approx(((rows + columns) / 2).item())
+
+
+def test_the_infonce_objective_trains_on_info_nce_and_still_reports_alignment_and_uniformity():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 4), dim=1).requires_grad_(True)
+    b = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    total, alignment, uniformity = contrastive_loss(a, b, LossConfig(objective="infonce", temperature=0.3))
+    assert total.item() == pytest.approx(info_nce_loss(a, b, 0.3).item())
+    assert alignment.item() == pytest.approx(alignment_loss(a, b).item())
+    assert uniformity.item() == pytest.approx(((uniformity_loss(a) + uniformity_loss(b)) / 2).item())
+    assert not alignment.requires_grad and not uniformity.requires_grad
+    total.backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+    assert LossConfig().objective == "align_uniform"  # the paper's loss stays fit's default
+
+
+@pytest.mark.parametrize("field, value, message", [("objective", "triplet", "unknown --loss 'triplet'"), ("temperature", 0.0, "--temperature must be positive")])
+def test_a_bad_loss_option_is_refused_before_training(field, value, message):
+    cfg = TrainConfig()
+    cfg.data.datasets = ["somewhere"]
+    setattr(cfg.loss, field, value)
+    with pytest.raises(TrainError, match=message):
+        validate_config(cfg)
 
 
 def test_loss_gradient_is_finite_for_identical_embeddings():
