@@ -133,18 +133,26 @@ class EncoderPool:
             raise error  # the worker's own exception (an OSError for a full disk, say)
 
     def _next_result(self) -> tuple:
+        # Checked before every wait, not only when answers stop: while the other workers
+        # keep answering, a dead one's slot and shard would otherwise go unnoticed until
+        # the very end of the render.
         while True:
+            self._raise_if_a_worker_died()
             try:
                 return self.results.get(timeout=LIVENESS_SECONDS)
             except queue.Empty:
-                dead = [p for p in self.processes if not p.is_alive()]
-                if dead:
-                    # A worker killed inside a queue operation holds its lock forever:
-                    # the others cannot be stopped politely.
-                    self.broken = True
-                    raise EncodingWorkerError(
-                        f"an encoding worker died (exit code {dead[0].exitcode}); completed shards are kept, re-run to resume"
-                    ) from None
+                pass
+
+    def _raise_if_a_worker_died(self) -> None:
+        # Workers leave only when close() asks them to: a dead one is killed (the OOM
+        # killer, say). Killed inside a queue operation it holds that queue's lock forever,
+        # so the others cannot be stopped politely either.
+        dead = [p for p in self.processes if not p.is_alive()]
+        if dead:
+            self.broken = True
+            raise EncodingWorkerError(
+                f"an encoding worker died (exit code {dead[0].exitcode}); completed shards are kept, re-run to resume"
+            )
 
     def _unlink(self) -> None:
         if self.linked:
