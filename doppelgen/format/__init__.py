@@ -24,6 +24,7 @@ from doppelgen.format.json_data import (
     MAX_SAMPLE_JSON_BYTES,
     MAX_STATS_BYTES,
     dump_json,
+    json_text,
     parse_json,
     read_json_file,
 )
@@ -58,7 +59,7 @@ __all__ = [
     "MAX_MANIFEST_BYTES", "MAX_MEMBER_BYTES", "MAX_SAMPLE_JSON_BYTES", "MAX_STATS_BYTES",
     "REQUIRED_SAMPLE_FIELDS", "ROUND_TRIP_BOUNDS", "SUPPORTED_FORMATS", "TAR_MODE", "TAR_MTIME", "TAR_USER", "FormatError",
     "Pair", "audio_extension", "check_manifest", "complete_shards", "decode_clip", "decode_pair",
-    "dump_json", "encode_clip", "float_wav", "is_packed_recipe", "iter_shard_pairs", "iter_tar_members",
+    "dump_json", "encode_clip", "json_text", "float_wav", "is_packed_recipe", "iter_shard_pairs", "iter_tar_members",
     "member_names", "n_samples", "pair_index", "pair_key", "parse_json", "parse_manifest",
     "parse_sample_json", "printable", "read_json_file", "read_manifest", "round_trip_bound", "shard_index", "shard_name",
     "split_member_name", "stats_name",
