@@ -19,6 +19,7 @@ import yaml
 
 from doppelgen.paper import PAPER, PAPER_CITATION
 from doppelgen.format import AUDIO_MEMBERS, FormatError, audio_extension, is_packed_recipe
+from doppelgen.hub import license_problem
 from doppelgen.publish.info import describe_dataset, human_bytes, human_duration, read_described_manifest
 from doppelgen.storage import open_store
 
@@ -255,6 +256,8 @@ def pack_description(recipe: dict, skipped: int) -> str:
 def write_card(folder: str | os.PathLike, *, license: str | None = None, title: str | None = None) -> Path | str:
     """Write ``folder/README.md`` for the finished dataset in ``folder`` (a path or URL);
     returns its path (its URL for an object store)."""
+    if license is not None and license_problem(license):
+        raise CardError(license_problem(license))
     store = open_store(folder)
     try:
         manifest = read_described_manifest(store)

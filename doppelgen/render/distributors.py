@@ -16,6 +16,7 @@ share, or an object-store URL.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from doppelgen.recipe import Recipe
 from doppelgen.console import one_line
+from doppelgen.files import workers_problem
 
 if TYPE_CHECKING:
     from doppelgen.render.loop import RenderSummary
@@ -64,13 +66,13 @@ class RayOptions:
             raise DistributorError(f"--shards-per-task must be >= 1, got {self.shards_per_task}")
         if self.max_retries < 0:
             raise DistributorError(f"--max-retries must be >= 0, got {self.max_retries}")
-        if self.workers_per_task is not None and self.workers_per_task < 0:
-            raise DistributorError(f"--workers must be >= 0, got {self.workers_per_task}")
+        if self.workers_per_task is not None and workers_problem(self.workers_per_task, "--workers"):
+            raise DistributorError(workers_problem(self.workers_per_task, "--workers"))
         for name, value, least in (("--cpus-per-task", self.cpus_per_task, 0.0), ("--gpus-per-task", self.gpus_per_task, 0.0)):
             if value is None:
                 continue
             # Ray takes fractions of one CPU or GPU, and whole numbers above one.
-            if not value >= least or (value > 1 and value != int(value)) or (name == "--cpus-per-task" and value == 0):
+            if not (math.isfinite(value) and value >= least) or (value > 1 and value != int(value)) or (name == "--cpus-per-task" and value == 0):
                 raise DistributorError(f"{name} must be a fraction of 1 or a whole number{' > 0' if name == '--cpus-per-task' else ''}, got {value:g}")
 
 

@@ -13,11 +13,14 @@ the audio outside the clip reads as silence. Timestamps are in milliseconds.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Union
 
 import torch
 from torch import Tensor, nn
+
+from doppelgen.format.limits import shown
 
 from doppeltrain.use import inference
 
@@ -29,8 +32,7 @@ class HearModel(nn.Module):
 
     def __init__(self, embedder: inference.AudioEmbedder, timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256):
         super().__init__()
-        if timestamp_hop_ms <= 0:
-            raise ValueError(f"timestamp_hop_ms must be positive, got {timestamp_hop_ms}")
+        check_options(timestamp_hop_ms, batch_size)
         self.embedder = embedder
         self.sample_rate = embedder.sample_rate
         self.scene_embedding_size = embedder.embedding_dim
@@ -40,6 +42,16 @@ class HearModel(nn.Module):
         self.batch_size = batch_size
 
 
+def check_options(timestamp_hop_ms: float, batch_size: int) -> None:
+    """ValueError in one line unless the kit's model options are usable."""
+    if isinstance(timestamp_hop_ms, bool) or not isinstance(timestamp_hop_ms, (int, float)) or not (
+        math.isfinite(timestamp_hop_ms) and timestamp_hop_ms > 0
+    ):
+        raise ValueError(f"timestamp_hop_ms must be a positive finite number, got {shown(timestamp_hop_ms)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number, at least 1, got {shown(batch_size)}")
+
+
 def load_model(model_file_path: Union[str, os.PathLike] = "", timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256) -> HearModel:
     """The checkpoint (or exported model folder) at `model_file_path` as a HEAR model, on
     the CPU (the kit moves it with ``.to(device)``). Extra keyword arguments are the
@@ -47,6 +59,7 @@ def load_model(model_file_path: Union[str, os.PathLike] = "", timestamp_hop_ms: 
     is not a doppeltrain model, including one that would need arbitrary unpickling."""
     if not str(model_file_path):
         raise ValueError("doppeltrain.use.hear.load_model needs the path of a doppeltrain checkpoint or model folder")
+    check_options(timestamp_hop_ms, batch_size)
     return HearModel(inference.load_model(model_file_path, device="cpu"), timestamp_hop_ms, batch_size)
 
 
@@ -55,6 +68,8 @@ def _check_audio(audio: Tensor, model: HearModel) -> None:
         raise ValueError(f"audio must be a (n_sounds, n_samples) tensor at {model.sample_rate} Hz, got {getattr(audio, 'shape', type(audio))}")
     if audio.shape[1] == 0:
         raise ValueError("audio holds no samples")
+    if not torch.isfinite(audio).all():
+        raise ValueError("audio holds non-finite samples (NaN or infinity)")
 
 
 def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
