@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from doppelgen.console import run_app
+from doppelgen.console import one_line, run_app
 from doppelgen.irs import IrError
 
 from doppeltrain.augment.chain import AugmentError
@@ -154,6 +154,8 @@ def fit_command(
         summary = fit(config)
     except INPUT_ERRORS as error:
         raise _error(str(error)) from None
+    except OSError as error:  # writing the run folder failed (e.g. a full disk)
+        raise _error(one_line(error)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(fit_summary_line(summary))
 

@@ -17,7 +17,6 @@ every ``checkpoint_every`` epochs and at the end).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import signal
@@ -34,13 +33,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from doppelgen.files import write_atomic
+from doppelgen.format import json_text
+
 from doppeltrain import data
 from doppeltrain import distributed as dist_utils
 from doppeltrain.augment.chain import make_generator
 from doppeltrain.checkpoint import (
     LATEST_NAME,
+    config_from_state,
     epoch_checkpoint_name,
     load_checkpoint,
+    network_with_weights,
     save_checkpoint,
     state_dict_sha256,
 )
@@ -50,6 +54,7 @@ from doppeltrain.evaluate import embed_views, evaluate
 from doppeltrain.loss import contrastive_loss
 from doppeltrain.model import TwoViewEncoder, build_model
 from doppeltrain.config_checks import TrainError, check_resume, validate_config
+from doppeltrain.run_lock import locked_run_folder
 from doppeltrain.run_log import RunLogger, epoch_line, log_pairs, validation_text
 from doppeltrain.schedule import base_learning_rate, build_optimizer, learning_rate_at, milestone_steps, set_learning_rate
 from doppeltrain.views import ViewPipeline
@@ -79,7 +84,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
 def resume_config(run_dir: Path) -> TrainConfig:
     """The config a run was started with, read from its latest checkpoint."""
     state = load_checkpoint(latest_checkpoint(run_dir))
-    return TrainConfig.from_dict(state["config"])
+    return config_from_state(state["config"], latest_checkpoint(run_dir))  # CheckpointError, one line
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -173,12 +178,13 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     validate_config(cfg)
     env = dist_utils.init_distributed(cfg.device)
     try:
-        run = _prepare(cfg, env)
-        try:
-            with interrupt_between_steps() as run.check_interrupt:
-                return _train(run)
-        finally:
-            run.close()
+        with locked_run_folder(run_dir_of(cfg), active=env.is_main):
+            run = _prepare(cfg, env)
+            try:
+                with interrupt_between_steps() as run.check_interrupt:
+                    return _train(run)
+            finally:
+                run.close()
     finally:
         dist_utils.cleanup()
 
@@ -197,14 +203,15 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
         raise TrainError(f"{run_dir} already holds a run: pass --resume, or choose another --run")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    network = build_model(cfg.model)
-    if state is not None:
-        network.load_state_dict(state["model"])
+    if state is not None:  # checked by name, shape and value before it is built
+        network = network_with_weights(cfg, state["model"], latest_checkpoint(run_dir))
+    else:
+        network = build_model(cfg.model)
     if env.distributed:
         network = dist_utils.convert_sync_batchnorm(network, device)
     network = network.to(device)
     encoder = TwoViewEncoder(network)
-    pipeline = ViewPipeline(cfg).to(device)  # loads the impulse responses: fails early
+    pipeline = ViewPipeline(cfg, infos[0].n_samples).to(device)  # loads the impulse responses: fails early
     base_lr = base_learning_rate(cfg.optim, cfg.data.batch_size, env.world_size)
     optimizer = build_optimizer(network.parameters(), cfg.optim, base_lr)
     start_epoch, step = 0, 0
@@ -225,7 +232,7 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        write_atomic(run_dir / "config.json", (json_text(cfg.to_dict(), indent=2) + "\n").encode())
     dist_utils.barrier()
     resumed = state is not None
     return _Run(
@@ -258,7 +265,7 @@ def _train(run: _Run) -> dict[str, Any]:
             _save(run, done)
         dist_utils.barrier()
     if run.audit is not None:
-        run.audit.write(json.dumps({"final_weights_sha256": weights_digest(run.network), "step": run.step}) + "\n")
+        run.audit.write(json_text({"final_weights_sha256": weights_digest(run.network), "step": run.step}) + "\n")
     timing = run.timing
     return {
         "run_dir": str(run.run_dir),
@@ -298,7 +305,7 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
             raise TrainError(f"the training loader ended after {index} of {steps} batches") from None
         waited = time.perf_counter() - started
         if run.audit is not None:
-            run.audit.write(json.dumps({"epoch": epoch, "step": run.step, "keys": list(keys)}) + "\n")
+            run.audit.write(json_text({"epoch": epoch, "step": run.step, "keys": list(keys)}) + "\n")
         lr = learning_rate_at(run.step, run.base_lr, run.milestones, cfg.optim.gamma)
         values = train_step(run, a, b, epoch, lr)
         run.check_interrupt()
