@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from doppelgen.format import MANIFEST_NAME, FormatError, complete_shards, is_packed_recipe, read_manifest
+from doppelgen.format.limits import shown
 from doppelgen.storage import Store, open_store
 
 # Per-shard record fields summarised across shards (docs/FORMAT.md ``record.shards``).
@@ -57,11 +58,11 @@ def manifest_problem(manifest: dict) -> str | None:
     for position, shard in enumerate((manifest.get("record") or {}).get("shards") or []):
         for field in SHARD_COUNTS:
             if field in shard and not _is_count(shard[field]):
-                return f"record.shards[{position}].{field} must be a whole number in [0, 2**63), got {shard[field]!r}"
+                return f"record.shards[{position}].{field} must be a whole number in [0, 2**63), got {shown(shard[field])}"
         for field in SHARD_STATS:
             value = shard.get(field)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                return f"record.shards[{position}].{field} must be a number, got {value!r}"
+                return f"record.shards[{position}].{field} must be a number, got {shown(value)}"
     return None
 
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from doppelgen.recipe import Recipe
 from doppelgen.render.encoding_workers import EncoderPool, InlineWriter, SlotLayout, shared_memory_room
-from doppelgen.files import default_workers
+from doppelgen.files import default_workers, workers_problem
 from doppelgen.format import MANIFEST_NAME, complete_shards, shard_index
 from doppelgen.render.manifest import build_manifest, existing_recipe_hashes, recipe_sha256, write_manifest
 from doppelgen.render.output_claim import clear_dataset, FolderTakenError, claimed_folder
@@ -94,8 +94,8 @@ def render_dataset(
     if batch_size < 1:
         raise DatasetError(f"batch size must be >= 1, got {batch_size}")
     workers = default_workers() if workers is None else workers
-    if workers < 0:
-        raise DatasetError(f"workers must be >= 0, got {workers}")
+    if workers_problem(workers):
+        raise DatasetError(workers_problem(workers))
     shards = shard_range if isinstance(shard_range, range) else parse_shard_range(shard_range, recipe.n_shards)
     try:
         store = open_store(out)

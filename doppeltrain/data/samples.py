@@ -11,6 +11,7 @@ import numpy as np
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from doppelgen.console import one_line
+from doppelgen.files import open_regular_file
 from doppelgen.format import FormatError, decode_pair, pair_key
 from doppelgen.storage import is_store_location, local_folder, open_object
 
@@ -70,7 +71,8 @@ class SampleReader:
         how the shard was named (a file:// URL), for messages and ``__url__``."""
         url = url or path
         try:
-            with tarfile.open(path, mode="r:") as archive:
+            # A regular file only: a FIFO put in a shard's place would block the worker.
+            with open_regular_file(path) as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
                 for info in archive:
                     if info.isfile():
                         data = archive.extractfile(info).read()
