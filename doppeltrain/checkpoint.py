@@ -148,7 +148,7 @@ def _archive_problem(path: Path) -> str:
             members = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
         imported = _first_import(path)
-        if imported and not imported.startswith("torch."):
+        if imported:
             return (f"it holds Python objects ({shown(imported)}) that only arbitrary unpickling could load, "
                     "which can run code from the file; only tensors and plain data are read")
         return "unreadable checkpoint (not a zip archive as torch.save writes; the legacy format is not read)"
@@ -175,17 +175,34 @@ def _first_import(path: Path) -> str:
 
 def _scan_pickle(stream) -> str:
     strings: list[str] = []
+    allowed = _weights_only_globals()
     try:
         for opcode, arg, _ in pickletools.genops(stream):
+            name = ""
             if opcode.name in ("GLOBAL", "INST"):
-                return str(arg).replace(" ", ".")
-            if opcode.name == "STACK_GLOBAL":  # module and name were pushed as strings
-                return ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+                name = str(arg).replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL":  # module and name were pushed as strings
+                name = ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+            # torch's own rebuild functions and storages are what every checkpoint imports:
+            # naming one would blame a file that failed for another reason (an opcode the
+            # restricted unpickler lacks, such as LONG4 for an integer of 256 bytes).
+            if name and name not in allowed:
+                return name
             if isinstance(arg, str):
                 strings.append(arg)
     except Exception:  # noqa: BLE001 - malformed opcodes: nothing importable was found before them
         return ""
     return ""
+
+
+def _weights_only_globals() -> frozenset:
+    """The names torch.load(weights_only=True) may import (its private list; empty if gone)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return frozenset(_get_allowed_globals())
+    except Exception:  # noqa: BLE001 - a torch without it: every import is named, as before
+        return frozenset()
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:

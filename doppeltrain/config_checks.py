@@ -51,7 +51,13 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """An int or float that is finite as a float (10**400 is an int no float holds)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _option_problem(cfg: TrainConfig) -> str:

@@ -72,7 +72,7 @@ def inference_config_problem(cfg: TrainConfig) -> str:
             return f"{name} must be an integer in 1..{upper}, got {shown(value)}"
     for name in ("f_min", "f_max", "log_offset"):
         value = getattr(features, name)
-        if not _is_number(value) or not math.isfinite(value):
+        if not _is_finite_number(value):
             return f"features.{name} must be a finite number, got {shown(value)}"
     if not 0 <= features.f_min < features.f_max <= features.sample_rate / 2:
         return "features need 0 <= f_min < f_max <= sample_rate / 2"
@@ -141,5 +141,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _is_finite_number(value: Any) -> bool:
+    """An int or float that is finite as a float (10**400 is an int no float holds)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False

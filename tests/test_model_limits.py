@@ -241,3 +241,26 @@ def test_the_size_check_allocates_nothing_and_draws_no_random_number():
         shapes = network_shapes("resnet18", 4096, 65536)  # 46 G parameters
     assert shapes["fc.weight"] == (65536, 8 * 4096)
     assert torch.equal(torch.rand(1), expected)
+
+
+@pytest.mark.parametrize("field", ["f_min", "f_max", "log_offset"])
+def test_a_huge_integer_where_a_float_belongs_is_one_line(folder, tmp_path, field):
+    """Found by the fuzzer (test_fuzz_models): math.isfinite(10**400) raised OverflowError."""
+    def edit(document):
+        document["frontend"][field] = 10**400
+
+    with pytest.raises(CheckpointError, match=f"features.{field} must be a finite number") as caught:
+        load_model_folder(hostile_folder(folder, tmp_path / "huge", edit))
+    assert len(str(caught.value)) < 300
+
+
+def test_an_opcode_the_safe_unpickler_lacks_is_not_blamed_on_torchs_own_imports(checkpoint, tmp_path):
+    """Found by the fuzzer: an integer of 4,000 digits (pickle's LONG4) made loading say the
+    file 'holds Python objects (torch._utils._rebuild_tensor_v2)', an import every
+    checkpoint has and torch allows."""
+    state = load_checkpoint(checkpoint)
+    state["config"]["note"] = [10**4000]
+    torch.save(state, tmp_path / "long.pt")
+    with pytest.raises(CheckpointError, match="unreadable checkpoint") as caught:
+        load_checkpoint(tmp_path / "long.pt")
+    assert "torch._utils" not in str(caught.value) and "unpickling" not in str(caught.value)

@@ -52,7 +52,7 @@ def test_hub_license_ids_are_accepted(license):
     assert license_problem(license) == ""
 
 
-@pytest.mark.parametrize("hop", [math.nan, math.inf, -1.0, 0.0, "50", True])
+@pytest.mark.parametrize("hop", [math.nan, math.inf, -1.0, 0.0, "50", True, 10**400, 1e300])
 def test_hear_refuses_a_bad_timestamp_hop_before_loading(tmp_path, hop):
     with pytest.raises(ValueError, match="timestamp_hop_ms must be a positive finite number") as caught:
         hear.load_model(tmp_path / "does-not-matter.pt", timestamp_hop_ms=hop)

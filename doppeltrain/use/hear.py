@@ -13,7 +13,6 @@ the audio outside the clip reads as silence. Timestamps are in milliseconds.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Union
 
@@ -25,6 +24,8 @@ from doppelgen.format.limits import shown
 from doppeltrain.use import inference
 
 TIMESTAMP_HOP_MS = 50.0
+# A hop longer than any clip gives one timestamp; past this its sample count would overflow.
+MAX_TIMESTAMP_HOP_MS = 1e9
 
 
 class HearModel(nn.Module):
@@ -45,9 +46,10 @@ class HearModel(nn.Module):
 def check_options(timestamp_hop_ms: float, batch_size: int) -> None:
     """ValueError in one line unless the kit's model options are usable."""
     if isinstance(timestamp_hop_ms, bool) or not isinstance(timestamp_hop_ms, (int, float)) or not (
-        math.isfinite(timestamp_hop_ms) and timestamp_hop_ms > 0
+        0 < timestamp_hop_ms <= MAX_TIMESTAMP_HOP_MS  # False for NaN, without converting a huge int
     ):
-        raise ValueError(f"timestamp_hop_ms must be a positive finite number, got {shown(timestamp_hop_ms)}")
+        raise ValueError(f"timestamp_hop_ms must be a positive finite number, at most {MAX_TIMESTAMP_HOP_MS:g}, "
+                         f"got {shown(timestamp_hop_ms)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number, at least 1, got {shown(batch_size)}")
 
