@@ -27,6 +27,7 @@ RESUME_MAY_CHANGE = frozenset(
 
 
 MAX_SEED = 2**63 - 1
+MAX_COUNT = 2**53
 
 
 class TrainError(ValueError):
@@ -96,6 +97,16 @@ def _option_problem(cfg: TrainConfig) -> str:
     for ok, message in checks:
         if not ok:
             return message
+    # Counts enter float arithmetic (milestones are fractions of the run's steps): past
+    # 2**53 they are no longer exact, and an integer of 400 digits overflows a float.
+    counts = {"--epochs": cfg.epochs, "--until-epoch": cfg.until_epoch, "--pairs-per-epoch": cfg.pairs_per_epoch,
+              "--steps-per-epoch": cfg.steps_per_epoch, "--batch-size": cfg.data.batch_size,
+              "--shuffle-buffer": cfg.data.shuffle_buffer, "--retrieval-group": cfg.retrieval_group,
+              "--val-every": cfg.val_every, "--checkpoint-every": cfg.checkpoint_every, "--log-every": cfg.log_every,
+              "--val-shards": cfg.data.val_shards, "val_audio_pairs": cfg.val_audio_pairs}
+    for option, value in counts.items():
+        if value is not None and value > MAX_COUNT:
+            return f"{option} must be at most 2**53, got {shown(value)}"
     # The network and frontend a run builds obey the bounds of a model read from a file
     # (its checkpoints must load in embed, probe and export).
     problem = inference_config_problem(cfg)

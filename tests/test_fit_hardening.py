@@ -149,6 +149,8 @@ def test_a_real_full_disk_while_saving_is_one_line(tmp_path):
     (["--lr", "inf"], "--lr must be a positive finite number"),
     (["--weight-decay", "nan"], "--weight-decay must be"),
     (["--workers", "1000000"], "--workers must be a whole number from 0 to 1024"),
+    (["--epochs", str(10**400)], "--epochs must be at most 2**53"),
+    (["--steps-per-epoch", str(2**60)], "--steps-per-epoch must be at most 2**53"),
     (["--runs-dir", "FILE"], "is not a folder"),
     (["--run", "FILE"], "is not a folder"),
 ])
