@@ -21,6 +21,8 @@ require.
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import pickle
 import pickletools
 import re
@@ -42,6 +44,8 @@ from doppeltrain.model_limits import inference_config_problem, weights_problem
 
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "rng", "config", "manifests")
 LATEST_NAME = "latest.pt"
+# Of a file that is not a zip, this much is scanned for what its pickle would import.
+MAX_PICKLE_SCAN_BYTES = 64 << 20
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, unsafe or not ours; the message is one line."""
@@ -168,7 +172,9 @@ def _first_import(path: Path) -> str:
                     names = [name for name in archive.namelist() if name.endswith("data.pkl")]
                     return _scan_pickle(archive.open(names[0])) if names else ""
             raw.seek(0)
-            return _scan_pickle(raw)
+            # A file object's read(n) allocates n bytes before reading: garbage read as a
+            # pickle opcode can ask for terabytes. BytesIO gives what is there.
+            return _scan_pickle(io.BytesIO(raw.read(min(os.fstat(raw.fileno()).st_size, MAX_PICKLE_SCAN_BYTES))))
     except (OSError, zipfile.BadZipFile):
         return ""
 

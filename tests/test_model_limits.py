@@ -264,3 +264,21 @@ def test_an_opcode_the_safe_unpickler_lacks_is_not_blamed_on_torchs_own_imports(
     with pytest.raises(CheckpointError, match="unreadable checkpoint") as caught:
         load_checkpoint(tmp_path / "long.pt")
     assert "torch._utils" not in str(caught.value) and "unpickling" not in str(caught.value)
+
+
+def test_a_file_whose_bytes_claim_a_huge_pickle_string_costs_no_memory(tmp_path):
+    """Found by the fuzzer: scanning a file that is not a zip for what its pickle would
+    import read a 300 MB 'string' its first opcode claimed (a file's read(n) allocates n
+    bytes first)."""
+    import tracemalloc
+
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"\x8d" + struct.pack("<Q", 300_000_000) + b"x" * 1000)  # BINUNICODE8 of 300 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="not a zip archive"):
+            load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MB"
