@@ -47,10 +47,14 @@ demo: $(STAMP)
 		--optimizer adam --lr 0.003 --augment none --epochs 2 --steps-per-epoch 100 --workers 1 \
 		--val-shards 1 --val-every 1
 
+# The augmentation's aten ops and host syncs per view of 768 clips on a GPU's path
+# (target <= 1500 ops, <= 3 syncs), counted on the CPU (benchmarks/augment_ops.py).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.render
 	$(BIN)/python -m benchmarks.render_ray
 	$(BIN)/python -m benchmarks.train
+	$(BIN)/python -m benchmarks.augment_ops
+	$(BIN)/python -m benchmarks.train_streamed
 
 # Recorded drum hits from a pinned Debian package, labelled by instrument, split by kit
 # (experiments/probe_set/; OUT/SOURCES.md says what it holds and under which licences).

@@ -1,22 +1,20 @@
 #!/usr/bin/env bash
-# GPU evidence for issue 9 in one run of at most 8 minutes: render on the GPU and compare
-# with a CPU render, then train the paper's ResNet-18 recipe (batch 768, bf16) and print
-# pairs/s, the data-wait fraction and held-out recall@1 at the start and the end.
+# GPU evidence in one run that fits a time budget (benchmarks/gpu_check.py: env, render,
+# compare, train, streamed-gpu, streamed-cpu; --ddp for a multi-GPU machine). Every phase
+# prints its own JSON line as it finishes; each run writes into a fresh folder.
 #
-# On a GPU machine with the project installed: benchmarks/gpu_check.sh
-# On the lent H200 (no network; its python3 has torch, JAX with CUDA, flax, typer...):
-# fetch the missing packages as wheels here first, then carry .whl:
+# On a GPU machine with the project installed: benchmarks/gpu_check.sh [--budget-s 500]
+# On the lent GPU machine (no network; its python3 has torch and JAX with CUDA): fetch the
+# wheels its image lacks here first, then carry .whl:
 #   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d .whl synthax==0.2.2 webdataset braceexpand \
-#     soundfile pyroomacoustics
-# and run `benchmarks/gpu_check.sh` with carry [".whl"].
+#   python3 benchmarks/device_wheels.py download .whl && python3 benchmarks/device_wheels.py check .whl
+# and run `benchmarks/gpu_check.sh` with carry [".whl"] and timeout_s 600.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
+  site=$(mktemp -d /tmp/gpu-check-site.XXXXXX)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
+  export PYTHONPATH="$site"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # The project's venv where there is one, else the machine's python3; $PYTHON overrides.
@@ -24,4 +22,7 @@ if [ -z "${PYTHON:-}" ]; then
   PYTHON=python3
   [ -x .venv/bin/python ] && PYTHON=.venv/bin/python
 fi
-exec timeout 480 "$PYTHON" benchmarks/gpu_check.py "$@"
+# Fail in seconds, naming the module, when a wheel is missing (exit 3).
+"$PYTHON" benchmarks/gpu_check.py --check-imports
+# It ends inside its --budget-s (default 500 s): each phase is killed when its share is spent.
+exec "$PYTHON" benchmarks/gpu_check.py "$@"

@@ -36,11 +36,13 @@ import numpy as np
 
 from benchmarks.cpu_clock import cpu_seconds  # noqa: E402
 from doppelgen.recipe import make_recipe  # noqa: E402
-from doppelgen.render.loop import render_dataset, write_batches  # noqa: E402
+from doppelgen.render.loop import render_dataset  # noqa: E402
+from doppelgen.render.shard_runs import write_batches  # noqa: E402
 from doppelgen.files import default_workers  # noqa: E402
 from doppelgen.format import json_text  # noqa: E402
-from doppelgen.render.jax_runtime import configure_jax, platform  # noqa: E402
+from doppelgen.render.jax_runtime import configure_jax  # noqa: E402
 from doppelgen.render.kernel import render_batch  # noqa: E402
+from doppelgen.render.platform_identity import render_platform  # noqa: E402
 
 CPU_TARGET, GPU_TARGET = 0.85, 0.9
 
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     configure_jax()
     n_shards = max(1, args.pairs // args.pairs_per_shard)
     recipe = make_recipe("voice", n_shards=n_shards, pairs_per_shard=args.pairs_per_shard)
-    where = platform()
+    where = render_platform()
     load_before = os.getloadavg()[0]
     scratch = Path(tempfile.mkdtemp(prefix="doppelgen-bench-"))
     try:

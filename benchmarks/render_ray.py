@@ -5,7 +5,7 @@ Measures the same recipe, rendered from scratch into a fresh folder, as the best
 
 - ``local``: ``render_dataset`` in this process with its default encoding workers (one
   per core), as ``doppelgen render`` runs it;
-- ``ray``: ``render_with_ray`` on a local Ray cluster of the same cores, tasks of the
+- ``ray``: ``render_dataset(distributor="ray")`` on a local Ray cluster of the same cores, tasks of the
   default one CPU and ``--shards-per-task`` shards (so one task per core at a time), with
   the default encoding workers per task (none in a CPU task); ``ray_task_encoder``: the
   same with one encoding process in each task (``--workers 1``), which each task starts;
@@ -42,12 +42,16 @@ from pathlib import Path
 from benchmarks.cpu_clock import cpu_seconds  # noqa: E402
 from doppelgen.recipe import make_recipe  # noqa: E402
 from doppelgen.render.loop import render_dataset  # noqa: E402
-from doppelgen.render.distributors import RayOptions, render_with_ray  # noqa: E402
+from doppelgen.render.distributors import RayOptions  # noqa: E402
 from doppelgen.files import default_workers  # noqa: E402
 from doppelgen.format import json_text  # noqa: E402
 
 TARGET = 0.9
 CPU_COUNTED = ("local", "ray", "ray_one_worker")
+
+
+def render_on_ray(recipe, out, options: RayOptions, batch_size: int, workers: int | None = None):
+    return render_dataset(recipe, out, batch_size=batch_size, workers=workers, progress=False, distributor="ray", ray_options=options)
 
 
 def usable_cores() -> int:
@@ -118,13 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     ray_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must be short
     measures = {
         "local": lambda out: render_dataset(recipe, out, batch_size=args.batch_size, progress=False),
-        "ray": lambda out: render_with_ray(recipe, out, RayOptions(shards_per_task=args.shards_per_task), batch_size=args.batch_size, progress=False),
-        "ray_task_encoder": lambda out: render_with_ray(
-            recipe, out, RayOptions(shards_per_task=args.shards_per_task, workers_per_task=1), batch_size=args.batch_size, progress=False
-        ),
-        "ray_one_worker": lambda out: render_with_ray(
-            recipe, out, RayOptions(shards_per_task=args.shards_per_task, cpus_per_task=cores), batch_size=args.batch_size, progress=False
-        ),
+        "ray": lambda out: render_on_ray(recipe, out, RayOptions(shards_per_task=args.shards_per_task), args.batch_size),
+        "ray_task_encoder": lambda out: render_on_ray(recipe, out, RayOptions(shards_per_task=args.shards_per_task), args.batch_size, workers=1),
+        "ray_one_worker": lambda out: render_on_ray(recipe, out, RayOptions(shards_per_task=args.shards_per_task, cpus_per_task=cores), args.batch_size),
     }
     best = dict.fromkeys(measures, 0.0)
     least_cpu = dict.fromkeys(measures, float("inf"))  # CPU-seconds per pair
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         ray.init(num_cpus=cores, include_dashboard=False, _temp_dir=ray_temp, log_to_driver=False, logging_level=logging.ERROR)
         print(f"local Ray cluster of {cores} CPUs up in {time.perf_counter() - started:.1f} s", flush=True)
         started = time.perf_counter()
-        render_with_ray(warm, scratch / "warm-ray", RayOptions(shards_per_task=args.shards_per_task), batch_size=args.batch_size, progress=False)
+        render_on_ray(warm, scratch / "warm-ray", RayOptions(shards_per_task=args.shards_per_task), args.batch_size)
         render_dataset(warm, scratch / "warm-local", batch_size=args.batch_size, progress=False)
         print(f"warmed in {time.perf_counter() - started:.1f} s", flush=True)
         for round_ in range(max(1, args.rounds)):

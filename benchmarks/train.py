@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"fit, small model: waiting    {fit['data_wait_fraction']:10.1%}  of step time (target < 5%: {'met' if wait_ok else 'NOT met'})", flush=True)
 
     # Last: it loads JAX into this process, after every DataLoader fork is done.
-    import render as render_benchmark
+    from benchmarks import render as render_benchmark
     from doppelgen.recipe import make_recipe
     from doppelgen.render.jax_runtime import configure_jax
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.cpu_clock import cpu_seconds
-from doppelgen.format import decode_pair, iter_tar_members, json_text, split_member_name
+from doppelgen.format import decode_pair, group_members, iter_tar_members, json_text, split_member_name
 from doppeltrain.config import TrainConfig
 from doppeltrain.data import SharedEpoch, discover, make_loader, split_shards
 
@@ -96,14 +96,8 @@ def _decode_for(shards: list, batch_size: int, seconds: float, start_at: float, 
     pairs, begin, cpu_begin = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - begin < seconds:
         for shard in shards:
-            key, members = None, {}
-            for name, data in iter_tar_members(shard.url):
-                member_key, extension = split_member_name(name)
-                if key is not None and member_key != key:
-                    decode_pair(key, members, out=(rows[0, pairs % batch_size], rows[1, pairs % batch_size]))
-                    pairs, members = pairs + 1, {}
-                key, members[extension] = member_key, data
-            if key is not None:
+            for key, group in group_members(iter_tar_members(shard.url)):
+                members = {split_member_name(name)[1]: data for name, data in group}
                 decode_pair(key, members, out=(rows[0, pairs % batch_size], rows[1, pairs % batch_size]))
                 pairs += 1
             if time.perf_counter() - begin >= seconds:

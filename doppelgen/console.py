@@ -5,14 +5,25 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import Callable, List, NoReturn, Optional, TypeVar
 
 import typer
 from typer.exceptions import TyperException
 
 # Exit codes: 2 for input refused before any work, 1 for a failure during it.
 EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+
+Command = TypeVar("Command", bound=Callable)
+
+
+class InputError(ValueError):
+    """Bad input from the user or a file; the CLI prints one line and exits 2.
+
+    Every error class that means bad input subclasses it (FormatError, RecipeError,
+    DataError, CheckpointError, ...), so a command line catches this one class and any
+    other exception, a bug, keeps its traceback."""
 
 
 def one_line(error: BaseException, path: Optional[Path] = None) -> str:
@@ -28,6 +39,20 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``error: message`` on stderr and leave the command with ``code``."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def reports_input_errors(command: Command) -> Command:
+    """The one way a command turns bad input into one line and exit 2: wrap the command
+    (``@reports_input_errors`` under ``@app.command()``); typer still sees its options."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as error:
+            fail(one_line(error))
+
+    return run  # type: ignore[return-value]
 
 
 def run_app(typer_app: typer.Typer, argv: Optional[List[str]], prog_name: str) -> int:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from doppelgen.recipe import Recipe, RecipeError, make_recipe
-from doppelgen.format import MAX_MANIFEST_BYTES, FormatError, is_packed_recipe, read_json_file
+from doppelgen.format import MAX_MANIFEST_BYTES, FormatError, dataset_kind, read_json_file
 
 # The paper's configurations (Cherep & Singh, ICLR 2025): three synths at delta 0.25,
 # and the voice synth over the delta sweep. All share seed 0, so the voice sweep draws
@@ -69,8 +69,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         raise RecipeError(f"{path}: unreadable recipe ({error})") from None
     if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
         data = data["recipe"]  # a finished dataset's manifest
-    if isinstance(data, dict) and is_packed_recipe(data):
-        raise RecipeError(f"{path}: a packed real-audio dataset (doppelgen pack), not a synth recipe")
+    if isinstance(data, dict) and not (kind := dataset_kind(data)).renders_again:
+        raise RecipeError(f"{path}: a dataset {kind.made_by}, not a synth recipe")
     try:
         return Recipe.from_dict(data)
     except RecipeError as error:

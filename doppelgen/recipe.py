@@ -10,10 +10,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from doppelgen.format import CODECS, FORMAT_VERSION, printable
+from doppelgen.console import InputError
+from doppelgen.synths import SYNTHS, synth_args_problem
+from doppelgen.format import CODECS, FORMAT_VERSION, recipe_sha256
 from doppelgen.format.limits import (  # noqa: F401  (re-exported: the recipe's bounds)
     MAX_CLIP_SAMPLES,
-    MAX_OSCILLATORS,
     MAX_PAIRS,
     MAX_SHARD_SAMPLES,
     RECIPE_BOUNDS,
@@ -21,9 +22,6 @@ from doppelgen.format.limits import (  # noqa: F401  (re-exported: the recipe's 
     recipe_size_problem,
     shown,
 )
-
-SYNTHS = ("voice", "voicefm", "parametric")
-PARAMETRIC_DEFAULTS = {"sine": 2, "square_saw": 2, "fm_sine": 1, "fm_square_saw": 1}
 
 # How a pair's keys are derived; recorded in every manifest so a reader knows.
 RNG_DERIVATION = (
@@ -36,7 +34,7 @@ PRNG_IMPL = "threefry2x32"
 PRNG_FLAGS = {"jax_threefry_partitionable": True}
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """A recipe value is invalid; the message is one line naming it."""
 
 
@@ -76,6 +74,12 @@ class Recipe:
     def n_samples(self) -> int:
         return int(round(self.duration * self.sample_rate))
 
+    @property
+    def sha256(self) -> str:
+        """The recipe's identity, the sha256 of :meth:`to_dict`'s canonical JSON: every
+        shard's stats file and the folder's claim carry it."""
+        return recipe_sha256(self.to_dict())
+
     def shard_pairs(self, shard: int) -> range:
         """The global pair indices shard ``shard`` holds."""
         start = shard * self.pairs_per_shard
@@ -84,18 +88,9 @@ class Recipe:
     def validate(self) -> "Recipe":
         """The recipe itself, if every value lies in its range (``RECIPE_BOUNDS``) and the
         values fit together; RecipeError naming the first that does not."""
-        if self.synth.name not in SYNTHS:
-            raise RecipeError(f"unknown synth {shown(self.synth.name)}: expected one of {', '.join(SYNTHS)}")
-        if self.synth.name == "parametric":
-            unknown = set(self.synth.args) - set(PARAMETRIC_DEFAULTS)
-            if unknown:
-                raise RecipeError(f"unknown parametric synth arguments: {printable(', '.join(sorted(unknown)))}")
-            if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_OSCILLATORS for v in self.synth.args.values()):
-                raise RecipeError(f"parametric oscillator counts must be whole numbers in [0, {MAX_OSCILLATORS}]")
-            if sum(self.synth.args.values()) == 0:
-                raise RecipeError("a parametric synth needs at least one oscillator")
-        elif self.synth.args:
-            raise RecipeError(f"synth {shown(self.synth.name)} takes no arguments")
+        problem = synth_args_problem(self.synth.name, self.synth.args)  # the synth registry's row
+        if problem:
+            raise RecipeError(problem)
         for name in RECIPE_BOUNDS:
             problem = recipe_number_problem(name, getattr(self, name))
             if problem:
@@ -172,18 +167,19 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
 
 
 def make_recipe(synth: str = "voice", synth_args: dict[str, int] | None = None, **fields: Any) -> Recipe:
-    """A validated recipe; ``parametric`` gets the paper's oscillator counts unless overridden."""
+    """A validated recipe; a synth's arguments default to its row of the registry
+    (``parametric``: the paper's oscillator counts) unless overridden."""
     if not isinstance(synth, str):
         raise RecipeError(f"recipe field synth must be a name, got {shown(synth)}")
     if not isinstance(synth_args or {}, dict):
         raise RecipeError(f"synth arguments must be an object, got {shown(synth_args)}")
-    args = {key: _coerce(f"synth.args.{printable(key, 40)}", value, int) for key, value in (synth_args or {}).items()}
-    if synth == "parametric":
-        args = {**PARAMETRIC_DEFAULTS, **args}
+    args = {key: _coerce(f"synth.args.{shown(key, 40, quoted=False)}", value, int) for key, value in (synth_args or {}).items()}
+    if synth in SYNTHS:
+        args = {**SYNTHS[synth].defaults, **args}
     types = {f.name: f.type for f in dataclasses.fields(Recipe)}
     unknown = set(fields) - set(types) - {"synth"}
     if unknown:
-        raise RecipeError(f"unknown recipe fields: {printable(', '.join(sorted(unknown)))}")
+        raise RecipeError(f"unknown recipe fields: {shown(', '.join(sorted(unknown)), 120, quoted=False)}")
     kinds = {"int": int, "float": float, "str": str}
     values = {name: _coerce(name, value, kinds[types[name]]) for name, value in fields.items()}
     recipe = Recipe(synth=SynthSpec(name=synth, arg_items=tuple(sorted(args.items()))), **values)

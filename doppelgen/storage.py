@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 from urllib.parse import unquote
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import open_regular_file, remove_dead_temporaries, temporary_path, write_atomic
 
 # Object-store URL schemes -> (fsspec protocol, the package that implements it, our extra).
@@ -47,9 +47,11 @@ SPOOL_BYTES = 64 << 20
 STREAM_BLOCK_BYTES = 8 << 20
 
 
-class StorageError(OSError):
+class StorageError(OSError, InputError):
     """A location cannot be used (a bad URL, a missing package, no credentials, an
-    endpoint that does not answer, a failed request); the message is one line."""
+    endpoint that does not answer, a failed request); the message is one line. Bad input
+    to a command line (exit 2), except where a command reports a write that failed
+    midway as a failure (``render``, ``export``, ``pack``: exit 1)."""
 
     def __init__(self, message: str):
         super().__init__(message)

@@ -45,6 +45,11 @@ def vggish_mel_filterbank(
 def vggish_log_mel(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """(frames, MEL_BANDS) log-mel of a mono clip, in float64; a clip shorter than one
     window is zero-padded to one frame."""
+    return np.log(vggish_mel(audio, sample_rate) + LOG_OFFSET)
+
+
+def vggish_mel(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(frames, MEL_BANDS) mel magnitudes before the log (float64), as in :func:`vggish_log_mel`."""
     window = int(round(WINDOW_SECONDS * sample_rate))
     hop = int(round(HOP_SECONDS * sample_rate))
     n_fft = 1 << (window - 1).bit_length()
@@ -55,4 +60,4 @@ def vggish_log_mel(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(audio, window)[::hop][:n_frames]
     hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)
     magnitude = np.abs(np.fft.rfft(frames * hann, n=n_fft))
-    return np.log(magnitude @ vggish_mel_filterbank(sample_rate, n_fft) + LOG_OFFSET)
+    return magnitude @ vggish_mel_filterbank(sample_rate, n_fft)

@@ -34,9 +34,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from doppelgen.console import one_line
-from doppelgen.format.limits import shown
+from doppelgen.console import InputError, one_line
 from doppelgen.files import TEMP_MARK, atomic_writer, remove_dead_temporaries, temporary_path
+from doppelgen.format import shown
 
 from doppeltrain.config import TrainConfig
 from doppeltrain.model import build_model
@@ -47,7 +47,8 @@ LATEST_NAME = "latest.pt"
 # Of a file that is not a zip, this much is scanned for what its pickle would import.
 MAX_PICKLE_SCAN_BYTES = 64 << 20
 
-class CheckpointError(ValueError):
+
+class CheckpointError(InputError):
     """A checkpoint is missing, unreadable, unsafe or not ours; the message is one line."""
 
 

@@ -13,16 +13,11 @@ from typing import Any, List, Optional
 
 import typer
 
-from doppelgen.console import one_line, run_app
-from doppelgen.irs import IrError
+from doppelgen.console import EXIT_FAILURE, fail, one_line, reports_input_errors, run_app
 
-from doppeltrain.augment.chain import AugmentError
-from doppeltrain.checkpoint import CheckpointError
 from doppeltrain.use.cli import register as register_use_commands
 from doppeltrain.config import TrainConfig
-from doppeltrain.data import DataError
-from doppeltrain.distributed import DistributedError
-from doppeltrain.config_checks import TrainError
+from doppeltrain.data import WorkerError
 from doppeltrain.train import fit, resume_config
 
 app = typer.Typer(
@@ -32,15 +27,7 @@ app = typer.Typer(
     help="Train audio embeddings on doppelgänger pair shards, and use them.",
 )
 
-USAGE_EXIT = 2
 DEFAULTS = TrainConfig()  # quoted in --help; the values live in doppeltrain/config.py only
-# "Your input is wrong": one line, no traceback. Anything else is a bug and keeps its traceback.
-INPUT_ERRORS = (TrainError, DataError, CheckpointError, DistributedError, AugmentError, IrError)
-
-
-def _error(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=USAGE_EXIT)
 
 
 def build_config(overrides: dict[str, Any], resume: bool) -> TrainConfig:
@@ -79,12 +66,13 @@ def _pairs_per_epoch(text: Optional[str]):
     try:
         return int(text)
     except ValueError:
-        raise _error(f"--pairs-per-epoch must be a whole number or 'all', got {text!r}") from None
+        fail(f"--pairs-per-epoch must be a whole number or 'all', got {text!r}")
 
 
 @app.command("fit")
+@reports_input_errors
 def fit_command(
-    datasets: Optional[List[str]] = typer.Argument(None, help="Pair datasets: folders, file://, s3:// or gs:// URLs, or WebDataset URLs (pipe:, http://; docs/FORMAT.md)."),
+    datasets: Optional[List[str]] = typer.Argument(None, help="Pair datasets: folders, file://, s3:// or gs:// URLs, or WebDataset URLs (pipe:, http://; docs/FORMAT.md); or recipe JSON files (e.g. manifests/voice.json, or a dataset's manifest.json), whose pairs are rendered on the fly."),
     run: Optional[str] = typer.Option(
         None, "--run", "--name",
         help=f"Run name: its files go to RUNS_DIR/RUN. Spell it --name under torchrun, whose own parser reads --run as its --run-path. (default: {DEFAULTS.run})",
@@ -96,9 +84,12 @@ def fit_command(
     steps_per_epoch: Optional[int] = typer.Option(None, help="Batches per epoch per rank; overrides --pairs-per-epoch."),
     retrieval_group: Optional[int] = typer.Option(None, help=f"Validation retrieval ranks each pair among groups of this many. (default: {DEFAULTS.retrieval_group})"),
     batch_size: Optional[int] = typer.Option(None, help=f"Pairs per batch per rank. (default: {DEFAULTS.data.batch_size})"),
-    workers: Optional[int] = typer.Option(None, help=f"Data-loader worker processes per rank. (default: {DEFAULTS.data.workers})"),
+    workers: Optional[int] = typer.Option(None, help="Data-loader worker processes per rank; the data order depends on it. (default: sized to the machine: its CPUs per rank less one, at most 16 per GPU, 4 on the CPU; recorded in the run's config)"),
     shuffle_buffer: Optional[int] = typer.Option(None, help=f"Pairs in each worker's shuffle buffer. (default: {DEFAULTS.data.shuffle_buffer})"),
-    val_shards: Optional[float] = typer.Option(None, help=f"Shards held out per dataset: a fraction (<1) or a count; 0 for none. (default: {DEFAULTS.data.val_shards})"),
+    val_shards: Optional[float] = typer.Option(None, help=f"Shards held out per dataset (a recipe: the shards its frozen render would hold out): a fraction (<1) or a count; 0 for none. (default: {DEFAULTS.data.val_shards})"),
+    render_on: Optional[str] = typer.Option(None, help=f"Where recipes' pairs render: cpu (loader workers), gpu (the training GPU) or auto (gpu when training on CUDA and JAX sees a GPU). (default: {DEFAULTS.data.render_on})"),
+    delta_from: Optional[float] = typer.Option(None, help="Ramp the delta of streamed recipes linearly from this value at step 0 to the recipe's delta at --delta-ramp of the run. (default: the recipe's delta throughout)"),
+    delta_ramp: Optional[float] = typer.Option(None, help=f"Fraction of the run's steps the --delta-from ramp lasts. (default: {DEFAULTS.data.delta_ramp})"),
     val_every: Optional[int] = typer.Option(None, help=f"Validate every N epochs (and at the end); 0 never. (default: {DEFAULTS.val_every})"),
     checkpoint_every: Optional[int] = typer.Option(None, help=f"Keep a checkpoint every N epochs; latest.pt is written every epoch. (default: {DEFAULTS.checkpoint_every})"),
     optimizer: Optional[str] = typer.Option(None, help=f"sgd or adam. (default: {DEFAULTS.optim.optimizer})"),
@@ -112,7 +103,7 @@ def fit_command(
     ir_dir: Optional[str] = typer.Option(None, help="Folder of impulse responses for the convolution augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue RUNS_DIR/RUN from its latest checkpoint."),
     device: Optional[str] = typer.Option(None, help=f"auto (cuda, then mps, then cpu), cpu, cuda or mps. (default: {DEFAULTS.device})"),
-    precision: Optional[str] = typer.Option(None, help=f"auto (bf16 autocast on GPU), fp32 or bf16. (default: {DEFAULTS.precision})"),
+    precision: Optional[str] = typer.Option(None, help=f"auto (bf16 autocast on a GPU with bf16 in hardware, fp32 elsewhere), fp32 or bf16. (default: {DEFAULTS.precision})"),
     seed: Optional[int] = typer.Option(None, help=f"Seed of the initial weights, data order and augmentations. (default: {DEFAULTS.seed})"),
     log_every: Optional[int] = typer.Option(None, help=f"Log train metrics every N steps. (default: {DEFAULTS.log_every})"),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar. (default: on)"),
@@ -132,6 +123,9 @@ def fit_command(
         "data.workers": workers,
         "data.shuffle_buffer": shuffle_buffer,
         "data.val_shards": val_shards,
+        "data.render_on": render_on,
+        "data.delta_from": delta_from,
+        "data.delta_ramp": delta_ramp,
         "val_every": val_every,
         "checkpoint_every": checkpoint_every,
         "optim.optimizer": optimizer,
@@ -149,13 +143,15 @@ def fit_command(
         "progress": progress,
         "audit": audit,
     }
+    # Bad input (TrainError, DataError, CheckpointError, IrError, ...: console.InputError)
+    # is one line and exit 2; anything else is a bug and keeps its traceback, except a
+    # loader worker that died or failed while the run was going: one line and exit 1.
     try:
-        config = build_config(overrides, resume)
-        summary = fit(config)
-    except INPUT_ERRORS as error:
-        raise _error(str(error)) from None
+        summary = fit(build_config(overrides, resume))
+    except WorkerError as error:
+        fail(str(error), EXIT_FAILURE)
     except OSError as error:  # writing the run folder failed (e.g. a full disk)
-        raise _error(one_line(error)) from None
+        fail(one_line(error))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(fit_summary_line(summary))
 

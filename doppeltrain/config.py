@@ -17,13 +17,26 @@ REFERENCE_PAIRS_PER_EPOCH = 117 * 768
 
 @dataclass
 class DataConfig:
-    datasets: list[str] = field(default_factory=list)  # folders or WebDataset URLs, mixed freely
+    # Frozen datasets (folders or WebDataset URLs) and streamed recipes (recipe JSON files
+    # or a dataset's manifest.json, rendered on the fly), mixed freely.
+    datasets: list[str] = field(default_factory=list)
     batch_size: int = 768
-    workers: int = 4
+    # Loader worker processes per rank; None: sized to the machine when fit starts (up to
+    # 16 per GPU, 4 on the CPU: machine.default_loader_workers) and written into the run's
+    # config. The data order depends on it: pin it to repeat a run on another machine.
+    workers: Optional[int] = None
     shuffle_buffer: int = 1000
     # < 1: fraction of each dataset's shards held out for validation; >= 1: a count. At least 1.
     val_shards: float = 0.1
     sample_rate: int = 16000  # the rate the model is built for; other datasets are refused
+    # Where streamed recipes render: "cpu" (loader workers, spawned), "gpu" (the training
+    # GPU, in the main process) or "auto" (gpu when training on CUDA and JAX sees a GPU).
+    render_on: str = "auto"
+    # Streamed recipes: None renders every step at the recipe's delta (the paper's). A
+    # number ramps delta linearly from it at step 0 to the recipe's delta at delta_ramp
+    # of the run's steps, the recipe's delta after. Validation uses the recipe's delta.
+    delta_from: Optional[float] = None
+    delta_ramp: float = 0.5
 
 
 @dataclass
@@ -130,7 +143,9 @@ class TrainConfig:
     val_every: int = 10
     checkpoint_every: int = 10
     device: str = "auto"  # auto: cuda, then mps, then cpu
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "fp32", "bf16"
+    # auto: bf16 autocast on a GPU that has bf16 in hardware (CUDA compute capability 8.0
+    # and later), fp32 elsewhere (older GPUs emulate bf16, slower than fp32); or "fp32", "bf16".
+    precision: str = "auto"
     # Pairs an epoch trains on (the reference's 117 batches of 768); None: one pass over
     # the training shards. Each epoch reads them from a fresh shuffled shard order.
     pairs_per_epoch: Optional[int] = REFERENCE_PAIRS_PER_EPOCH

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import workers_problem
-from doppelgen.format.limits import shown
+from doppelgen.format import is_number, shown, unfit_number
 
 from doppeltrain import distributed as dist_utils
 from doppeltrain.augment.chain import check_augment_config
 from doppeltrain.config import TrainConfig
+from doppeltrain.data.streamed import RENDER_PLACES
 from doppeltrain.model import MODEL_BLOCKS
 from doppeltrain.model_limits import MAX_EMBEDDING_DIM, MAX_WIDTH, inference_config_problem
 from doppeltrain.schedule import OPTIMIZERS
@@ -21,8 +21,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # Options a resumed run may change: they affect speed, logging or when to stop, not the
 # weights. Not data.workers: it decides which worker reads which shard, hence the order.
 # Datasets may move: their manifests' digests must still match the checkpoint's.
+# Streamed pairs may render elsewhere: the same pairs, up to the device's arithmetic.
 RESUME_MAY_CHANGE = frozenset(
-    {"resume", "until_epoch", "device", "progress", "log_every", "audit", "runs_dir", "val_audio_pairs", "data.datasets"}
+    {"resume", "until_epoch", "device", "progress", "log_every", "audit", "runs_dir", "val_audio_pairs", "data.datasets",
+     "data.render_on"}
 )
 
 
@@ -30,7 +32,7 @@ MAX_SEED = 2**63 - 1
 MAX_COUNT = 2**53
 
 
-class TrainError(ValueError):
+class TrainError(InputError):
     """Bad options or a run that cannot go on; the message is one line."""
 
 
@@ -52,13 +54,8 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 def _finite(value: Any) -> bool:
-    """An int or float that is finite as a float (10**400 is an int no float holds)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
+    """An int or float, finite, and if whole within an int64 (10**400 is an int no float holds)."""
+    return is_number(value) and unfit_number(value, "") is None
 
 
 def _option_problem(cfg: TrainConfig) -> str:
@@ -93,6 +90,11 @@ def _option_problem(cfg: TrainConfig) -> str:
         (isinstance(cfg.seed, int) and 0 <= cfg.seed <= MAX_SEED, f"--seed must be a whole number from 0 to 2**63 - 1, got {shown(cfg.seed)}"),
         (isinstance(cfg.run, str) and bool(cfg.run) and "/" not in cfg.run and cfg.run not in (".", ".."), f"--run must be a plain folder name, got {shown(cfg.run)}"),
         (cfg.features.sample_rate == cfg.data.sample_rate, "features.sample_rate must equal data.sample_rate"),
+        (cfg.data.render_on in RENDER_PLACES, f"unknown --render-on {shown(cfg.data.render_on)}: expected one of {', '.join(RENDER_PLACES)}"),
+        (cfg.data.delta_from is None or (_finite(cfg.data.delta_from) and 0 <= cfg.data.delta_from <= 4),
+         f"--delta-from must lie in [0, 4], got {shown(cfg.data.delta_from)}"),
+        (_finite(cfg.data.delta_ramp) and 0 < cfg.data.delta_ramp <= 1,
+         f"--delta-ramp must be a fraction of the run's steps in (0, 1], got {shown(cfg.data.delta_ramp)}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -15,11 +15,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from doppelgen.console import InputError
+
 
 COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 
-class DistributedError(RuntimeError):
+class DistributedError(InputError):
     """The device or process-group set-up is impossible; the message is one line."""
 
 

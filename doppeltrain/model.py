@@ -26,9 +26,11 @@ PAPER_WIDTH = 64  # torchvision's first-stage width; stages double it: 64, 128, 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A ResNet with BasicBlocks mapping ``(N, 1, 96, 64)`` to unnormalized ``(N, cfg.embedding_dim)``.
 
-    ``model="resnet18", width=64, embedding_dim=512`` is exactly the reference network:
+    ``model="resnet18", width=64, embedding_dim=512`` is the reference network:
     ``torchvision.models.resnet18(num_classes=512)`` with ``conv1`` replaced by a
-    one-channel convolution (64 filters, kernel 7, stride 2, padding 3). Other widths
+    one-channel convolution (64 filters, kernel 7, stride 2, padding 3), without the
+    reference's conv1 bias, which ``bn1`` right after cancels (docs/REFERENCE.md, 'Where
+    we deliberately differ'). Other widths
     scale every stage (``width, 2*width, 4*width, 8*width``) and keep torchvision's init.
     Parameters are drawn from torch's global RNG: seed it first for a reproducible init.
     """

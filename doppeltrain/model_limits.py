@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from doppelgen.format.limits import shown
+from doppelgen.format import is_number, is_whole_number, shown, unfit_number
 
 from doppeltrain.config import FeatureConfig, ModelConfig, TrainConfig
 from doppeltrain.model import MODEL_BLOCKS, build_model
@@ -64,15 +64,15 @@ def inference_config_problem(cfg: TrainConfig) -> str:
         "features.n_fft": (features.n_fft, MAX_N_FFT),
         "features.window_length": (features.window_length, features.n_fft),
         "features.hop_length": (features.hop_length, MAX_N_FFT),
-        "features.n_mels": (features.n_mels, features.n_fft // 2 + 1 if _is_int(features.n_fft) else 0),
+        "features.n_mels": (features.n_mels, features.n_fft // 2 + 1 if is_whole_number(features.n_fft) else 0),
         "features.example_frames": (features.example_frames, MAX_EXAMPLE_FRAMES),
     }
     for name, (value, upper) in int_bounds.items():
-        if not _is_int(value) or not 1 <= value <= upper:
+        if not is_whole_number(value) or not 1 <= value <= upper:
             return f"{name} must be an integer in 1..{upper}, got {shown(value)}"
     for name in ("f_min", "f_max", "log_offset"):
         value = getattr(features, name)
-        if not _is_finite_number(value):
+        if not is_number(value) or unfit_number(value, name) is not None:  # 10**400: no float holds it
             return f"features.{name} must be a finite number, got {shown(value)}"
     if not 0 <= features.f_min < features.f_max <= features.sample_rate / 2:
         return "features need 0 <= f_min < f_max <= sample_rate / 2"
@@ -135,17 +135,3 @@ def weights_problem(model: ModelConfig, found: Mapping[str, Any]) -> str:
         if tuple(found[name]) != shape:
             return f"tensor {shown(name)} has shape {shown(tuple(found[name]))}, the network's is {shape}"
     return ""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite_number(value: Any) -> bool:
-    """An int or float that is finite as a float (10**400 is an int no float holds)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False

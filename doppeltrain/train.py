@@ -17,7 +17,7 @@ every ``checkpoint_every`` epochs and at the end).
 
 from __future__ import annotations
 
-import math
+import copy
 import random
 import signal
 import sys
@@ -48,12 +48,14 @@ from doppeltrain.checkpoint import (
     save_checkpoint,
     state_dict_sha256,
 )
-from doppeltrain.rng_state import rng_state, set_rng_state
 from doppeltrain.config import TrainConfig
+from doppeltrain.config_checks import TrainError, check_resume, validate_config
 from doppeltrain.evaluate import embed_views, evaluate
 from doppeltrain.loss import contrastive_loss
+from doppeltrain.machine import configure_backends, default_loader_workers, for_device
 from doppeltrain.model import TwoViewEncoder, build_model
-from doppeltrain.config_checks import TrainError, check_resume, validate_config
+from doppeltrain.precision import autocast_dtype, precise_dtype
+from doppeltrain.rng_state import rng_state, set_rng_state
 from doppeltrain.run_lock import locked_run_folder
 from doppeltrain.run_log import RunLogger, epoch_line, log_pairs, validation_text
 from doppeltrain.schedule import base_learning_rate, build_optimizer, learning_rate_at, milestone_steps, set_learning_rate
@@ -145,6 +147,7 @@ class _Run:
     train_loader: Any
     val_loader: Any  # None: rank > 0, no validation shards, or val_every 0
     autocast: Any
+    precision: str  # what the step computes in: "bf16" (autocast) or "fp32"
     logger: RunLogger
     audit: Any  # an open audit-rank{r}.jsonl, or None
     manifests: dict[str, str]
@@ -152,8 +155,11 @@ class _Run:
     step: int
     timing: dict[str, float] = field(default_factory=lambda: {"wait": 0.0, "total": 0.0, "steps": 0})
     check_interrupt: Any = lambda: None  # raises KeyboardInterrupt once Ctrl-C was pressed
+    loaders: Any = None  # data.RunLoaders: closing it stops the rendering workers
 
     def close(self) -> None:
+        if self.loaders is not None:
+            self.loaders.close()
         self.logger.close()
         if self.audit is not None:
             self.audit.close()
@@ -179,22 +185,37 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     env = dist_utils.init_distributed(cfg.device)
     try:
         with locked_run_folder(run_dir_of(cfg), active=env.is_main):
-            run = _prepare(cfg, env)
+            run = _prepare(sized_to_machine(cfg, env.device), env)
             try:
                 with interrupt_between_steps() as run.check_interrupt:
-                    return _train(run)
+                    try:
+                        return _train(run)
+                    except RuntimeError as error:  # a loader worker that died or failed: one line
+                        failure = data.worker_failure(error)
+                        if failure is None:
+                            raise
+                        raise failure from None
             finally:
                 run.close()
     finally:
         dist_utils.cleanup()
 
 
+def sized_to_machine(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """A copy of ``cfg`` with what was left to the machine filled in (``data.workers``):
+    the run's config then records it, and a resumed run reads the same data order."""
+    if cfg.data.workers is not None:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.data.workers = default_loader_workers(device)
+    return cfg
+
+
 def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
     """Find the data, check a resume, build (or restore) model, optimizer and loaders."""
     device, run_dir = env.device, run_dir_of(cfg)
-    infos = data.discover(cfg.data.datasets, cfg.data.sample_rate)
-    manifests = data.manifest_digests((info.location, info.manifest) for info in infos)
-    train_shards, val_shards = data.split_shards(infos, cfg.data.val_shards, cfg.seed)
+    sources = data.find_sources(cfg.data.datasets, cfg.data.sample_rate)
+    manifests = sources.digests()
     state = None
     if cfg.resume:
         state = load_checkpoint(latest_checkpoint(run_dir))
@@ -209,9 +230,10 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
         network = build_model(cfg.model)
     if env.distributed:
         network = dist_utils.convert_sync_batchnorm(network, device)
-    network = network.to(device)
+    network = for_device(network.to(device), device)
+    configure_backends(device)
     encoder = TwoViewEncoder(network)
-    pipeline = ViewPipeline(cfg, infos[0].n_samples).to(device)  # loads the impulse responses: fails early
+    pipeline = ViewPipeline(cfg, sources.n_samples).to(device)  # loads the impulse responses: fails early
     base_lr = base_learning_rate(cfg.optim, cfg.data.batch_size, env.world_size)
     optimizer = build_optimizer(network.parameters(), cfg.optim, base_lr)
     start_epoch, step = 0, 0
@@ -223,26 +245,28 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
         encoder = nn.parallel.DistributedDataParallel(encoder, device_ids=[device.index] if device.type == "cuda" else None)
 
     epoch_ref = data.SharedEpoch(start_epoch)
-    train_loader = data.make_loader(train_shards, cfg, train=True, epoch_ref=epoch_ref, rank=env.rank, world_size=env.world_size)
     # Every rank's validation loader would read every validation pair: rank 0 alone validates.
-    val_loader = None
-    if val_shards and env.is_main and cfg.val_every:
-        val_loader = data.make_loader(val_shards, cfg, train=False, epoch_ref=epoch_ref)
+    loaders = data.make_run_loaders(sources, cfg, epoch_ref=epoch_ref, rank=env.rank, world_size=env.world_size,
+                                    device=device, validate=env.is_main and bool(cfg.val_every))
+    train_loader, val_loader = loaders.train, loaders.validation
 
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = autocast_dtype(cfg.precision, device)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.json", (json_text(cfg.to_dict(), indent=2) + "\n").encode())
+        # Streamed recipes: their sha256 and the pair indices the run trains and validates on.
+        streams = {"streams": loaders.streams} if loaders.streams else {}
+        write_atomic(run_dir / "config.json", (json_text({**cfg.to_dict(), **streams}, indent=2) + "\n").encode())
     dist_utils.barrier()
     resumed = state is not None
     return _Run(
         cfg=cfg, env=env, run_dir=run_dir, network=network, encoder=encoder, pipeline=pipeline, optimizer=optimizer,
         base_lr=base_lr, milestones=milestone_steps(cfg.epochs * len(train_loader), cfg.optim.milestones),
         epoch_ref=epoch_ref, train_loader=train_loader, val_loader=val_loader,
-        autocast=torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext(),
+        autocast=torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext(),
+        precision="bf16" if autocast == torch.bfloat16 else "fp32",
         logger=RunLogger(run_dir, env.is_main, start_epoch, step),
         audit=open(run_dir / f"audit-rank{env.rank}.jsonl", "a" if resumed else "w") if cfg.audit else None,
-        manifests=manifests, start_epoch=start_epoch, step=step,
+        manifests=manifests, start_epoch=start_epoch, step=step, loaders=loaders,
     )
 
 
@@ -281,12 +305,52 @@ def _train(run: _Run) -> dict[str, Any]:
         "skipped_samples": run.train_loader.skipped,
         "world_size": env.world_size,
         "device": str(env.device),
+        "precision": run.precision,
     }
+
+
+LOSS_NAMES = ("loss", "alignment", "uniformity")
+
+
+class LossTally:
+    """A step's losses, kept on the device until read: the latest, the epoch's sums and
+    the first step whose loss was not finite. Adding a step reads nothing back, so the
+    host can queue the next step while the device still runs this one; :meth:`read`
+    reads them all at once (one sync)."""
+
+    def __init__(self, device: torch.device):
+        self.dtype = precise_dtype(device)  # float64 sums where the device has it, as Python floats were
+        self.latest = torch.zeros(len(LOSS_NAMES), dtype=self.dtype, device=device)
+        self.sums = torch.zeros_like(self.latest)
+        self.first_bad = torch.full((2,), -1.0, dtype=self.dtype, device=device)  # (step, loss); step -1: none yet
+
+    def add(self, losses: torch.Tensor, step: int) -> None:
+        """Tally step ``step``'s ``(loss, alignment, uniformity)``."""
+        self.latest = losses.detach().to(self.dtype)
+        self.sums += self.latest
+        first = ~torch.isfinite(self.latest[0]) & (self.first_bad[0] < 0)
+        here = torch.stack([torch.full((), float(step), dtype=self.dtype, device=self.latest.device), self.latest[0]])
+        self.first_bad = torch.where(first, here, self.first_bad)
+
+    def read(self, epoch: int) -> tuple[dict[str, float], dict[str, float]]:
+        """The latest step's losses and the epoch's sums; raises TrainError naming the
+        first step, so far, whose loss was not finite."""
+        numbers = torch.cat([self.latest, self.sums, self.first_bad]).tolist()
+        bad_step, bad_loss = numbers[-2:]
+        if bad_step >= 0:
+            raise TrainError(f"the loss became {bad_loss} at step {int(bad_step)} (epoch {epoch + 1})")
+        count = len(LOSS_NAMES)
+        return dict(zip(LOSS_NAMES, numbers[:count])), dict(zip(LOSS_NAMES, numbers[count : 2 * count]))
 
 
 def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
     """``len(train_loader)`` optimizer steps; returns the epoch's mean losses, its last
-    learning rate and its throughput."""
+    learning rate and its throughput.
+
+    The losses are read from the device only when a record is logged (every
+    ``log_every`` steps) and at the epoch's last step, not every step. A loss that is not
+    finite is therefore noticed up to ``log_every - 1`` steps late (the error names the
+    step it happened at), always before the epoch's checkpoint is written."""
     cfg, env = run.cfg, run.env
     run.epoch_ref.set_value(epoch)
     seed_epoch(cfg.seed, epoch, env.rank)
@@ -295,7 +359,7 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and env.is_main), leave=False)
     batches = iter(run.train_loader)
     window = {"wait": 0.0, "start": time.perf_counter(), "steps": 0}
-    sums = {"loss": 0.0, "alignment": 0.0, "uniformity": 0.0}
+    tally = LossTally(env.device)
     epoch_wait, epoch_start = 0.0, time.perf_counter()
     for index in range(steps):
         started = time.perf_counter()
@@ -307,11 +371,9 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
         if run.audit is not None:
             run.audit.write(json_text({"epoch": epoch, "step": run.step, "keys": list(keys)}) + "\n")
         lr = learning_rate_at(run.step, run.base_lr, run.milestones, cfg.optim.gamma)
-        values = train_step(run, a, b, epoch, lr)
+        tally.add(train_step(run, a, b, epoch, lr), run.step - 1)
         run.check_interrupt()
         run.logger.scalar("train/lr", lr, run.step)  # every step: the schedule is visible whole
-        for key in sums:
-            sums[key] += values[key]
         if index > 0:  # the first batch of an epoch includes starting the workers
             run.timing["wait"] += waited
             run.timing["total"] += time.perf_counter() - started
@@ -320,8 +382,9 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
         window["wait"] += waited
         window["steps"] += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{values['loss']:.4f}")
         if run.step % cfg.log_every == 0 or index == steps - 1:
+            values, sums = tally.read(epoch)
+            bar.set_postfix(loss=f"{values['loss']:.4f}")
             span = time.perf_counter() - window["start"]
             record = {
                 "split": "train", "step": run.step, "epoch": epoch, **values, "lr": lr,
@@ -342,9 +405,10 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
     }
 
 
-def train_step(run: _Run, a: torch.Tensor, b: torch.Tensor, epoch: int, lr: float) -> dict[str, float]:
+def train_step(run: _Run, a: torch.Tensor, b: torch.Tensor, epoch: int, lr: float) -> torch.Tensor:
     """One optimizer step at learning rate ``lr`` on a batch of pairs; returns its
-    (global-batch) losses."""
+    (global-batch) ``(loss, alignment, uniformity)``, on the device, unread: nothing in
+    a step waits for the device."""
     cfg, env, device = run.cfg, run.env, run.env.device
     a, b = a.to(device, non_blocking=True), b.to(device, non_blocking=True)
     # One generator for the step, a function of (seed, epoch, step, rank): view a draws
@@ -357,13 +421,10 @@ def train_step(run: _Run, a: torch.Tensor, b: torch.Tensor, epoch: int, lr: floa
     # averages the ranks' gradients; scaling by the world size makes the result the
     # gradient of the global-batch loss, as with one process.
     (loss * env.world_size).backward()
-    values = dict(zip(("loss", "alignment", "uniformity"), torch.stack([loss, alignment, uniformity]).tolist()))
-    if not math.isfinite(values["loss"]):
-        raise TrainError(f"the loss became {values['loss']} at step {run.step} (epoch {epoch + 1})")
     set_learning_rate(run.optimizer, lr)
     run.optimizer.step()
     run.step += 1
-    return values
+    return torch.stack([loss, alignment, uniformity]).detach()
 
 
 def validate(run: _Run, epoch: int) -> Optional[dict[str, float]]:

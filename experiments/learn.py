@@ -6,7 +6,7 @@ network against the same network untrained (same seed, so the same initial weigh
 
 - pair retrieval: view a -> view b recall@1 among the 512 pairs of a held-out shard,
   without augmentation (``fit``'s own validation, before the first step and at the end);
-- a linear probe on real recorded drum hits (``benchmarks/probe_set.py``): accuracy
+- a linear probe on real recorded drum hits (``experiments/probe_set/``): accuracy
   pooled over the leave-one-kit-out folds (every clip is tested once, by a classifier
   that never saw its kit), the L2 strength of each fold chosen by leave-one-kit-out
   within its training kits, so no kit leaks into the choice. Log-mel statistics are
@@ -21,10 +21,10 @@ It prints one JSON line (recall and accuracy as fractions in [0, 1])::
 
 The budget is a number of optimizer steps, so results reproduce; ``budget_s`` is the
 wall time of the training it took here, with the machine's load beside it. The default
-settings are the fastest-learning ones found for this budget (``benchmarks/learn_notes.md``
+settings are the fastest-learning ones found for this budget (``experiments/learn_notes.md``
 logs the search).
 
-    .venv/bin/python benchmarks/learn.py [--deltas 0.05 0.25] [--steps N] [--log FILE] ...
+    .venv/bin/python -m experiments.learn [--deltas 0.05 0.25] [--steps N] [--log FILE] ...
 """
 
 from __future__ import annotations

@@ -23,11 +23,11 @@ ARM_NAME, FIRED_NAME, MANIFEST_LOG_NAME = "kill-next-shard", "killed.json", "man
 
 def install() -> None:
     from doppelgen import files, storage
-    from doppelgen.render import loop as dataset
+    from doppelgen.render import shard_runs
 
     folder = Path(os.environ[HOOK_DIR_ENV])
     # Local shard files are written by storage.LocalStore.put through this name.
-    real_write_atomic, real_write_manifest = storage.write_atomic, dataset.write_manifest
+    real_write_atomic, real_write_manifest = storage.write_atomic, shard_runs.write_manifest
 
     def write_atomic(path, data: bytes) -> None:
         path = Path(path)
@@ -47,7 +47,7 @@ def install() -> None:
         real_write_manifest(out_dir, manifest)
 
     storage.write_atomic = write_atomic
-    dataset.write_manifest = write_manifest
+    shard_runs.write_manifest = write_manifest
 
 
 def _read(path: Path) -> str | None:

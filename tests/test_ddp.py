@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from doppeltrain.checkpoint import load_checkpoint_network as load_model
+from doppeltrain.checkpoint import load_checkpoint_network
 from doppeltrain.config import LossConfig
 from doppeltrain.distributed import AllReduceBatchNorm2d, gather_with_grad
 from doppeltrain.loss import contrastive_loss
@@ -33,7 +33,7 @@ def test_torchrun_ranks_read_disjoint_pairs_and_end_with_equal_weights(voice_sha
         "-m", "doppeltrain", "fit", str(voice_shards), "--runs-dir", str(tmp_path), "--name", "ddp",
         "--model", "small", "--width", "8", "--embedding-dim", "32", "--batch-size", "4", "--workers", "1",
         "--val-shards", "1", "--epochs", "2", "--pairs-per-epoch", "all", "--val-every", "1", "--log-every", "1", "--audit",
-        "--no-progress",
+        "--device", "cpu", "--no-progress",  # gloo on the CPU even where a GPU is: NCCL refuses two ranks on one GPU
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
@@ -50,7 +50,7 @@ def test_torchrun_ranks_read_disjoint_pairs_and_end_with_equal_weights(voice_sha
     digests = [audit[-1]["final_weights_sha256"] for audit in audits]
     assert digests[0] == digests[1]
     # The checkpoint holds those very weights (BatchNorm buffers included).
-    model, config = load_model(run_dir / "checkpoints" / "latest.pt")
+    model, config = load_checkpoint_network(run_dir / "checkpoints" / "latest.pt")
     assert weights_digest(model) == digests[0]
     assert config.data.batch_size == 4
 

@@ -179,6 +179,20 @@ def test_cli_embed(cli, checkpoint, tmp_path):
     assert "embedding: 100%" in result.output  # the progress bar, on by default
 
 
+def test_a_bug_keeps_its_traceback_only_bad_input_is_one_line(cli, checkpoint, tmp_path, monkeypatch):
+    """console.InputError is "bad input"; a bare ValueError is a bug and must not become a
+    one-line error with exit 2."""
+    from doppeltrain.use import inference
+
+    sf.write(tmp_path / "x.wav", _clip(12, 16000).numpy(), SR)
+    monkeypatch.setattr(inference, "embed_files", lambda *args: (_ for _ in ()).throw(ValueError("a bug")))
+    result = cli("embed", checkpoint, tmp_path / "x.wav", "--device", "cpu", "--no-progress")
+    assert result.exit_code != 2 and isinstance(result.exception, ValueError) and "error: a bug" not in result.output
+    monkeypatch.setattr(inference, "embed_files", lambda *args: (_ for _ in ()).throw(inference.EmbedError("bad input")))
+    result = cli("embed", checkpoint, tmp_path / "x.wav", "--device", "cpu", "--no-progress")
+    assert result.exit_code == 2 and result.output.strip().splitlines() == ["error: bad input"]
+
+
 @pytest.mark.parametrize("case", ["missing", "unreadable", "not-npy", "bad-checkpoint", "bad-device"])
 def test_cli_embed_bad_inputs_fail_in_one_line(cli, checkpoint, tmp_path, case):
     good = tmp_path / "good.wav"

@@ -2,7 +2,8 @@
 and the member layout of a shard tar, each mutated from a valid one or made up whole.
 
 Properties, for every input: the only exception is the reader's one-line error type
-(FormatError, RecipeError, VerifyError) with a one-line message; the call ends within
+(FormatError, RecipeError, VerifyError; the trainer's sample reader raises none: it skips
+and counts) with a one-line message; the call ends within
 ``SECONDS`` (no hang); and it allocates at most ``MEGABYTES`` (no claim in the data sizes
 the memory). The suite runs ``DOPPELGANGERS_FUZZ_EXAMPLES`` examples a target (a short
 run); ``make fuzz`` runs many more and prints hypothesis's statistics.
@@ -19,6 +20,7 @@ import tracemalloc
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -39,6 +41,8 @@ from doppelgen.format import (
 from doppelgen.paper_recipes import load_recipe
 from doppelgen.publish.shard_checks import ShardExpectation, check_shard
 from doppelgen.publish.verify import VerifyError, verify_dataset
+from doppeltrain.data.datasets import ShardRef
+from doppeltrain.data.samples import SampleReader
 
 EXAMPLES = int(os.environ.get("DOPPELGANGERS_FUZZ_EXAMPLES", "100"))
 SECONDS = 20  # generous: the machine is shared; a hang is minutes
@@ -346,6 +350,15 @@ def test_shard_readers_survive_any_member_layout(small, parts, data):
             with bounded(name):
                 try:
                     list(read(folder / shard_name(0)))
+                except FormatError as error:
+                    one_line_error(error)
+        with bounded("the trainer's SampleReader"):
+            reader = SampleReader(16000)
+            rows = np.zeros((2, 16000), np.float32)
+            for sample in reader.samples([ShardRef(url=str(folder / shard_name(0)), n_pairs=2, n_samples=16000)]):
+                members = {name: value for name, value in sample.items() if not name.startswith("__")}
+                try:
+                    reader.decode_pair_into(sample["__key__"], members, rows[0], rows[1])
                 except FormatError as error:
                     one_line_error(error)
         expectation = ShardExpectation(index=0, codec="flac", sample_rate=16000, n_samples=16000, first_pair=0, n_pairs=2, seed=0)

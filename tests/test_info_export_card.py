@@ -139,8 +139,8 @@ def test_card_header_is_what_the_hub_reads(dataset, voice_recipe):
     assert [f["name"] for f in features["json"]["struct"]] == ["index", "seed", "gain", "params"]
     assert header["dataset_info"]["splits"] == [{"name": "train", "num_bytes": describe_dataset(dataset)["totals"]["bytes"], "num_examples": 32}]
     body = (dataset / "README.md").read_text(encoding="utf-8")
-    for entry in read_manifest(dataset)["record"]["shards"]:
-        assert f"`{entry['sha256']}`" in body
+    for entry in read_manifest(dataset).shards:
+        assert f"`{entry.sha256}`" in body
     for how in ("doppeltrain fit", "wds.WebDataset", "load_dataset(", "pairs-{000000..000003}.tar", '"delta": 0.25'):
         assert how in body
 
@@ -198,11 +198,11 @@ def test_hugging_face_datasets_loads_every_pair_without_an_audio_decoder(dataset
     for folder in (dataset, packed):
         manifest = read_manifest(folder)
         stored = {}
-        for s in range(manifest["recipe"]["n_shards"]):
+        for s in range(manifest.n_shards):
             for name, data in iter_tar_members(folder / shard_name(s)):
                 stored[name] = data
         rows = loaded[str(folder)]
-        assert len(rows) == sum(e["n_pairs"] for e in manifest["record"]["shards"])
+        assert len(rows) == sum(e.n_pairs for e in manifest.shards)
         for row in rows:
             key = row["key"]
             assert bytes.fromhex(row["a"]) == stored[f"{key}.a.flac"] and bytes.fromhex(row["b"]) == stored[f"{key}.b.flac"]

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from doppelgen.recipe import PARAMETRIC_DEFAULTS, RecipeError
+from doppelgen.recipe import RecipeError
+from doppelgen.synths import SYNTHS
 from doppelgen.render.loop import render_dataset
 from doppelgen.format import iter_shard_pairs, read_manifest, shard_name
 from doppelgen.paper_recipes import DELTA_SWEEP, MANIFESTS_DIR, load_recipe, paper_recipes, recipe_text, sweep_name
@@ -57,7 +58,7 @@ def test_the_recipes_are_the_papers_configurations():
         recipe = recipes[name]
         assert (recipe.synth.name, recipe.delta, recipe.n_shards, recipe.pairs_per_shard) == (name, 0.25, 512, 1000)
         assert (recipe.sample_rate, recipe.duration, recipe.control_rate, recipe.eps) == (16000, 1.0, 480, 1e-6)
-    assert recipes["parametric"].synth.args == PARAMETRIC_DEFAULTS == {"sine": 2, "square_saw": 2, "fm_sine": 1, "fm_square_saw": 1}
+    assert recipes["parametric"].synth.args == SYNTHS["parametric"].defaults == {"sine": 2, "square_saw": 2, "fm_sine": 1, "fm_square_saw": 1}
     sweep = [recipes[sweep_name(delta)] for delta in DELTA_SWEEP]
     assert [r.delta for r in sweep] == [0.01, 0.05, 0.1, 0.25, 0.5]
     assert all(dataclasses.replace(r, delta=0.25) == recipes["voice"] for r in sweep)
@@ -69,7 +70,7 @@ def test_load_recipe_reads_manifests_and_refuses_what_is_not_a_recipe(voice_shar
     (tmp_path / "packed.json").write_text(json.dumps({"recipe": {"format": 1, "source": {}, "sample_rate": 16000}}))
     (tmp_path / "odd.json").write_text(json.dumps({"synth": "voice", "delta": -1}))
     for name, message in [("missing.json", "no such recipe file"), ("bad.json", "unreadable recipe"),
-                          ("packed.json", "packed real-audio dataset"), ("odd.json", r"delta must lie in \[0, 4\], got -1")]:
+                          ("packed.json", "a dataset packed from recordings, not a synth recipe"), ("odd.json", r"delta must lie in \[0, 4\], got -1")]:
         with pytest.raises(RecipeError, match=message):
             load_recipe(tmp_path / name)
 
@@ -99,7 +100,7 @@ def test_the_delta_sweep_perturbs_the_same_base_sounds(delta, voice_shards, tmp_
     swept = [p.meta["params"] for p in iter_shard_pairs(tmp_path / shard_name(0))]
     # The session dataset is voice at delta 0.25 with seed 0: the same base draws.
     reference = [p.meta["params"] for p in iter_shard_pairs(voice_shards / shard_name(0))]
-    assert read_manifest(voice_shards)["recipe"]["delta"] == 0.25
+    assert read_manifest(voice_shards).recipe["delta"] == 0.25
     assert [p["base"] for p in swept] == [p["base"] for p in reference]
 
     def spread(params):  # mean |view - base|, which grows with delta until clipping bites

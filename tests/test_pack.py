@@ -50,7 +50,7 @@ def packed(recordings, tmp_path_factory) -> Path:
 
 def pairs_of(folder: Path) -> list:
     manifest = read_manifest(folder)
-    return [p for s in range(manifest["recipe"]["n_shards"]) for p in iter_shard_pairs(folder / shard_name(s))]
+    return [p for s in range(manifest.n_shards) for p in iter_shard_pairs(folder / shard_name(s))]
 
 
 def source_mono(path: Path) -> tuple[np.ndarray, int]:
@@ -77,7 +77,7 @@ def test_packed_dataset_follows_the_format_and_verifies(packed):
     report = verify_dataset(packed)
     assert report.ok, report.problems
     manifest = read_manifest(packed)
-    recipe, record = manifest["recipe"], manifest["record"]
+    recipe, record = manifest.recipe, manifest.data["record"]
     assert "synth" not in recipe and recipe["source"]["n_files"] == 6
     assert (recipe["sample_rate"], recipe["duration"], recipe["pairs_per_shard"], recipe["n_shards"]) == (SR, 1.0, 3, 2)
     assert [s["n_pairs"] for s in record["shards"]] == [3, 1]  # the last shard may hold fewer
@@ -151,7 +151,7 @@ def test_reading_a_crop_matches_resampling_the_whole_recording(tmp_path):
 
 def test_output_does_not_depend_on_worker_processes(recordings, packed, tmp_path):
     pack_folder(recordings, tmp_path, PackConfig(pairs_per_shard=3), workers=2)
-    shas = lambda folder: [s["sha256"] for s in read_manifest(folder)["record"]["shards"]]  # noqa: E731
+    shas = lambda folder: [s.sha256 for s in read_manifest(folder).shards]  # noqa: E731
     assert shas(tmp_path) == shas(packed)
 
 
@@ -168,7 +168,7 @@ def test_an_existing_dataset_is_kept_unless_overwrite(recordings, tmp_path):
     with pytest.raises(PackError, match="already holds a dataset"):
         pack_folder(recordings, tmp_path, PackConfig(max_n=2))
     pack_folder(recordings, tmp_path, PackConfig(max_n=2), overwrite=True)
-    assert sum(s["n_pairs"] for s in read_manifest(tmp_path)["record"]["shards"]) == 2
+    assert sum(s.n_pairs for s in read_manifest(tmp_path).shards) == 2
 
 
 def test_a_folder_without_readable_recordings_is_refused(tmp_path):
@@ -232,12 +232,12 @@ def test_a_folder_of_only_undecodable_names_is_refused_naming_one(tmp_path):
 
 
 def shard_shas(folder: Path) -> list[str]:
-    return [s["sha256"] for s in read_manifest(folder)["record"]["shards"]]
+    return [s.sha256 for s in read_manifest(folder).shards]
 
 
 def test_cli_temporal_jitter_draws_two_crops(recordings, tmp_path):
     assert run_cli("pack", recordings, tmp_path / "j", "--temporal-jitter", "--seed", "5", "-q").exit_code == 0
-    assert read_manifest(tmp_path / "j")["recipe"]["temporal_jitter"] is True
+    assert read_manifest(tmp_path / "j").recipe["temporal_jitter"] is True
     pairs = pairs_of(tmp_path / "j")
     assert any(p.meta["params"]["a"] != p.meta["params"]["b"] and not np.array_equal(p.a, p.b) for p in pairs)
 
@@ -245,7 +245,7 @@ def test_cli_temporal_jitter_draws_two_crops(recordings, tmp_path):
 def test_cli_seed_is_the_seed_of_the_python_function(recordings, packed, tmp_path):
     assert run_cli("pack", recordings, tmp_path / "s", "--seed", "3", "--pairs-per-shard", "3", "-q").exit_code == 0
     pack_folder(recordings, tmp_path / "api", PackConfig(pairs_per_shard=3, seed=3))
-    assert read_manifest(tmp_path / "s")["recipe"]["seed"] == 3
+    assert read_manifest(tmp_path / "s").seed == 3
     assert shard_shas(tmp_path / "s") == shard_shas(tmp_path / "api") != shard_shas(packed)
 
 
@@ -276,7 +276,7 @@ def test_cli_overwrite_replaces_only_with_the_option(recordings, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert run_cli("pack", recordings, out, "--max-n", "2", "--pairs-per-shard", "2", "--overwrite", "-q").exit_code == 0
     manifest = read_manifest(out)
-    assert manifest["recipe"]["max_n"] == 2 and [s["n_pairs"] for s in manifest["record"]["shards"]] == [2]
+    assert manifest.recipe["max_n"] == 2 and [s.n_pairs for s in manifest.shards] == [2]
     # The old dataset's shards 1 and 2 are gone; what is not a dataset's stays (beside the
     # hidden recipe marker and lock a pack, like a render, claims its folder with).
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))

@@ -1,4 +1,4 @@
-"""The drum probe set builder (benchmarks/probe_set.py) on tiny fake kits packed in a fake
+"""The drum probe set builder (experiments/probe_set/) on tiny fake kits packed in a fake
 .deb, built inside each test: selection, conversion, splits, the sha256 refusal and
 idempotence. One test fetches the real pinned package and needs the network."""
 

@@ -25,8 +25,8 @@ def quick_pictures(monkeypatch):
     matplotlib's drawing costs seconds a picture and is tested in test_info_export_card."""
     from doppelgen.publish import export
 
-    def picture(pair, recipe, names) -> bytes:
-        return f"{export.pair_title(pair.meta, recipe)} {export.param_differences(pair.meta, names)}".encode()
+    def picture(pair, manifest, names) -> bytes:
+        return f"{export.pair_title(pair.meta, manifest)} {export.param_differences(pair.meta, names)}".encode()
 
     monkeypatch.setattr(export, "pair_picture", picture, raising=False)
 

@@ -26,7 +26,7 @@ from ray_worker_hooks import ARM_NAME, FIRED_NAME, HOOK_DIR_ENV, MANIFEST_LOG_NA
 
 from doppelgen.cli import main
 from doppelgen.render.loop import DatasetError, render_dataset
-from doppelgen.render.distributors import RayOptions, render_with_ray, task_resources, task_workers
+from doppelgen.render.distributors import RayOptions, task_resources, task_workers
 from doppelgen.files import TEMP_MARK, file_sha256, process_alive
 from doppelgen.format import complete_shards, read_manifest, shard_name, stats_name
 
@@ -54,6 +54,10 @@ def ray_cluster(tmp_path_factory):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def render_on_ray(recipe, out, options: RayOptions, workers: int | None = None, overwrite: bool = False):
+    return render_dataset(recipe, out, batch_size=8, workers=workers, overwrite=overwrite, progress=False, distributor="ray", ray_options=options)
+
+
 def shard_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name.startswith("pairs-")}
 
@@ -71,13 +75,13 @@ def test_ray_render_gives_the_bytes_of_a_local_render_and_one_manifest(ray_clust
     out = tmp_path / "ray"
     writes_before = manifest_writes(ray_cluster.hooks)
     # Two tasks at once share OUT (its claim and lock), each with an encoding worker.
-    summary = render_with_ray(voice_recipe, out, RayOptions(shards_per_task=2, workers_per_task=1), batch_size=8, progress=False)
+    summary = render_on_ray(voice_recipe, out, RayOptions(shards_per_task=2), workers=1)
     assert summary.rendered == [0, 1, 2, 3] and summary.skipped == [] and summary.pairs == 32
     assert summary.complete and summary.manifest_written
     assert shard_files(out) == shard_files(voice_shards)
     ours, local = read_manifest(out), read_manifest(voice_shards)
-    assert ours["recipe"] == local["recipe"] and ours["record"]["shards"] == local["record"]["shards"]
-    assert ours["record"]["platform"]["backend"] == "cpu" and ours["record"]["render_seconds"] > 0
+    assert ours.recipe == local.recipe and ours.shards == local.shards
+    assert ours.platform["backend"] == "cpu" and ours.render_seconds > 0
     # Written once, by the driver's manifest task; render tasks never write it.
     assert manifest_writes(ray_cluster.hooks)[len(writes_before):] == ["doppelgen-manifest"]
     assert temporaries(out) == []
@@ -89,14 +93,14 @@ def test_a_task_killed_mid_shard_is_retried_and_resumes_cleanly(ray_cluster, voi
     arm = ray_cluster.hooks / ARM_NAME
     arm.write_text(shard_name(1))
     (ray_cluster.hooks / FIRED_NAME).unlink(missing_ok=True)
-    summary = render_with_ray(voice_recipe, out, RayOptions(shards_per_task=2, max_retries=1), batch_size=8, progress=False)
+    summary = render_on_ray(voice_recipe, out, RayOptions(shards_per_task=2, max_retries=1))
     assert not arm.exists(), "no task took the kill"
     killed = json.loads((ray_cluster.hooks / FIRED_NAME).read_text())
     assert not process_alive(killed["pid"])
     assert Path(killed["temporary"]).parent == out and not Path(killed["temporary"]).exists()
     assert summary.complete and sorted(summary.rendered + summary.skipped) == [0, 1, 2, 3]
     assert shard_files(out) == shard_files(voice_shards)
-    assert read_manifest(out)["record"]["shards"] == read_manifest(voice_shards)["record"]["shards"]
+    assert read_manifest(out).shards == read_manifest(voice_shards).shards
     assert temporaries(out) == []
 
 
@@ -105,11 +109,11 @@ def test_overwrite_replaces_another_recipe_once_before_the_tasks(ray_cluster, vo
     shutil.copytree(voice_shards, out)
     other = dataclasses.replace(voice_recipe, delta=0.0)
     with pytest.raises(DatasetError, match="holds a different dataset recipe"):
-        render_with_ray(other, out, RayOptions(), batch_size=8, progress=False)
+        render_on_ray(other, out, RayOptions())
     assert shard_files(out) == shard_files(voice_shards)
-    summary = render_with_ray(other, out, RayOptions(), batch_size=8, overwrite=True, progress=False)
+    summary = render_on_ray(other, out, RayOptions(), overwrite=True)
     assert summary.complete and summary.rendered == [0, 1, 2, 3]
-    assert read_manifest(out)["recipe"] == other.to_dict()
+    assert read_manifest(out).recipe == other.to_dict()
 
 
 def test_cli_on_the_cluster_resumes_a_partial_local_render(ray_cluster, voice_shards, voice_recipe, tmp_path):
@@ -125,7 +129,7 @@ def test_cli_on_the_cluster_resumes_a_partial_local_render(ray_cluster, voice_sh
     assert result.stderr == ""
     assert "2 shards rendered, 2 already complete, 16 pairs" in result.stdout and "(complete)" in result.stdout
     assert shard_files(out) == shard_files(voice_shards)
-    assert read_manifest(out)["record"]["shards"] == read_manifest(voice_shards)["record"]["shards"]
+    assert read_manifest(out).shards == read_manifest(voice_shards).shards
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
@@ -181,7 +185,7 @@ def test_tasks_ask_for_a_gpu_where_the_cluster_has_them():
     assert task_workers(RayOptions(cpus_per_task=8), 0) == 0
     assert task_resources(RayOptions(gpus_per_task=0), {"CPU": 64.0, "GPU": 8.0})["num_gpus"] == 0
     assert task_resources(RayOptions(gpus_per_task=0.5), {"CPU": 64.0})["num_gpus"] == 0.5
-    assert task_workers(RayOptions(workers_per_task=3), 1.0) == 3
+    assert task_workers(RayOptions(), 1.0, workers=3) == 3
 
 
 @pytest.mark.parametrize(

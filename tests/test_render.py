@@ -47,8 +47,8 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 def test_shards_follow_the_format(voice_shards: Path, voice_recipe: Recipe):
     manifest = read_manifest(voice_shards)
-    assert manifest["recipe"] == voice_recipe.to_dict()
-    record = manifest["record"]
+    assert manifest.recipe == voice_recipe.to_dict() and manifest.kind.name == "synthesized"
+    record = manifest.data["record"]
     assert {"param_names", "software", "platform", "shards", "created", "render_seconds"} <= set(record)
     assert {"python", "jax", "jaxlib", "synthax", "numpy", "soundfile", "libsndfile", "doppelgangers"} <= set(record["software"])
     assert record["platform"]["backend"] == "cpu"
@@ -204,7 +204,7 @@ def test_same_bytes_whatever_batch_size_workers_and_shard_range(tmp_path, voice_
     second = render_dataset(voice_recipe, ranged, batch_size=8, workers=1, shard_range=":2", progress=False)
     assert second.rendered == [0, 1] and second.manifest_written
     assert folder_bytes(ranged) == expected
-    assert read_manifest(ranged)["record"]["shards"] == read_manifest(voice_shards)["record"]["shards"]
+    assert read_manifest(ranged).shards == read_manifest(voice_shards).shards
 
 
 def test_rerun_renders_only_missing_shards(tmp_path, voice_shards, voice_recipe):
@@ -293,7 +293,9 @@ def test_cli_renders_from_a_recipe_file_with_overrides(tmp_path, voice_shards, v
         (["--shard-range", "3:1"], "bad shard range '3:1'"),
         (["--shard-range", "0:9", "--shards", "4"], "bad shard range '0:9'"),
         (["--codec", "mp3"], "unknown codec 'mp3'"),
-        (["--synth", "voice", "--sine", "3"], "apply only to --synth parametric"),
+        (["--synth", "voice", "--synth-arg", "sine=3"], "synth 'voice' takes no arguments"),
+        (["--synth", "parametric", "--synth-arg", "sine=3", "--synth-arg", "drum=1"], "unknown parametric synth arguments: drum"),
+        (["--synth", "parametric", "--synth-arg", "sine"], "--synth-arg takes NAME=VALUE"),
         (["--batch-size", "0"], "batch size must be >= 1"),
     ],
 )
@@ -323,7 +325,7 @@ def test_a_folder_of_another_recipe_is_refused_unless_overwrite(tmp_path, voice_
     assert folder_bytes(out) == folder_bytes(voice_shards)  # nothing touched
     summary = render_dataset(other, out, batch_size=8, workers=0, overwrite=True, progress=False)
     assert summary.rendered == [0, 1, 2, 3]
-    assert read_manifest(out)["recipe"]["delta"] == 0.0
+    assert read_manifest(out).recipe["delta"] == 0.0
 
 
 def test_compiled_kernels_go_to_the_persistent_cache(voice_recipe, caplog):
@@ -336,7 +338,7 @@ def test_compiled_kernels_go_to_the_persistent_cache(voice_recipe, caplog):
     from doppelgen.render.jax_runtime import default_cache_dir
 
     cache = default_cache_dir()
-    kernel._kernel_for_shape.cache_clear()  # a new jitted kernel: JAX must compile or load it
+    kernel._kernel_for.cache_clear()  # a new jitted kernel: JAX must compile or load it
     with caplog.at_level(logging.DEBUG, logger="jax._src.compiler"):
         render_pairs(voice_recipe, range(2), batch_size=8)  # the session fixture's batch shape
     # This kernel's own entry, found (a hit) or written (a miss): not just any file an
@@ -366,6 +368,29 @@ def test_the_attempt_number_changes_the_real_kernels_draw(voice_recipe):
         assert all(np.array_equal(part[row], expected_part[row]) for part, expected_part in zip(mixed, expected))
 
 
+def test_recipes_share_a_kernel_exactly_when_the_fields_it_uses_agree(voice_recipe):
+    from doppelgen.render.kernel import kernel_key
+
+    same = [dataclasses.replace(voice_recipe, seed=5), dataclasses.replace(voice_recipe, delta=0.5),
+            dataclasses.replace(voice_recipe, n_shards=9, pairs_per_shard=3), dataclasses.replace(voice_recipe, codec="wav")]
+    assert all(kernel_key(recipe) == kernel_key(voice_recipe) for recipe in same)
+    other = [dataclasses.replace(voice_recipe, eps=1e-3), dataclasses.replace(voice_recipe, n_layers=2),
+             dataclasses.replace(voice_recipe, duration=0.5), make_recipe("voicefm", n_shards=4, pairs_per_shard=8)]
+    assert all(kernel_key(recipe) != kernel_key(voice_recipe) for recipe in other)
+
+
+def test_synth_args_come_from_the_registry_and_the_command_line():
+    from doppelgen.cli import parse_synth_args, recipe_from_options
+
+    overrides = dict(synth="parametric", delta=None)
+    recipe = recipe_from_options(None, overrides, parse_synth_args(["sine=3", "fm_sine=0"]))
+    assert recipe.synth.args == {"sine": 3, "square_saw": 2, "fm_sine": 0, "fm_square_saw": 1}
+    assert recipe_from_options(None, dict(synth="voice"), {}).synth.args == {}
+    for texts, message in [(["sine=x"], "must be a whole number"), (["=3"], "NAME=VALUE")]:
+        with pytest.raises(RecipeError, match=message):
+            parse_synth_args(texts)
+
+
 def test_recipe_values_are_canonical_and_checked(voice_recipe):
     as_dict = voice_recipe.to_dict()
     same = Recipe.from_dict({**as_dict, "duration": 1, "n_shards": 4.0, "delta": 0.25})
@@ -387,14 +412,14 @@ def test_recipe_values_are_canonical_and_checked(voice_recipe):
 
 
 def test_encoding_workers_fit_in_shared_memory(tmp_path, voice_recipe, voice_shards, monkeypatch):
-    from doppelgen.render import loop as dataset
+    from doppelgen.render import shard_runs
     from doppelgen.render.encoding_workers import SlotLayout
 
     slot = SlotLayout(rows=8, samples=16000, param_shape=(1, 3, len(param_layout(voice_recipe)))).nbytes
-    monkeypatch.setattr(dataset, "shared_memory_room", lambda: 2 * slot + 1)  # one worker's worth
+    monkeypatch.setattr(shard_runs, "shared_memory_room", lambda: 2 * slot + 1)  # one worker's worth
     render_dataset(voice_recipe, tmp_path / "tight", batch_size=8, workers=2, progress=False)
     assert folder_bytes(tmp_path / "tight") == folder_bytes(voice_shards)
-    monkeypatch.setattr(dataset, "shared_memory_room", lambda: slot)
+    monkeypatch.setattr(shard_runs, "shared_memory_room", lambda: slot)
     with pytest.raises(DatasetError, match="not enough shared memory"):
         render_dataset(voice_recipe, tmp_path / "none", batch_size=8, workers=2, progress=False)
 

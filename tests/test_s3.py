@@ -100,7 +100,7 @@ def test_a_render_on_s3_has_the_bytes_of_a_local_render_and_nothing_else(s3_voic
     store = open_store(s3_voice)
     # Whole objects under final names only: no temporaries, probes or partial uploads.
     assert sorted(store.names()) == sorted([RECIPE_MARKER, "manifest.json", *(n for n in folder_bytes(voice_shards))])
-    assert read_manifest(s3_voice)["record"]["shards"] == read_manifest(voice_shards)["record"]["shards"]
+    assert read_manifest(s3_voice).shards == read_manifest(voice_shards).shards
     assert complete_shards(s3_voice) == [0, 1, 2, 3]
     again = render_dataset(make_recipe("voice", n_shards=4, pairs_per_shard=8), s3_voice, workers=0, progress=False)
     assert again.rendered == [] and again.skipped == [0, 1, 2, 3] and again.complete
@@ -120,7 +120,7 @@ def test_a_ray_render_into_the_bucket_has_the_bytes_of_a_local_render(s3_endpoin
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert stored_bytes(url) == folder_bytes(voice_shards)
-    assert read_manifest(url)["record"]["shards"] == read_manifest(voice_shards)["record"]["shards"]
+    assert read_manifest(url).shards == read_manifest(voice_shards).shards
 
 
 def test_verify_info_card_and_export_read_the_bucket(s3_voice, tmp_path):
@@ -283,7 +283,7 @@ def test_a_render_killed_mid_upload_leaves_no_shard_complete_and_resumes(s3_endp
     assert resumed.returncode == 0, resumed.stderr
     assert "2 shards rendered, 1 already complete" in resumed.stdout and "(complete)" in resumed.stdout
     assert stored_bytes(url) == clean
-    assert read_manifest(url)["record"]["shards"] == read_manifest(clean_kill_recipe_render)["record"]["shards"]
+    assert read_manifest(url).shards == read_manifest(clean_kill_recipe_render).shards
 
 
 # --- one recipe a prefix ---------------------------------------------------------------
@@ -296,9 +296,9 @@ def test_a_prefix_holds_one_recipe_unless_overwritten(s3_endpoint):
     other = make_recipe("voice", n_shards=1, pairs_per_shard=4)
     with pytest.raises(DatasetError, match=f"{url} holds a different dataset recipe"):
         render_dataset(other, url, batch_size=4, workers=0, progress=False)
-    assert read_manifest(url)["recipe"]["delta"] == 0.5
+    assert read_manifest(url).recipe["delta"] == 0.5
     summary = render_dataset(other, url, batch_size=4, workers=0, overwrite=True, progress=False)
-    assert summary.rendered == [0] and read_manifest(url)["recipe"]["delta"] == 0.25
+    assert summary.rendered == [0] and read_manifest(url).recipe["delta"] == 0.25
 
 
 def test_a_conditional_put_has_exactly_one_winner(s3_endpoint):

@@ -76,7 +76,7 @@ def test_every_command_takes_a_file_url(tmp_path, voice_shards):
     packed = tmp_path / "packed"
     pack = runner.invoke(app, ["pack", str(recordings), f"file://{packed}", "--pairs-per-shard", "2", "-q"])
     assert pack.exit_code == 0, pack.output
-    assert "3 pairs in 2 shards" in pack.stdout and read_manifest(packed)["recipe"]["n_shards"] == 2
+    assert "3 pairs in 2 shards" in pack.stdout and read_manifest(packed).n_shards == 2
     assert runner.invoke(app, ["verify", f"file://{packed}", "--workers", "0"]).exit_code == 0
 
 

@@ -127,7 +127,7 @@ def other_recipe_shards(tmp_path_factory) -> Path:
 def test_datasets_of_different_recipes_mix_in_one_run(voice_shards, other_recipe_shards, tmp_path):
     folders = (voice_shards, other_recipe_shards)
     infos = discover([str(folder) for folder in folders], SR)
-    assert infos[0].manifest["recipe"]["seed"] != infos[1].manifest["recipe"]["seed"]
+    assert infos[0].manifest.seed != infos[1].manifest.seed
     train, val = split_shards(infos, 1, seed=0)
     # One validation shard held out per dataset, the rest trains.
     assert sorted(Path(s.url).parent for s in val) == sorted(folders)
@@ -357,7 +357,7 @@ def test_batches_hold_the_rendered_audio_with_its_gain(voice_shards):
     (batch,) = list(loader)
     assert batch.a.dtype == batch.b.dtype and batch.a.dtype.is_floating_point and batch.a.shape == (8, SR)
     indices = [int(key) for key in batch.keys]
-    a, b, _ = render_pairs(Recipe.from_dict(info.manifest["recipe"]), indices, batch_size=8)
+    a, b, _ = render_pairs(Recipe.from_dict(info.manifest.recipe), indices, batch_size=8)
     for decoded, rendered in ((batch.a.numpy(), a), (batch.b.numpy(), b)):
         peak = np.abs(rendered).max(axis=1, keepdims=True)
         assert (np.abs(decoded - rendered) <= 1e-5 * peak).all()

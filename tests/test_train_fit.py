@@ -25,7 +25,7 @@ from doppeltrain.checkpoint import (
     CHECKPOINT_KEYS,
     CheckpointError,
     load_checkpoint,
-    load_model,
+    load_checkpoint_network,
     save_checkpoint,
 )
 from doppeltrain.cli import main
@@ -48,6 +48,9 @@ ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def tiny_config(dataset: Path, runs_dir: Path, run: str = "run", **fields) -> TrainConfig:
     cfg = TrainConfig()
+    # On the CPU even where a GPU is: runs resume bit for bit there (cuDNN's autotuned
+    # convolutions and bf16 make no such promise).
+    cfg.device = "cpu"
     cfg.data.datasets = [str(dataset)]
     cfg.data.batch_size = 4
     cfg.data.workers = 0
@@ -67,7 +70,7 @@ def tiny_config(dataset: Path, runs_dir: Path, run: str = "run", **fields) -> Tr
 
 
 TINY_CLI = ["--model", "small", "--width", "8", "--embedding-dim", "32", "--batch-size", "4", "--workers", "0",
-            "--val-shards", "1", "--no-progress"]
+            "--val-shards", "1", "--device", "cpu", "--no-progress"]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -146,7 +149,7 @@ def test_fit_checkpoints_hold_the_documented_keys(fitted, voice_shards):
 
 def test_load_model_gives_the_trained_network_in_eval_mode(fitted):
     _, _, run_dir = fitted
-    model, config = load_model(run_dir / "checkpoints" / "latest.pt")
+    model, config = load_checkpoint_network(run_dir / "checkpoints" / "latest.pt")
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     assert not model.training and config.model.embedding_dim == 32
     assert all(torch.equal(value, state["model"][key]) for key, value in model.state_dict().items())
@@ -366,10 +369,10 @@ class SlowLoader:
 
 
 def test_the_data_wait_fraction_counts_the_time_spent_waiting_for_batches(voice_shards, tmp_path, monkeypatch):
-    from doppeltrain import data
+    from doppeltrain.data import sources
 
-    delay, real_make_loader = 0.3, data.make_loader
-    monkeypatch.setattr(data, "make_loader", lambda *a, **k: SlowLoader(real_make_loader(*a, **k), delay) if k["train"] else real_make_loader(*a, **k))
+    delay, real_make_loader = 0.3, sources.make_loader
+    monkeypatch.setattr(sources, "make_loader", lambda *a, **k: SlowLoader(real_make_loader(*a, **k), delay) if k["train"] else real_make_loader(*a, **k))
     summary = fit(tiny_config(voice_shards, tmp_path, epochs=1, val_every=0, log_every=1))
     counted = STEPS_PER_EPOCH - 1  # the epoch's first step (starting the workers) is not counted
     assert summary["data_wait_seconds"] >= counted * delay
@@ -432,3 +435,50 @@ def test_the_same_run_twice_ends_with_the_same_weights(voice_shards, tmp_path):
     torch.manual_seed(tiny_config(voice_shards, tmp_path).seed)  # as fit does before building the network
     initial = build_model(tiny_config(voice_shards, tmp_path).model).state_dict()
     assert any(not torch.equal(initial[key], first[key]) for key in first if first[key].is_floating_point())
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(voice_shards, tmp_path):
+    # Counted on the CPU with benchmarks/augment_ops.py's rule: .item(), .tolist(), bool(),
+    # nonzero and uploads of host data would each make a GPU's host wait.
+    from benchmarks import augment_ops
+    from doppeltrain import distributed, train
+
+    run = train._prepare(tiny_config(voice_shards, tmp_path, epochs=1, val_every=0), distributed.init_distributed("cpu"))
+    try:
+        run.pipeline.augmenter.waveform_augment.one_pass = True  # a GPU's path (the CPU's picks rows with nonzero)
+        a, b, _ = next(iter(run.train_loader))
+        train.train_step(run, a, b, 0, 0.01)  # the first builds the pitch shift's tables, once
+        counted = augment_ops.count_calls(lambda: train.train_step(run, a, b, 0, 0.01))
+    finally:
+        run.close()
+    assert counted["syncs"] == 0, counted["sync_ops"]
+    assert counted["ops"] > 100  # the step ran under the counter
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_at_the_next_read_naming_its_step(voice_shards, tmp_path, monkeypatch):
+    from doppeltrain import train
+
+    real_loss, calls = train.contrastive_loss, []
+
+    def poisoned(*args):
+        loss, alignment, uniformity = real_loss(*args)
+        calls.append(len(calls))
+        return (loss * float("nan") if len(calls) == 2 else loss), alignment, uniformity  # step 1
+
+    monkeypatch.setattr(train, "contrastive_loss", poisoned)
+    # Losses are read every 4 steps: noticed at step 4, named as step 1, before any checkpoint.
+    with pytest.raises(TrainError, match=r"^the loss became nan at step 1 \(epoch 1\)$"):
+        fit(tiny_config(voice_shards, tmp_path, epochs=1, val_every=0, log_every=4))
+    assert len(calls) == 4
+    assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
+def test_losses_read_every_few_steps_log_what_every_step_logged(fitted, voice_shards, tmp_path):
+    # The fixture's run logs every 2 steps; the same run logging every step records the
+    # same losses at steps 2, 4, ... and the same epoch means (sums stay float64).
+    cfg, summary, run_dir = fitted
+    every_step = fit(tiny_config(voice_shards, tmp_path, log_every=1))
+    by_step = {r["step"]: r for r in read_metrics(tmp_path / "run") if r["split"] == "train"}
+    for record in (r for r in read_metrics(run_dir) if r["split"] == "train"):
+        assert all(record[key] == by_step[record["step"]][key] for key in ("loss", "alignment", "uniformity"))
+    assert every_step["loss"] == summary["loss"]

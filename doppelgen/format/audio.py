@@ -1,29 +1,77 @@
-"""Audio coding of a stored clip: FLAC of the peak-normalized waveform (gain kept) or float32 WAV."""
+"""Audio coding of a stored clip: the codec table, FLAC of the peak-normalized waveform
+(gain kept) or float32 WAV, encoded and decoded.
+
+To add a codec, add its row to ``CODEC_TABLE`` (and, for a new kind of coding, its branch
+of :func:`encode_clip`): the recipe's and the manifest's checks, the member names, the
+round-trip bound, ``verify --rerender``'s tolerance, the dataset card and the command
+lines' help all read the table.
+"""
 
 from __future__ import annotations
 
 import io
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 
 from doppelgen.console import one_line
-from doppelgen.format.limits import MAX_CLIP_SAMPLES
-from doppelgen.format.names import FormatError, audio_extension
+from doppelgen.format.limits import MAX_CLIP_SAMPLES, shown
+from doppelgen.format.names import FormatError
 
-# Bits of the FLAC codecs' PCM samples.
-PCM_BITS = {"flac": 24, "flac16": 16}
-# The round-trip error of each codec, a fraction of the clip's peak: half a PCM step of
-# rounding, or one step where the peak itself is clipped to the largest positive code
-# (24-bit measures 2**-22, the bound docs/FORMAT.md states; float32 WAV is exact).
-ROUND_TRIP_BOUNDS = {"flac": 2.0**-22, "flac16": 2.0**-15, "wav": 0.0}
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one codec stores a clip, and what readers may expect of it."""
+
+    name: str  # the recipe's ``codec``
+    extension: str  # the members' extension; both FLACs are .flac, the manifest tells them apart
+    pcm_bits: int | None  # FLAC's PCM sample bits; None: float32 WAV, stored exactly
+    # The largest error of decode(encode(x)), a fraction of the clip's peak: half a PCM
+    # step of rounding, or one step where the peak itself is clipped to the largest
+    # positive code (24-bit measures 2**-22, the bound docs/FORMAT.md states).
+    round_trip_bound: float
+    help: str  # the command lines' words
+    coding: str  # the dataset card's words
+
+
+CODEC_TABLE: dict[str, Codec] = {
+    codec.name: codec
+    for codec in (
+        Codec("flac", "flac", 24, 2.0**-22, "flac (24-bit)", "24-bit FLAC of the waveform divided by its gain"),
+        Codec(
+            "flac16", "flac", 16, 2.0**-15,
+            "flac16 (16-bit, about 40% smaller; round trip within 2^-15 x peak)", "16-bit FLAC of the waveform divided by its gain",
+        ),
+        Codec("wav", "wav", None, 0.0, "wav (float32)", "float32 WAV, gain 1"),
+    )
+}
+CODECS = tuple(CODEC_TABLE)
+
+
+def codec_info(codec: str) -> Codec:
+    """The table's row of ``codec``; FormatError (one line) for a codec it does not hold."""
+    if not isinstance(codec, str) or codec not in CODEC_TABLE:
+        raise FormatError(f"unknown codec {shown(codec)}: expected one of {', '.join(CODECS)}")
+    return CODEC_TABLE[codec]
+
+
+def codecs_help() -> str:
+    """The codecs in the command lines' words: ``flac (24-bit), ... or wav (float32)``."""
+    helps = [codec.help for codec in CODEC_TABLE.values()]
+    return ", ".join(helps[:-1]) + " or " + helps[-1]
+
+
+def audio_extension(codec: str) -> str:
+    """The member extension of a codec's clips: ``flac`` for both FLACs, ``wav``."""
+    return codec_info(codec).extension
 
 
 def round_trip_bound(codec: str) -> float:
     """The largest error ``decode(encode(x))`` may have with ``codec``, as a fraction of the peak."""
-    audio_extension(codec)  # FormatError for an unknown codec
-    return ROUND_TRIP_BOUNDS[codec]
+    return codec_info(codec).round_trip_bound
 
 
 def encode_clip(waveform: np.ndarray, sample_rate: int, codec: str = "flac") -> tuple[bytes, float]:
@@ -39,9 +87,9 @@ def encode_clip(waveform: np.ndarray, sample_rate: int, codec: str = "flac") -> 
     if not np.isfinite(waveform).all():
         raise FormatError("refusing to encode a non-finite clip")
     buffer = io.BytesIO()
-    if audio_extension(codec) == "wav":
+    bits = codec_info(codec).pcm_bits
+    if bits is None:
         return float_wav(waveform, sample_rate), 1.0
-    bits = PCM_BITS[codec]
     full_scale = float(2 ** (bits - 1))
     peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
     gain = peak if peak > 0.0 else 1.0

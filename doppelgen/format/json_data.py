@@ -1,7 +1,8 @@
-"""JSON read from a dataset: canonical dumps and size, depth and number limits on what is parsed."""
+"""JSON read from a dataset: canonical dumps, size, depth and number limits, and the one number check."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,6 +16,12 @@ from doppelgen.format.names import FormatError
 def dump_json(obj: Any) -> bytes:
     """Canonical JSON bytes: the same object always gives the same bytes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def recipe_sha256(recipe: dict) -> str:
+    """A recipe's identity: the sha256 of its canonical JSON, so equal recipes hash alike
+    (``Recipe.sha256``; a packed dataset's or an IR set's recipe object)."""
+    return hashlib.sha256(dump_json(recipe)).hexdigest()
 
 
 def json_text(value: Any, **options: Any) -> str:
@@ -45,6 +52,38 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_STATS_BYTES = 1 << 20
 # A stored clip's gain is its peak: a synth's is of order 1, a recording's at most 1.
 MAX_GAIN = 1e6
+# Integers read from a dataset must fit an int64, so every number converts to a finite
+# float and sums of counts stay finite.
+INT64_LIMIT = 2**63
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (JSON's true is Python's 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_whole_number(value: Any) -> bool:
+    """An int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def unfit_number(value: Any, where: str) -> str | None:
+    """The path of the first NaN, infinite or out-of-range number inside ``value``
+    (``recipe.duration``, ``record.shards[2].peak``), None if there is none. Integers must
+    fit an int64 (``INT64_LIMIT``). Walks without recursion, so any nesting the JSON
+    parser accepted is safe here."""
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path
+        if isinstance(item, int) and not -INT64_LIMIT <= item < INT64_LIMIT:
+            return path
+        if isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in reversed(list(item.items())))
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None
 
 
 def _refuse_constant(name: str) -> Any:

@@ -33,17 +33,20 @@ MAX_CLIP_SAMPLES = 2**22
 MAX_SHARD_SAMPLES = 2**29
 # Pair indices are folded into uint32 JAX keys.
 MAX_PAIRS = 2**32
-# Oscillators of each kind in a parametric synth (the paper's has 6 in all).
-MAX_OSCILLATORS = 16
 
 
-def shown(value: Any) -> str:
-    """``repr(value)`` cut to one short line (a hostile value may be 10**5000 or a
-    megabyte of text, whose repr alone fails or floods the terminal)."""
+def shown(value: Any, limit: int = 80, *, quoted: bool = True) -> str:
+    """A value read from a dataset or given by the user, safe on one short line: its
+    ``repr`` (``quoted``) or its text (member names, keys), with newlines, control
+    characters and undecodable bytes escaped, cut to ``limit`` characters. The one value
+    formatter of both programs: a hostile value may be 10**5000 or a megabyte of text,
+    whose repr alone fails or floods the terminal."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
         return f"an integer of {value.bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    text = repr(value) if quoted else str(value)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def recipe_number_problem(name: str, value: Any) -> str | None:

@@ -1,4 +1,4 @@
-"""Names and constants of the pair-shard format: versions, codecs, shard, key and member names."""
+"""Names and constants of the pair-shard format: versions, shard, key and member names."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import os
 import re
 from typing import Any
 
+from doppelgen.console import InputError
+
 FORMAT_VERSION = 1
 SUPPORTED_FORMATS = (1,)
 MANIFEST_NAME = "manifest.json"
-# flac: 24-bit FLAC (the default); flac16: 16-bit FLAC, about 40% smaller on voice; wav:
-# float32, exact. Both FLACs are stored as .flac members; the manifest's codec tells them apart.
-CODECS = ("flac", "flac16", "wav")
 AUDIO_MEMBERS = ("a.flac", "b.flac")
 # A fixed member mtime makes a shard's sha256 a fact about its content.
 TAR_MTIME = 0
@@ -23,7 +22,7 @@ _SHARD_RE = re.compile(r"pairs-([0-9]{6})\.tar")
 _KEY_RE = re.compile(r"[0-9]{10}")
 
 
-class FormatError(ValueError):
+class FormatError(InputError):
     """A dataset, shard or sample does not follow docs/FORMAT.md; the message is one line."""
 
 
@@ -48,29 +47,15 @@ def pair_index(key: Any) -> int | None:
     return int(key) if isinstance(key, str) and _KEY_RE.fullmatch(key) else None
 
 
-def printable(text: str, limit: int = 120) -> str:
-    """``text`` safe to print on one line: control characters, newlines and undecodable
-    bytes escaped, cut to ``limit`` characters (member names and keys come from the data)."""
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def pair_key(index: int) -> str:
     return f"{index:010d}"
 
 
-def audio_extension(codec: str) -> str:
-    """The member extension of a codec's clips: ``flac`` for both FLACs, ``wav``."""
-    if codec not in CODECS:
-        raise FormatError(f"unknown codec {codec!r}: expected one of {', '.join(CODECS)}")
-    return "wav" if codec == "wav" else "flac"
-
-
-def member_names(index: int, codec: str = "flac") -> tuple[str, str, str]:
-    """The three member names of pair ``index`` in their order in the tar."""
-    key, ext = pair_key(index), audio_extension(codec)
-    return f"{key}.a.{ext}", f"{key}.b.{ext}", f"{key}.json"
+def member_names(index: int, extension: str = "flac") -> tuple[str, str, str]:
+    """The three member names of pair ``index`` in their order in the tar, its clips
+    stored with ``extension`` (``format.audio_extension`` of the codec)."""
+    key = pair_key(index)
+    return f"{key}.a.{extension}", f"{key}.b.{extension}", f"{key}.json"
 
 
 def n_samples(duration: float, sample_rate: int) -> int:
@@ -83,9 +68,3 @@ def split_member_name(name: str) -> tuple[str, str]:
     base = os.path.basename(name)
     key, _, extension = base.partition(".")
     return key, extension
-
-
-def is_packed_recipe(recipe: dict) -> bool:
-    """Whether a manifest recipe is a packed one (``doppelgen pack``): a ``source`` in place
-    of a ``synth``."""
-    return "source" in recipe and "synth" not in recipe

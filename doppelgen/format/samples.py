@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from doppelgen.format.audio import decode_clip
-from doppelgen.format.json_data import MAX_GAIN, MAX_SAMPLE_JSON_BYTES, parse_json
+from doppelgen.format.json_data import MAX_GAIN, MAX_SAMPLE_JSON_BYTES, is_number, is_whole_number, parse_json, unfit_number
 from doppelgen.format.limits import shown
-from doppelgen.format.names import FormatError, printable
+from doppelgen.format.names import FormatError
 
 REQUIRED_SAMPLE_FIELDS = ("index", "seed", "gain", "params")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parse_sample_json(data: bytes) -> dict:
@@ -31,12 +26,27 @@ def parse_sample_json(data: bytes) -> dict:
         raise FormatError(f"sample JSON lacks {', '.join(missing)}")
     for field in ("index", "seed"):
         value = meta[field]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_whole_number(value) or value < 0:
             raise FormatError(f"sample JSON {field} must be a whole number >= 0, got {shown(value)}")
     gain = meta["gain"]
-    if not (isinstance(gain, list) and len(gain) == 2 and all(_is_number(g) and 0 < g <= MAX_GAIN for g in gain)):
+    if not (isinstance(gain, list) and len(gain) == 2 and all(is_number(g) and 0 < g <= MAX_GAIN for g in gain)):
         raise FormatError(f"sample JSON gain must be [gain_a, gain_b], two numbers in (0, {MAX_GAIN:g}], got {shown(gain)}")
     return meta
+
+
+def sample_params(meta: dict) -> dict[str, np.ndarray]:
+    """A sample's ``params`` ``base``, ``a`` and ``b`` as float64 arrays of one length;
+    FormatError (one line) unless each is a list of finite numbers."""
+    params = meta.get("params")
+    if not (isinstance(params, dict) and all(isinstance(params.get(part), list) for part in ("base", "a", "b"))):
+        raise FormatError("params must be an object with lists base, a and b")
+    for part in ("base", "a", "b"):
+        values = params[part]
+        if not all(is_number(v) for v in values) or unfit_number(values, part) is not None:
+            raise FormatError(f"params.{part} must be a list of finite numbers")
+    if not len(params["base"]) == len(params["a"]) == len(params["b"]):
+        raise FormatError("params.base, a and b differ in length")
+    return {part: np.asarray(params[part], dtype=np.float64) for part in ("base", "a", "b")}
 
 
 @dataclass
@@ -55,7 +65,7 @@ def decode_pair(key: str, members: dict[str, bytes], out: tuple[np.ndarray, np.n
     ``out``: two rows the views are decoded into (see :func:`decode_clip`). Any problem
     with the sample (a member missing, bad JSON or gain, undecodable audio) is a one-line
     FormatError naming the key, so a reader can skip the sample and count it."""
-    name = printable(key)
+    name = shown(key, 120, quoted=False)
     if "json" not in members:
         raise FormatError(f"{name}: missing {name}.json")
     try:

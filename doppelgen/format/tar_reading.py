@@ -1,14 +1,16 @@
-"""Reading a shard's tar with memory bounded by the file: members in order, then pairs."""
+"""Reading a shard's tar with memory bounded by the file: members in order, grouped into samples, then pairs."""
 
 from __future__ import annotations
 
 import os
 import tarfile
 from contextlib import nullcontext
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from doppelgen.console import one_line
-from doppelgen.format.names import FormatError, printable, split_member_name
+from doppelgen.files import open_regular_file
+from doppelgen.format.limits import shown
+from doppelgen.format.names import FormatError, split_member_name
 from doppelgen.format.samples import Pair, decode_pair
 
 # A member of a pair shard is a clip (at most MAX_CLIP_SAMPLES float32 samples, with
@@ -49,16 +51,17 @@ def iter_tar_members(path: str | os.PathLike | BinaryIO, name: str | None = None
     (``storage``'s copy of an object, say), read from its start; ``name`` names it in
     messages."""
     opened = hasattr(path, "read")
-    shard = printable(name or (os.path.basename(getattr(path, "name", "tar") or "tar") if opened else os.path.basename(path)))
+    shard = shown(name or (os.path.basename(getattr(path, "name", "tar") or "tar") if opened else os.path.basename(path)), 120, quoted=False)
     try:
-        with nullcontext(path) if opened else open(path, "rb") as handle:
+        # A regular file only: a FIFO put in a shard's place would block the reader forever.
+        with nullcontext(path) if opened else open_regular_file(path) as handle:
             file_size = handle.seek(0, os.SEEK_END) if opened else os.fstat(handle.fileno()).st_size
             handle.seek(0)
             archive = tarfile.open(fileobj=_FileWithinItsSize(handle, file_size), mode="r:")
             for info in archive:
                 if not info.isfile():
                     continue
-                member = printable(info.name)
+                member = shown(info.name, 120, quoted=False)
                 if info.issparse() or info.size > MAX_MEMBER_BYTES:
                     raise FormatError(f"{shard}: {member} claims {info.size} bytes (sparse or over {MAX_MEMBER_BYTES})")
                 if info.offset_data + info.size > file_size:
@@ -72,15 +75,22 @@ def iter_tar_members(path: str | os.PathLike | BinaryIO, name: str | None = None
         raise FormatError(f"{shard}: unreadable tar ({one_line(error)[:200]})") from None
 
 
+def group_members(members: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """Consecutive members sharing a WebDataset key (:func:`split_member_name`), as
+    ``(key, [(name, bytes), ...])``: the samples of a shard, for every reader."""
+    key, group = None, []
+    for name, data in members:
+        member_key, _ = split_member_name(name)
+        if key is not None and member_key != key:
+            yield key, group
+            group = []
+        key = member_key
+        group.append((name, data))
+    if key is not None:
+        yield key, group
+
+
 def iter_shard_pairs(path: str | os.PathLike) -> Iterator[Pair]:
     """Decode every pair of one local shard, in order."""
-    key, members = None, {}
-    for name, data in iter_tar_members(path):
-        member_key, extension = split_member_name(name)
-        if key is not None and member_key != key:
-            yield decode_pair(key, members)
-            members = {}
-        key = member_key
-        members[extension] = data
-    if key is not None:
-        yield decode_pair(key, members)
+    for key, group in group_members(iter_tar_members(path)):
+        yield decode_pair(key, {split_member_name(name)[1]: data for name, data in group})

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from doppelgen.console import EXIT_FAILURE, EXIT_INTERRUPTED, fail
-from doppelgen.irs.sets import IrError, IrSetConfig, render_ir_set
+from doppelgen.console import EXIT_FAILURE, EXIT_INTERRUPTED, fail, reports_input_errors
+from doppelgen.irs.sets import IrSetConfig, render_ir_set
 from doppelgen.irs.verify import is_ir_set, verify_ir_set
 
 DEFAULTS = IrSetConfig()  # quoted by the options below; the values live in irs.py only
@@ -16,6 +16,7 @@ DEFAULTS = IrSetConfig()  # quoted by the options below; the values live in irs.
 __all__ = ["irs", "is_ir_set", "register", "verify_ir_folder"]
 
 
+@reports_input_errors
 def irs(
     out: Path = typer.Argument(..., help="Output folder; created if missing."),
     count: int = typer.Option(DEFAULTS.count, "--count", help="Impulse responses in the set."),
@@ -28,8 +29,6 @@ def irs(
     for the trainer's convolution augmentation. Re-running completes a partial set."""
     try:
         summary = render_ir_set(out, IrSetConfig(count=count, seed=seed, sample_rate=sample_rate), workers=workers, progress=not quiet)
-    except IrError as error:
-        fail(str(error))
     except OSError as error:
         fail(f"writing {out} failed: {error.strerror or error}; finished files are kept, re-run to complete the set", EXIT_FAILURE)
     except KeyboardInterrupt:
@@ -38,11 +37,9 @@ def irs(
 
 
 def verify_ir_folder(folder: Path) -> None:
-    """``doppelgen verify`` on a set: one line per problem, exit 1 if any."""
-    try:
-        report = verify_ir_set(folder)
-    except IrError as error:
-        fail(str(error))
+    """``doppelgen verify`` on a set: one line per problem, exit 1 if any (bad input:
+    an IrError, which the calling command reports)."""
+    report = verify_ir_set(folder)
     for problem in report.problems:
         typer.echo(problem)
     if report.ok:

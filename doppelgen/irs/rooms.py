@@ -49,10 +49,12 @@ from typing import Any
 
 import numpy as np
 
+from doppelgen.console import InputError
+
 SPEED_OF_SOUND = 343.0  # m/s, pyroomacoustics' default, pinned so a changed default cannot move bytes
 
 
-class IrError(ValueError):
+class IrError(InputError):
     """A bad option, or a folder that cannot hold the set; the message is one line."""
 
 

@@ -31,10 +31,8 @@ import numpy as np
 import soundfile as sf
 
 from doppelgen.files import cache_root, file_sha256, is_regular_file, remove_dead_temporaries, workers_problem, write_atomic
-from doppelgen.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, read_json_file
-from doppelgen.format.limits import shown
+from doppelgen.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, read_json_file, recipe_sha256, shown
 from doppelgen.irs.rooms import SPEED_OF_SOUND, IrError, IrMethod, Room, RoomRanges, draw_room, render_impulse_response, response_generators
-from doppelgen.render.manifest import recipe_sha256
 from doppelgen.storage import open_store
 
 __all__ = ["IrError", "IrSetConfig", "cached_ir_dir", "default_ir_dir", "impulse_response", "render_ir_set"]
@@ -71,7 +69,7 @@ class IrSetConfig:
 
     def recipe(self) -> dict[str, Any]:
         """The manifest's recipe: this config plus the library and its settings that the
-        bytes depend on. Equal recipes hash alike (``doppelgen.render.manifest.recipe_sha256``)."""
+        bytes depend on. Equal recipes hash alike (``doppelgen.format.recipe_sha256``)."""
         import pyroomacoustics as pra
 
         settings = dataclasses.asdict(self)

@@ -17,16 +17,14 @@ from typing import Any
 
 import yaml
 
-from doppelgen.paper import PAPER, PAPER_CITATION
-from doppelgen.format import AUDIO_MEMBERS, FormatError, audio_extension, is_packed_recipe
+from doppelgen.console import InputError
+from doppelgen.format import AUDIO_MEMBERS, FormatError, Manifest, codec_info, read_manifest
 from doppelgen.hub import license_problem
-from doppelgen.publish.info import describe_dataset, human_bytes, human_duration, read_described_manifest
+from doppelgen.paper import PAPER_CITATION
+from doppelgen.publish.info import describe_dataset, human_bytes, human_duration
 from doppelgen.storage import open_store
 
 CARD_NAME = "README.md"
-SYNTH_LICENSE = "cc-by-4.0"
-# Packed recordings keep their source's license, which this tool cannot know.
-PACKED_LICENSE = "other"
 TASK_CATEGORIES = ["audio-classification", "feature-extraction"]
 DATA_FILES = "pairs-*.tar"
 # The Hub's size_categories buckets, upper bounds exclusive.
@@ -41,7 +39,7 @@ SIZE_CATEGORIES = [
 ]
 
 
-class CardError(ValueError):
+class CardError(InputError):
     """The card cannot be written; the message is one line."""
 
 
@@ -62,8 +60,9 @@ def params_struct() -> dict:
     return {"struct": [{"name": part, **float_list()} for part in ("base", "a", "b")]}
 
 
-def json_features(recipe: dict) -> list[dict]:
-    """The sample JSON as a struct (docs/FORMAT.md's fields, plus ``layers`` or the source).
+def json_features(manifest: Manifest) -> list[dict]:
+    """The sample JSON as a struct (docs/FORMAT.md's fields, plus ``layers`` or the
+    kind's own fields, such as a packed pair's source).
 
     A struct must name every field its rows hold, so the list follows the recipe."""
     fields = [
@@ -72,37 +71,35 @@ def json_features(recipe: dict) -> list[dict]:
         {"name": "gain", **float_list()},
         {"name": "params", **params_struct()},
     ]
-    if is_packed_recipe(recipe):
-        fields += [{"name": "source", "dtype": "string"}, {"name": "file_index", "dtype": "int64"}]
-    elif int(recipe.get("n_layers", 1)) > 1:
+    fields += [{"name": name, "dtype": dtype} for name, dtype in manifest.kind.sample_fields]
+    if manifest.kind.layered_params and manifest.n_layers > 1:
         fields.append({"name": "layers", "list": params_struct()["struct"]})
     return fields
 
 
-def features(recipe: dict) -> list[dict]:
+def features(manifest: Manifest) -> list[dict]:
     """``dataset_info.features`` in the Hub's YAML form: the views as binary FLAC bytes."""
-    extension = audio_extension(recipe.get("codec", "flac"))
+    extension = codec_info(manifest.codec).extension
     views = [member.replace("flac", extension) for member in AUDIO_MEMBERS]
     return [
         {"name": "__key__", "dtype": "string"},
         {"name": "__url__", "dtype": "string"},
         *({"name": view, "dtype": "binary"} for view in views),
-        {"name": "json", "struct": json_features(recipe)},
+        {"name": "json", "struct": json_features(manifest)},
     ]
 
 
-def card_header(desc: dict[str, Any], license: str | None = None, pretty_name: str | None = None) -> dict:
-    recipe, totals = desc["recipe"], desc["totals"]
-    packed = is_packed_recipe(recipe)
+def card_header(desc: dict[str, Any], manifest: Manifest, license: str | None = None, pretty_name: str | None = None) -> dict:
+    totals, kind = desc["totals"], manifest.kind
     return {
-        "license": license or (PACKED_LICENSE if packed else SYNTH_LICENSE),
+        "license": license or kind.license,
         "task_categories": list(TASK_CATEGORIES),
-        "tags": ["audio", "contrastive-learning", "webdataset"] + (["real-audio"] if packed else ["synthetic", "synthesizer"]),
+        "tags": ["audio", "contrastive-learning", "webdataset", *kind.tags],
         "size_categories": [size_category(totals["pairs"])],
-        "pretty_name": pretty_name or default_title(recipe),
+        "pretty_name": pretty_name or kind.card_title(manifest.recipe),
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILES}]}],
         "dataset_info": {
-            "features": features(recipe),
+            "features": features(manifest),
             "splits": [{"name": "train", "num_bytes": totals["bytes"], "num_examples": totals["pairs"]}],
             "download_size": totals["bytes"],
             "dataset_size": totals["bytes"],
@@ -110,55 +107,24 @@ def card_header(desc: dict[str, Any], license: str | None = None, pretty_name: s
     }
 
 
-def default_title(recipe: dict) -> str:
-    if is_packed_recipe(recipe):
-        return f"Real-audio pairs ({recipe['source'].get('name', 'recordings')})"
-    synth = recipe.get("synth", {}).get("name", "?")
-    return f"Synthetic audio doppelgängers: {synth}, delta {recipe.get('delta')}"
-
-
 def shard_brace(n_shards: int) -> str:
     return "pairs-{000000..%06d}.tar" % (n_shards - 1) if n_shards > 1 else "pairs-000000.tar"
 
 
-def card_body(desc: dict[str, Any], manifest: dict, title: str) -> str:
+def card_body(desc: dict[str, Any], manifest: Manifest, title: str) -> str:
     recipe, totals, stats = desc["recipe"], desc["totals"], desc["shard_stats"]
-    shards = manifest.get("record", {}).get("shards", [])
-    packed = is_packed_recipe(recipe)
-    duration = recipe.get("duration")
-    what = (
-        f"Pairs of {duration} s crops of real recordings at {recipe.get('sample_rate')} Hz, made by "
-        "`doppelgen pack` as the real-data baseline: " + pack_description(recipe, desc["skipped_files"])
-        if packed
-        else f"Pairs of {duration} s sounds at {recipe.get('sample_rate')} Hz from the SynthAX `{recipe.get('synth', {}).get('name', '?')}` "
-        f"synthesizer: each pair draws random synth parameters and renders two *doppelgängers* whose parameters are "
-        f"the draw plus independent Gaussian noise of scale delta = {recipe.get('delta')} (in normalized [0, 1] "
-        f"parameter space). Contrastive training on such pairs learns audio representations ({PAPER})."
-    )
+    shards, kind = manifest.shards or (), manifest.kind
+    what = kind.card_summary(recipe, desc["skipped_files"])
     stat_rows = "\n".join(
         f"| {name} | {s['min']:.6g} | {s['mean']:.6g} | {s['max']:.6g} |" for name, s in stats.items() if s is not None
     )
-    sha_rows = "\n".join(f"| {s.get('name')} | {s.get('n_pairs')} | {s.get('bytes')} | `{s.get('sha256')}` |" for s in shards)
+    sha_rows = "\n".join(f"| {s.name} | {s.n_pairs} | {s.bytes} | `{s.sha256}` |" for s in shards)
     software = ", ".join(f"{k} {v}" for k, v in desc["software"].items() if v is not None)
     platform = desc["platform"]
     brace = shard_brace(len(shards))
-    recipe_note = (
-        "How the recordings became pairs; packing the same recordings with it again gives the same shards."
-        if packed
-        else "Everything that determines the bytes of every pair; rendering it again with the same software on\n"
-        "the same platform gives byte-identical shards (`doppelgen verify --rerender N` checks this)."
-    )
-    params_meaning = (
-        "crop start times in seconds; `source` names the recording"
-        if packed
-        else "synth parameters in normalized [0, 1] space, in the order of `manifest.json`'s `record.param_names`"
-    )
-    codec = recipe.get("codec", "flac")
-    view_ext = audio_extension(codec)
-    coding = {
-        "wav": "float32 WAV, gain 1",
-        "flac16": "16-bit FLAC of the waveform divided by its gain",
-    }.get(codec, "24-bit FLAC of the waveform divided by its gain")
+    recipe_note, params_meaning = kind.card_recipe_note, kind.card_params_meaning
+    codec = codec_info(manifest.codec)
+    view_ext, coding = codec.extension, codec.coding
     return f"""# {title}
 
 {what}
@@ -242,17 +208,6 @@ Check the download against this card and the manifest with `doppelgen verify pat
 {PAPER_CITATION}"""
 
 
-def pack_description(recipe: dict, skipped: int) -> str:
-    if recipe.get("n_layers", 1) > 1:
-        how = f"each view is the sum of {recipe.get('n_layers')} random 1 s segments of one recording, renormalized"
-    elif recipe.get("temporal_jitter"):
-        how = "the two views are two independent random crops of the same recording"
-    else:
-        how = "both views are the same random crop (training augmentations make them differ)"
-    unreadable = f" {skipped} unreadable recordings were skipped (listed in `manifest.json`)." if skipped else ""
-    return f"{how}.{unreadable} The recordings' own license applies."
-
-
 def write_card(folder: str | os.PathLike, *, license: str | None = None, title: str | None = None) -> Path | str:
     """Write ``folder/README.md`` for the finished dataset in ``folder`` (a path or URL);
     returns its path (its URL for an object store)."""
@@ -260,13 +215,13 @@ def write_card(folder: str | os.PathLike, *, license: str | None = None, title: 
         raise CardError(license_problem(license))
     store = open_store(folder)
     try:
-        manifest = read_described_manifest(store)
+        manifest = read_manifest(store)
         desc = describe_dataset(store)
     except FormatError as error:
         raise CardError(str(error)) from None
     if not desc["totals"]["pairs"]:
         raise CardError(f"{store.location}: the manifest records no pairs")
-    header = card_header(desc, license=license, pretty_name=title)
+    header = card_header(desc, manifest, license=license, pretty_name=title)
     text = "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n\n"
     text += card_body(desc, manifest, header["pretty_name"])
     path = store.folder / CARD_NAME if store.local else store.where(CARD_NAME)

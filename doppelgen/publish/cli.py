@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from doppelgen.console import EXIT_FAILURE, fail
+from doppelgen.console import EXIT_FAILURE, InputError, fail, reports_input_errors
+from doppelgen.format import DATASET_KINDS, codecs_help
 from doppelgen.publish.export import DEFAULT_EXPORT_PAIRS
 from doppelgen.pack.packing import PackConfig
 from doppelgen.publish.verify import default_verify_workers
@@ -21,19 +22,7 @@ from doppelgen.publish.verify import default_verify_workers
 PACK_DEFAULTS = PackConfig()  # quoted by the options below; the values live in pack.py only
 
 
-def _input_errors() -> tuple[type[Exception], ...]:
-    """The exceptions that mean "your input is wrong" (one line, no traceback)."""
-    from doppelgen.publish.card import CardError
-    from doppelgen.recipe import RecipeError
-    from doppelgen.publish.export import ExportError
-    from doppelgen.format import FormatError
-    from doppelgen.pack.packing import PackError
-    from doppelgen.storage import StorageError
-    from doppelgen.publish.verify import VerifyError
-
-    return (CardError, ExportError, FormatError, PackError, RecipeError, StorageError, VerifyError)
-
-
+@reports_input_errors
 def verify(
     folder: str = typer.Argument(..., help="Dataset folder (holds manifest.json and pairs-*.tar), or its file://, s3:// or gs:// URL."),
     rerender: int = typer.Option(0, "--rerender", help="Render this many sampled pairs again and compare them with the shards."),
@@ -48,15 +37,19 @@ def verify(
         return verify_ir_folder(folder)
     from doppelgen.publish.verify import verify_dataset
 
-    try:
-        report = verify_dataset(folder, rerender=rerender, workers=workers, seed=seed)
-    except _input_errors() as error:
-        fail(str(error))
+    report = verify_dataset(folder, rerender=rerender, workers=workers, seed=seed)
     for problem in report.problems:
         typer.echo(problem)
     checked = f"{report.shards_checked} shards, {report.pairs_checked} pairs"
     if report.rerendered:
-        checked += f", {report.rerendered} pairs rendered again (compared: {report.rerender_mode})"
+        checked += f", {report.rerendered} pairs rendered again (compared: {report.rerender_mode}"
+        measured = report.rerender_measured
+        if measured:
+            checked += (
+                f"; measured: worst clip {measured['worst_clip']:.3g}, median clip {measured['median_clip']:.3g}, "
+                f"params differ by up to {measured['params_difference']:.2g}"
+            )
+        checked += ")"
     if report.ok:
         typer.echo(f"ok: {folder}: {checked}", err=True)
         return
@@ -64,6 +57,7 @@ def verify(
     raise typer.Exit(EXIT_FAILURE)
 
 
+@reports_input_errors
 def info(
     folder: str = typer.Argument(..., help="Dataset folder or URL."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for scripts."),
@@ -71,13 +65,11 @@ def info(
     """The recipe, totals, software and per-shard statistics of a dataset."""
     from doppelgen.publish.info import describe_dataset, description_json, format_description
 
-    try:
-        description = describe_dataset(folder)
-    except _input_errors() as error:
-        fail(str(error))
+    description = describe_dataset(folder)
     typer.echo(description_json(description) if as_json else format_description(description))
 
 
+@reports_input_errors
 def export(
     folder: str = typer.Argument(..., help="Dataset folder or URL."),
     n: int = typer.Option(DEFAULT_EXPORT_PAIRS, "--n", help="Pairs to export (the first N)."),
@@ -88,8 +80,8 @@ def export(
 
     try:
         result = export_pairs(folder, to, n=n)
-    except _input_errors() as error:
-        fail(str(error))
+    except InputError:
+        raise  # one line, exit 2: a StorageError reading the dataset too
     except OSError as error:
         fail(f"writing {to} failed: {error.strerror or error}", EXIT_FAILURE)
     for problem in result.problems:
@@ -101,21 +93,20 @@ def export(
         raise typer.Exit(EXIT_FAILURE)
 
 
+@reports_input_errors
 def card(
     folder: str = typer.Argument(..., help="Dataset folder or URL; README.md is written into it."),
-    license: Optional[str] = typer.Option(None, "--license", help="License id for the Hub. [default: cc-by-4.0; other for packed recordings]"),
+    license: Optional[str] = typer.Option(None, "--license", help=f"License id for the Hub. [default: {'; '.join(f'{kind.license} for {kind.described} pairs' for kind in DATASET_KINDS.values())}]"),
     title: Optional[str] = typer.Option(None, "--title", help="Title of the card. [default: from the recipe]"),
 ) -> None:
     """Write a Hugging Face dataset card (README.md) for a finished dataset."""
     from doppelgen.publish.card import write_card
 
-    try:
-        path = write_card(folder, license=license, title=title)
-    except _input_errors() as error:
-        fail(str(error))
+    path = write_card(folder, license=license, title=title)
     typer.echo(f"wrote {path}")
 
 
+@reports_input_errors
 def pack(
     audio_dir: Path = typer.Argument(..., help="Folder of recordings (wav, flac, ogg; nested folders are searched)."),
     out: str = typer.Argument("shards", help="Output dataset folder, or a file://, s3:// or gs:// URL."),
@@ -124,7 +115,7 @@ def pack(
     max_n: Optional[int] = typer.Option(PACK_DEFAULTS.max_n, "--max-n", help="Pairs to make at most (default: one per readable recording)."),
     pairs_per_shard: int = typer.Option(PACK_DEFAULTS.pairs_per_shard, "--pairs-per-shard", help="Pairs in each shard."),
     seed: int = typer.Option(PACK_DEFAULTS.seed, "--seed", help="Seed of the crops and of the order recordings are taken in."),
-    codec: str = typer.Option(PACK_DEFAULTS.codec, "--codec", help="flac (24-bit), flac16 (16-bit) or wav (float32)."),
+    codec: str = typer.Option(PACK_DEFAULTS.codec, "--codec", help=f"{codecs_help()}."),
     workers: int = typer.Option(0, "--workers", help="Decoding processes (0: this one). Does not change the output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -138,8 +129,8 @@ def pack(
             pairs_per_shard=pairs_per_shard, seed=seed, codec=codec,
         )
         summary = pack_folder(audio_dir, out, config, workers=workers, overwrite=overwrite, progress=not quiet)
-    except _input_errors() as error:
-        fail(str(error))
+    except InputError:
+        raise  # one line, exit 2: a StorageError too
     except OSError as error:
         fail(f"writing {out} failed: {error.strerror or error}", EXIT_FAILURE)
     skipped = f", {len(summary.skipped)} unreadable recordings skipped (listed in manifest.json)" if summary.skipped else ""

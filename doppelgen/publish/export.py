@@ -7,7 +7,7 @@ differences that made them (for packed real audio: the crops).
 
 Export reads a dataset to look at it, not to judge it: a bad pair (undecodable audio,
 malformed JSON or params, an index out of range or repeated) or a missing or unreadable
-shard becomes one line in ``ExportResult.problems`` and export goes on with the next
+shard becomes one line in ``ExportedPairs.problems`` and export goes on with the next
 pair. ``doppelgen verify`` checks everything.
 """
 
@@ -21,22 +21,25 @@ from typing import Iterator
 
 import numpy as np
 
+from doppelgen.console import InputError
 from doppelgen.files import folder_writes, write_atomic
 from doppelgen.format import (
     FormatError,
+    Manifest,
     Pair,
     decode_pair,
     float_wav,
-    is_packed_recipe,
+    group_members,
     iter_tar_members,
     pair_key,
+    read_manifest,
+    sample_params,
     shard_index,
     shard_name,
+    shown,
     split_member_name,
 )
-from doppelgen.publish.info import read_described_manifest, unfit_number
 from doppelgen.vggish import LOG_OFFSET, MEL_FMIN, vggish_log_mel
-from doppelgen.publish.shard_checks import group_members
 from doppelgen.storage import Store, open_store
 
 # Parameters with the largest |a - b| shown per picture: enough to read the names.
@@ -52,12 +55,14 @@ SHOWN_CHARACTERS = 60
 MAX_PROBLEMS = 100
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """Export cannot run (bad option, unreadable dataset, no good pair); one line."""
 
 
 @dataclass
-class ExportResult:
+class ExportedPairs:
+    """What ``doppelgen export`` wrote, and the bad pairs it passed over."""
+
     out: Path
     keys: list[str]  # the exported pairs' file stems, pair_key(JSON index), in export order
     files: list[Path]
@@ -75,13 +80,6 @@ class ExportResult:
         return len(self.problems) + self.more_problems
 
 
-def shown(text: object, limit: int = SHOWN_CHARACTERS) -> str:
-    """Text read from a dataset as one printable line: characters that are not printable
-    (newlines, escapes, undecodable bytes) written as Python escapes, long text cut."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # --- what export needs of a pair -----------------------------------------------------
 
 
@@ -90,23 +88,8 @@ def exported_index(meta: dict) -> int:
     whole number in [0, 10**10)."""
     index = meta.get("index")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < INDEX_LIMIT:
-        raise FormatError(f"index {shown(repr(index))} is not a pair index in [0, 10**10)")
+        raise FormatError(f"index {shown(index, SHOWN_CHARACTERS)} is not a pair index in [0, 10**10)")
     return index
-
-
-def pair_params(meta: dict) -> dict[str, np.ndarray]:
-    """``params`` ``base``, ``a``, ``b`` as float64 arrays of one length; FormatError unless
-    each is a list of finite numbers."""
-    params = meta.get("params")
-    if not (isinstance(params, dict) and all(isinstance(params.get(part), list) for part in ("base", "a", "b"))):
-        raise FormatError("params must be an object with lists base, a and b")
-    for part in ("base", "a", "b"):
-        values = params[part]
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values) or unfit_number(values, part) is not None:
-            raise FormatError(f"params.{part} must be a list of finite numbers")
-    if not len(params["base"]) == len(params["a"]) == len(params["b"]):
-        raise FormatError("params.base, a and b differ in length")
-    return {part: np.asarray(params[part], dtype=np.float64) for part in ("base", "a", "b")}
 
 
 def exportable_pair(key: str, members: dict[str, bytes], sample_rate: int) -> Pair:
@@ -116,7 +99,7 @@ def exportable_pair(key: str, members: dict[str, bytes], sample_rate: int) -> Pa
     except RecursionError:  # json's parser on a deeply nested sample JSON
         raise FormatError("sample JSON is nested too deeply") from None
     exported_index(pair.meta)
-    pair_params(pair.meta)
+    sample_params(pair.meta)
     if pair.sample_rate != sample_rate:
         raise FormatError(f"{pair.sample_rate} Hz, the recipe says {sample_rate}")
     if not PICTURE_RATES[0] <= pair.sample_rate <= PICTURE_RATES[1]:
@@ -131,7 +114,7 @@ def exportable_pair(key: str, members: dict[str, bytes], sample_rate: int) -> Pa
 def param_differences(meta: dict, names: list[str]) -> list[tuple[str, float, float, float]]:
     """``(name, a - base, b - base, a - b)`` of the parameters with the largest |a - b|
     (layer 0), largest first; FormatError if the params are malformed."""
-    params = pair_params(meta)
+    params = sample_params(meta)
     base, a, b = params["base"], params["a"], params["b"]
     if not len(a):
         return []
@@ -149,7 +132,7 @@ def missing_shards(start: int, stop: int) -> str:
     return f"{shard_name(start)} to {shard_name(stop - 1)}: missing ({stop - start} shards)"
 
 
-def iter_dataset_samples(folder: Store, n_shards: int, result: ExportResult) -> Iterator[tuple[str, str, dict[str, bytes]]]:
+def iter_dataset_samples(folder: Store, n_shards: int, result: ExportedPairs) -> Iterator[tuple[str, str, dict[str, bytes]]]:
     """``(shard name, key, members by extension)`` over the shards on disk, in index
     order; a missing or unreadable shard is reported to ``result``. Only the folder's
     listing is walked, so a manifest claiming 10**9 shards costs nothing."""
@@ -165,7 +148,7 @@ def iter_dataset_samples(folder: Store, n_shards: int, result: ExportResult) -> 
                 for key, group in group_members(iter_tar_members(handle, name)):
                     yield name, key, {split_member_name(member)[1]: data for member, data in group}
         except (FormatError, OSError) as error:
-            message = shown(error, 400)
+            message = shown(error, 400, quoted=False)
             result.report(message if message.startswith(f"{name}: ") else f"{name}: {message}")
     if expected < n_shards:
         result.report(missing_shards(expected, n_shards))
@@ -181,18 +164,19 @@ def listening_scale(pair: Pair) -> float:
 # --- the picture ---------------------------------------------------------------------
 
 
-def pair_title(meta: dict, recipe: dict) -> str:
-    params = pair_params(meta)
-    if is_packed_recipe(recipe):
+def pair_title(meta: dict, manifest: Manifest) -> str:
+    params = sample_params(meta)
+    if not manifest.kind.compares_params:  # packed: the params are the crops' start times
         crops = ", ".join(f"{view} @ {', '.join(f'{t:.2f}' for t in params[view][:4])}{' ...' if len(params[view]) > 4 else ''} s" for view in ("a", "b"))
-        return f"pair {meta['index']}  ·  {shown(meta.get('source', '?'))}  ·  {crops}"
+        return f"pair {meta['index']}  ·  {shown(meta.get('source', '?'), SHOWN_CHARACTERS, quoted=False)}  ·  {crops}"
+    recipe = manifest.recipe
     synth = recipe.get("synth", {}).get("name", "?")
     a, b = params["a"], params["b"]
     spread = float(np.mean(np.abs(a - b))) if a.size else float("nan")
-    return f"pair {meta['index']}  ·  {shown(synth)}  ·  delta {shown(recipe.get('delta'))}  ·  mean |a - b| = {spread:.3f} (normalized)"
+    return f"pair {meta['index']}  ·  {shown(synth, SHOWN_CHARACTERS, quoted=False)}  ·  delta {shown(recipe.get('delta'), SHOWN_CHARACTERS, quoted=False)}  ·  mean |a - b| = {spread:.3f} (normalized)"
 
 
-def pair_picture(pair: Pair, recipe: dict, names: list[str]) -> bytes:
+def pair_picture(pair: Pair, manifest: Manifest, names: list[str]) -> bytes:
     """The PNG of one checked pair: two log-mels over a bar chart of parameter changes."""
     import matplotlib
 
@@ -201,7 +185,7 @@ def pair_picture(pair: Pair, recipe: dict, names: list[str]) -> bytes:
 
     mels = [vggish_log_mel(view, pair.sample_rate) for view in (pair.a, pair.b)]
     low, high = min(m.min() for m in mels), max(m.max() for m in mels)
-    differences = [] if is_packed_recipe(recipe) else param_differences(pair.meta, names)
+    differences = param_differences(pair.meta, names) if manifest.kind.compares_params else []
     rows = 2 if differences else 1
     # Names and titles come from the dataset: a "$" in them must not start mathtext.
     with matplotlib.rc_context({"text.parse_math": False}):
@@ -226,7 +210,7 @@ def pair_picture(pair: Pair, recipe: dict, names: list[str]) -> bytes:
             axis.set_xlabel("parameter change, normalized [0, 1] units")
             axis.set_title(f"the {len(labels)} parameters that differ most between the views")
             axis.legend(loc="lower right", fontsize=8)
-        figure.suptitle(pair_title(pair.meta, recipe), fontsize=10)
+        figure.suptitle(pair_title(pair.meta, manifest), fontsize=10)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)
         plt.close(figure)
@@ -236,7 +220,7 @@ def pair_picture(pair: Pair, recipe: dict, names: list[str]) -> bytes:
 # --- export --------------------------------------------------------------------------
 
 
-def write_pair(out: Path, pair: Pair, recipe: dict, names: list[str]) -> list[Path]:
+def write_pair(out: Path, pair: Pair, manifest: Manifest, names: list[str]) -> list[Path]:
     """The two WAVs and the picture of a checked pair, each written atomically."""
     stem = pair_key(pair.meta["index"])
     scale = listening_scale(pair)
@@ -245,11 +229,11 @@ def write_pair(out: Path, pair: Pair, recipe: dict, names: list[str]) -> list[Pa
         paths.append(out / f"{stem}.{view}.wav")
         write_atomic(paths[-1], float_wav(audio * np.float32(scale), pair.sample_rate))
     paths.append(out / f"{stem}.png")
-    write_atomic(paths[-1], pair_picture(pair, recipe, names))
+    write_atomic(paths[-1], pair_picture(pair, manifest, names))
     return paths
 
 
-def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = DEFAULT_EXPORT_PAIRS) -> ExportResult:
+def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = DEFAULT_EXPORT_PAIRS) -> ExportedPairs:
     """Write WAVs and a picture for the first ``n`` good pairs of the dataset in
     ``folder``; the bad ones met on the way are in ``problems``. ExportError (one line)
     if the dataset cannot be read or holds no good pair; OSError if writing fails."""
@@ -257,40 +241,39 @@ def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = DEF
         raise ExportError(f"--n must be >= 1, got {n}")
     folder, out = open_store(folder), Path(out)
     try:
-        manifest = read_described_manifest(folder)
+        manifest = read_manifest(folder)
     except FormatError as error:
         raise ExportError(str(error)) from None
-    recipe = manifest["recipe"]
-    param_names = manifest.get("record", {}).get("param_names") or []
-    names = [shown(p.get("name", "?")) for p in param_names if isinstance(p, dict)]
+    names = [shown(p.get("name", "?"), SHOWN_CHARACTERS, quoted=False) for p in manifest.param_names or () if isinstance(p, dict)]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ExportError(f"cannot write to {out}: {error.strerror or error}") from None
-    result = ExportResult(out=out, keys=[], files=[])
+    result = ExportedPairs(out=out, keys=[], files=[])
     with folder_writes(out):  # two exports into one folder: one after the other, not mixed
-        _export_into(out, folder, recipe, names, n, result)
+        _export_into(out, folder, manifest, names, n, result)
     if not result.keys:
         first = f"; first: {result.problems[0]}" if result.problems else ""
         raise ExportError(f"{folder.location}: no readable pairs to export ({result.n_problems} problems{first})")
     return result
 
 
-def _export_into(out: Path, folder, recipe: dict, names: list[str], n: int, result: ExportResult) -> None:
-    for shard, key, members in iter_dataset_samples(folder, recipe["n_shards"], result):
-        where = f"{shard}: {shown(key)}"
+def _export_into(out: Path, folder: Store, manifest: Manifest, names: list[str], n: int, result: ExportedPairs) -> None:
+    for shard, key, members in iter_dataset_samples(folder, manifest.n_shards, result):
+        where = f"{shard}: {shown(key, SHOWN_CHARACTERS, quoted=False)}"
         try:
-            pair = exportable_pair(key, members, recipe["sample_rate"])
+            pair = exportable_pair(key, members, manifest.sample_rate)
         except FormatError as error:
             # decode_pair's messages may name the key already; keep it short, say it once.
-            message = shown(str(error).replace(key, shown(key)), 400)
-            result.report(f"{shard}: {message}" if message.startswith(shown(key)) else f"{where}: {message}")
+            shown_key = shown(key, SHOWN_CHARACTERS, quoted=False)
+            message = shown(str(error).replace(key, shown_key), 400, quoted=False)
+            result.report(f"{shard}: {message}" if message.startswith(shown_key) else f"{where}: {message}")
             continue
         stem = pair_key(pair.meta["index"])
         if stem in result.keys:
             result.report(f"{where}: index {pair.meta['index']} repeats an exported pair")
             continue
-        result.files += write_pair(out, pair, recipe, names)
+        result.files += write_pair(out, pair, manifest, names)
         result.keys.append(stem)
         if len(result.keys) >= n:
             break

@@ -8,78 +8,25 @@ shard, so it is instant on a 512-shard dataset.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
-from doppelgen.format import MANIFEST_NAME, FormatError, complete_shards, is_packed_recipe, read_manifest
-from doppelgen.format.limits import shown
+from doppelgen.format import DATASET_KINDS, MANIFEST_NAME, SHARD_STATS, FormatError, ShardEntry, complete_shards, read_manifest, unfit_number
 from doppelgen.storage import Store, open_store
 
-# Per-shard record fields summarised across shards (docs/FORMAT.md ``record.shards``).
-SHARD_STATS = ("n_pairs", "bytes", "peak", "mean_rms", "silent_fraction", "nonfinite_fraction", "redraws")
-# Shard record counts: whole numbers that fit an int64, so sums and hours stay finite.
-SHARD_COUNTS = ("n_pairs", "bytes", "redraws")
-COUNT_LIMIT = 2**63
+# Per-shard record fields summarised across shards (docs/FORMAT.md ``record.shards``), in
+# the order they are shown.
+SUMMARIZED = ("n_pairs", "bytes", *SHARD_STATS)
 
 
-def unfit_number(value: Any, where: str) -> str | None:
-    """The path of the first NaN, infinite or out-of-range number inside ``value``
-    (``recipe.duration``, ``record.shards[2].peak``), None if there is none. Integers must
-    fit an int64, so every number converts to a finite float. Walks without recursion, so
-    any nesting the JSON parser accepted is safe here."""
-    stack = [(value, where)]
-    while stack:
-        item, path = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return path
-        if isinstance(item, int) and not -COUNT_LIMIT <= item < COUNT_LIMIT:
-            return path
-        if isinstance(item, dict):
-            stack.extend((v, f"{path}.{k}") for k, v in reversed(list(item.items())))
-        elif isinstance(item, list):
-            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
-    return None
+def shard_numbers(entry: ShardEntry) -> dict[str, int | float]:
+    """The numbers a manifest records of one shard, by their names in ``record.shards``."""
+    return {"n_pairs": entry.n_pairs, **({"bytes": entry.bytes} if entry.bytes is not None else {}), **entry.stats}
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < COUNT_LIMIT
-
-
-def manifest_problem(manifest: dict) -> str | None:
-    """What makes a manifest unfit to describe, export or publish beyond what
-    ``format.check_manifest`` (field kinds, recipe bounds, shard names and counts) and its
-    JSON reader (no NaN or Infinity) refuse; None if nothing. Here: every number fits an
-    int64, so sums stay finite, and each shard's statistics are numbers."""
-    for part in ("recipe", "record"):
-        where = unfit_number(manifest.get(part), part)
-        if where is not None:
-            return f"{where} is NaN, infinite or out of range"
-    for position, shard in enumerate((manifest.get("record") or {}).get("shards") or []):
-        for field in SHARD_COUNTS:
-            if field in shard and not _is_count(shard[field]):
-                return f"record.shards[{position}].{field} must be a whole number in [0, 2**63), got {shown(shard[field])}"
-        for field in SHARD_STATS:
-            value = shard.get(field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                return f"record.shards[{position}].{field} must be a number, got {shown(value)}"
-    return None
-
-
-def read_described_manifest(folder: str | os.PathLike | Store) -> dict:
-    """``format.read_manifest`` plus :func:`manifest_problem`: FormatError, one line.
-    ``folder``: a path, URL or store (StorageError, one line, if it cannot be reached)."""
-    store = open_store(folder)
-    manifest = read_manifest(store)
-    problem = manifest_problem(manifest)
-    if problem is not None:
-        raise FormatError(f"{store.where(MANIFEST_NAME)}: {problem}")
-    return manifest
-
-
-def summarize(values: list[Any]) -> dict[str, float] | None:
+def summarize(values: list[int | float | None]) -> dict[str, float] | None:
     """min / mean / max of a shard statistic; None when no shard records it."""
-    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numbers = [float(v) for v in values if v is not None]
     if not numbers:
         return None
     # Plain floats: an overflowing sum becomes inf (refused below) instead of a NumPy warning.
@@ -88,20 +35,19 @@ def summarize(values: list[Any]) -> dict[str, float] | None:
 
 def describe_dataset(folder: str | os.PathLike | Store) -> dict[str, Any]:
     """A JSON-ready description of the dataset in ``folder`` (a path, URL or store), every
-    number finite; FormatError (one line) if it has no readable manifest or one unfit to
-    describe."""
+    number finite; FormatError (one line) if it has no readable manifest (``format.read_manifest``)
+    or its totals overflow."""
     store = open_store(folder)
-    manifest = read_described_manifest(store)
-    recipe = manifest["recipe"]
-    record = manifest.get("record", {})
-    shards = record.get("shards") or []
-    n_pairs, n_bytes, redraws = [sum(s.get(name, 0) for s in shards) for name in SHARD_COUNTS]
-    param_names = record.get("param_names")
-    duration = float(recipe["duration"])
+    manifest = read_manifest(store)
+    shards = manifest.shards or ()
+    n_pairs = manifest.n_pairs
+    n_bytes = sum(s.bytes or 0 for s in shards)
+    redraws = sum(s.stats.get("redraws", 0) for s in shards)
+    duration = manifest.duration
     description = {
         "folder": str(store.as_given),
-        "kind": "packed real audio" if is_packed_recipe(recipe) else "synthetic",
-        "recipe": recipe,
+        "kind": manifest.kind.described,
+        "recipe": manifest.recipe,
         "totals": {
             "pairs": n_pairs,
             "shards": len(shards),
@@ -112,13 +58,13 @@ def describe_dataset(folder: str | os.PathLike | Store) -> dict[str, Any]:
             "bytes": n_bytes,
             "redraws": redraws,
         },
-        "software": record.get("software") or {},
-        "platform": record.get("platform") or {},
-        "created": record.get("created"),
-        "render_seconds": record.get("render_seconds"),
-        "n_params": len(param_names) if isinstance(param_names, list) else 0,
-        "shard_stats": {name: summarize([s.get(name) for s in shards]) for name in SHARD_STATS},
-        "skipped_files": len(record.get("skipped") or []),
+        "software": manifest.software,
+        "platform": manifest.platform,
+        "created": manifest.created,
+        "render_seconds": manifest.render_seconds,
+        "n_params": len(manifest.param_names or ()),
+        "shard_stats": {name: summarize([shard_numbers(s).get(name) for s in shards]) for name in SUMMARIZED},
+        "skipped_files": len(manifest.skipped),
     }
     where = unfit_number({"totals": description["totals"], "shard_stats": description["shard_stats"]}, "info")
     if where is not None:  # totals or means of finite numbers that overflowed
@@ -173,8 +119,8 @@ def format_description(desc: dict[str, Any]) -> str:
         f"  size             {human_bytes(totals['bytes'])} ({totals['bytes']:,} bytes)",
     ]
     if desc["n_params"]:
-        what = "crop start times" if desc["kind"] == "packed real audio" else "synth parameters"
-        lines.append(f"  parameters       {desc['n_params']} {what} per view")
+        kind = next(kind for kind in DATASET_KINDS.values() if kind.described == desc["kind"])
+        lines.append(f"  parameters       {desc['n_params']} {kind.params_meaning} per view")
     if totals["redraws"]:
         lines.append(f"  redraws          {totals['redraws']} non-finite renders drawn again")
     if desc["skipped_files"]:

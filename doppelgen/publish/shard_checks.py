@@ -9,28 +9,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from doppelgen.console import one_line
 from doppelgen.files import stream_sha256
 from doppelgen.format import (
-    MAX_STATS_BYTES,
     FormatError,
+    audio_extension,
     decode_clip,
+    group_members,
+    is_number,
     iter_tar_members,
     member_names,
     pair_index,
     pair_key,
-    parse_json,
     parse_sample_json,
-    printable,
+    read_stats,
     shard_name,
-    split_member_name,
+    shown,
     stats_name,
 )
-from doppelgen.format.limits import shown
 from doppelgen.storage import Store, open_store
 
 MAX_PROBLEMS_PER_SHARD = 20
@@ -52,25 +52,11 @@ class ShardExpectation:
     n_params: int | None = None
     n_layers: int = 1  # synth layers: the JSON has ``layers`` exactly when > 1
     view_bounds: tuple[float, float] | None = None  # synth views live in [eps, 1]
-    packed: bool = False  # real audio from ``doppelgen pack``: JSON names its source
+    sample_text_fields: tuple[str, ...] = ()  # text fields every sample's JSON holds (packed: its source)
 
     @property
     def name(self) -> str:
         return shard_name(self.index)
-
-
-def group_members(members: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
-    """Consecutive members sharing a WebDataset key, as ``(key, [(name, bytes), ...])``."""
-    key, group = None, []
-    for name, data in members:
-        member_key, _ = split_member_name(name)
-        if key is not None and member_key != key:
-            yield key, group
-            group = []
-        key = member_key
-        group.append((name, data))
-    if key is not None:
-        yield key, group
 
 
 def check_sample_json(meta: dict, expected_index: int, exp: ShardExpectation) -> list[str]:
@@ -89,13 +75,10 @@ def check_sample_json(meta: dict, expected_index: int, exp: ShardExpectation) ->
         problems.append("layers present, but the recipe has one layer")
     for params in [meta["params"]] + (layers or []):
         problems += check_params(params, exp)
-    if exp.packed and not isinstance(meta.get("source"), str):
-        problems.append("source (the recording's relative path) is missing")
+    for name in exp.sample_text_fields:
+        if not isinstance(meta.get(name), str):
+            problems.append(f"{name} is missing or not text")
     return problems
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_params(params: Any, exp: ShardExpectation) -> list[str]:
@@ -104,7 +87,7 @@ def check_params(params: Any, exp: ShardExpectation) -> list[str]:
     problems = []
     for part in ("base", "a", "b"):
         values = params[part]
-        if not (isinstance(values, list) and all(_is_number(v) for v in values)):
+        if not (isinstance(values, list) and all(is_number(v) for v in values)):
             problems.append(f"params.{part} is not a list of numbers")
             continue
         if exp.n_params is not None and len(values) != exp.n_params:
@@ -120,10 +103,10 @@ def check_params(params: Any, exp: ShardExpectation) -> list[str]:
 
 def check_pair(key: str, group: list[tuple[str, bytes]], expected_index: int, exp: ShardExpectation) -> list[str]:
     """Names, order, audio and JSON of one pair's members; problems as ``member: what``."""
-    expected_names = list(member_names(expected_index, exp.codec))
+    expected_names = list(member_names(expected_index, audio_extension(exp.codec)))
     names = [name for name, _ in group]
     if names != expected_names:
-        return [f"{printable(key)}: members {printable(', '.join(names))}; expected {', '.join(expected_names)}"]
+        return [f"{shown(key, 120, quoted=False)}: members {shown(', '.join(names), 120, quoted=False)}; expected {', '.join(expected_names)}"]
     data = dict(group)
     name_a, name_b, name_json = expected_names
     try:
@@ -146,14 +129,6 @@ def check_pair(key: str, group: list[tuple[str, bytes]], expected_index: int, ex
         if not np.isfinite(audio).all():
             problems.append(f"{name}: non-finite audio")
     return problems
-
-
-def read_stats_record(store: Store, name: str) -> dict:
-    """A shard's stats file as a dict; FormatError (or OSError) if it cannot be."""
-    record = parse_json(store.read_bytes(name, MAX_STATS_BYTES + 1), MAX_STATS_BYTES)
-    if not isinstance(record, dict):
-        raise FormatError("not a JSON object")
-    return record
 
 
 def check_shard(folder: str | Store, exp: ShardExpectation) -> tuple[list[str], int]:
@@ -179,14 +154,14 @@ def _check_shard_file(store: Store, tar: BinaryIO, exp: ShardExpectation) -> tup
         problems.append(f"{exp.name}: {size} bytes, the manifest says {exp.bytes}")
     stats_n_pairs = None
     try:
-        record = read_stats_record(store, stats)
+        record = read_stats(store, stats)
         stats_n_pairs = record.get("n_pairs")
         if record.get("sha256") != digest:
             problems.append(f"{stats}: sha256 does not match {exp.name} (shard changed after it was written)")
     except FileNotFoundError:
         problems.append(f"{stats}: missing, so {exp.name} is not complete")
-    except (OSError, FormatError) as error:
-        problems.append(f"{stats}: unreadable ({one_line(error)})")
+    except FormatError as error:
+        problems.append(f"{stats}: unreadable ({error})")
     if not (isinstance(stats_n_pairs, int) and not isinstance(stats_n_pairs, bool)):
         stats_n_pairs = None
 
@@ -224,7 +199,7 @@ class PairSequence:
         shard = self.exp.name
         index = pair_index(key)
         if index is None:
-            names = printable(", ".join(name for name, _ in group))
+            names = shown(", ".join(name for name, _ in group), 120, quoted=False)
             return [f"{shard}: {names}: not a member of any pair (its key is not a 10-digit pair index)"]
         if self.first is None:
             self.first = self.next_index = index

@@ -18,15 +18,15 @@ from typing import Iterator
 
 import numpy as np
 
+from doppelgen.console import InputError
 from doppelgen.recipe import Recipe, RecipeError
 from doppelgen.files import default_workers, workers_problem
 from doppelgen.format import (
     MANIFEST_NAME,
     FormatError,
+    Manifest,
     decode_clip,
-    is_packed_recipe,
     iter_tar_members,
-    n_samples,
     read_manifest,
     shard_index,
     shard_name,
@@ -45,7 +45,7 @@ def default_verify_workers() -> int:
     return default_workers(cap=4)
 
 
-class VerifyError(ValueError):
+class VerifyError(InputError):
     """Verification cannot start (no such folder, bad option); the message is one line."""
 
 
@@ -56,14 +56,15 @@ class VerifyReport:
     shards_checked: int = 0
     pairs_checked: int = 0
     rerendered: int = 0
-    rerender_mode: str | None = None  # "bytes" or a tolerance, when pairs were rendered again
+    rerender_mode: str | None = None  # "bytes" or what was compared, when pairs were rendered again
+    rerender_measured: dict | None = None  # across platforms: worst and median clip distance, params difference
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def shard_expectations(folder: str | os.PathLike | Store, manifest: dict | None) -> tuple[list[ShardExpectation], list[str]]:
+def shard_expectations(folder: str | os.PathLike | Store, manifest: Manifest | None) -> tuple[list[ShardExpectation], list[str]]:
     """What each shard must hold, and problems with the manifest itself.
 
     Without a manifest, every complete-looking shard on disk is checked against its own
@@ -78,60 +79,50 @@ def shard_expectations(folder: str | os.PathLike | Store, manifest: dict | None)
         guesses = [_expect_from_disk(folder, base, i) for i in on_disk]
         return guesses, problems
 
-    # read_manifest has checked the recipe's numbers and the record's shard entries.
-    recipe = manifest["recipe"]
-    record = manifest.get("record") or {}
-    packed = is_packed_recipe(recipe)
-    rate, duration = recipe["sample_rate"], recipe["duration"]
-    per_shard, n_shards = recipe["pairs_per_shard"], recipe["n_shards"]
-    codec = recipe.get("codec", "flac")
-    if not packed:
+    # read_manifest has checked the recipe's numbers and the record's shard entries; what
+    # the dataset's kind expects of its shards is on manifest.kind.
+    kind, n_shards = manifest.kind, manifest.n_shards
+    if kind.renders_again:
         try:
-            Recipe.from_dict(recipe)
+            Recipe.from_dict(manifest.recipe)
         except RecipeError as error:
             problems.append(f"{MANIFEST_NAME}: recipe: {error}")
-    entries = record.get("shards")
-    if entries is None:
+    if manifest.shards is None:
         problems.append(f"{MANIFEST_NAME}: no record of shards (rendering not finished?)")
-        entries = []
-    by_name = {entry["name"]: entry for entry in entries}
+    by_name = {entry.name: entry for entry in manifest.shards or ()}
     outside = [name for name in listing if shard_index(name) is not None and shard_index(name) >= n_shards]
     for name in sorted(outside):
         problems.append(f"{name}: not part of this dataset (the recipe has {n_shards} shards)")
-    param_names = record.get("param_names")
-    if not isinstance(param_names, list):
+    if manifest.param_names is None:
         problems.append(f"{MANIFEST_NAME}: no param_names list in the record")
     # Views are clipped to [eps, 1] in float32, so eps is compared at float32 precision.
-    eps = float(np.float32(recipe.get("eps", 0.0))) if not packed else None
-    n_layers = 1 if packed else recipe.get("n_layers", 1)
+    view_bounds = (float(np.float32(manifest.eps or 0.0)), 1.0) if kind.bounded_views else None
     expectations = []
     for index in range(n_shards):
         entry = by_name.get(shard_name(index))
         if entry is None:
             problems.append(f"{MANIFEST_NAME}: no record of {shard_name(index)}")
-            entry = {}
-        full = per_shard  # a synth recipe fills every shard
-        expected_pairs = entry.get("n_pairs") if packed else full
-        missing = [field for field in ("n_pairs", "bytes", "sha256") if entry and field not in entry]
+        missing = [field for field in ("bytes", "sha256") if entry is not None and getattr(entry, field) is None]
         if missing:
             problems.append(f"{MANIFEST_NAME}: the record of {shard_name(index)} lacks {', '.join(missing)}")
-        if not packed and entry.get("n_pairs") not in (None, full):
-            problems.append(f"{MANIFEST_NAME}: records {entry.get('n_pairs')} pairs in {shard_name(index)}, the recipe makes {full}")
+        recorded = entry.n_pairs if entry is not None else None
+        if kind.full_shards and recorded not in (None, manifest.pairs_per_shard):
+            problems.append(f"{MANIFEST_NAME}: records {recorded} pairs in {shard_name(index)}, the recipe makes {manifest.pairs_per_shard}")
         expectations.append(
             ShardExpectation(
                 index=index,
-                codec=codec,
-                sample_rate=rate,
-                n_samples=n_samples(duration, rate),
-                first_pair=index * per_shard,
-                n_pairs=expected_pairs,
-                sha256=entry.get("sha256"),
-                bytes=entry.get("bytes"),
-                seed=recipe.get("seed"),
-                n_params=len(param_names) if isinstance(param_names, list) else None,
-                n_layers=n_layers,
-                view_bounds=None if packed else (eps, 1.0),
-                packed=packed,
+                codec=manifest.codec,
+                sample_rate=manifest.sample_rate,
+                n_samples=manifest.n_samples,
+                first_pair=index * manifest.pairs_per_shard,
+                n_pairs=manifest.pairs_per_shard if kind.full_shards else recorded,
+                sha256=entry.sha256 if entry is not None else None,
+                bytes=entry.bytes if entry is not None else None,
+                seed=manifest.seed,
+                n_params=len(manifest.param_names) if manifest.param_names is not None else None,
+                n_layers=manifest.n_layers if kind.layered_params else 1,
+                view_bounds=view_bounds,
+                sample_text_fields=kind.required_text_fields,
             )
         )
     return expectations, problems
@@ -174,8 +165,8 @@ def verify_dataset(folder: str | os.PathLike, *, rerender: int = 0, workers: int
             manifest = read_manifest(store)
         except FormatError as error:
             report.problems.append(f"{MANIFEST_NAME}: {error}")
-    if rerender and manifest is not None and is_packed_recipe(manifest["recipe"]):
-        raise VerifyError("--rerender needs a synth recipe; this dataset was packed from recordings")
+    if rerender and manifest is not None and not manifest.kind.renders_again:
+        raise VerifyError(f"--rerender needs a synth recipe; this dataset was {manifest.kind.made_by}")
     expectations, problems = shard_expectations(store, manifest)
     report.problems += problems
     for problems, pairs in _map_shards(store.location, expectations, workers):
@@ -190,7 +181,7 @@ def verify_dataset(folder: str | os.PathLike, *, rerender: int = 0, workers: int
 
             result = rerender_pairs(store, manifest, rerender, seed)
             report.problems += result.problems
-            report.rerendered, report.rerender_mode = result.rerendered, result.mode
+            report.rerendered, report.rerender_mode, report.rerender_measured = result.rerendered, result.mode, result.measured
     return report
 
 

@@ -1,5 +1,6 @@
-"""Rendering pair datasets: the synths, the jitted pair kernel, the render loop, its
-distributors, the encoding workers and the shard and manifest writers.
+"""Rendering pair datasets: the synth builder, the jitted pair kernel, render_dataset, its
+distributors, the shard runs they run, the encoding workers and the shard and manifest
+writers.
 
-Importing this package imports no JAX: the kernel and the loop import it when used.
+Importing this package imports no JAX: the kernel and the shard runs import it when used.
 """

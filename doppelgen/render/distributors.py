@@ -1,13 +1,18 @@
 """How a render's shards are spread: all in this process (``local``) or as tasks on a Ray
-cluster (``ray``).
+cluster (``ray``). Two functions with one signature, picked by name from
+``DISTRIBUTORS`` (img2dataset's distributors): ``distributor(job, shards, options,
+progress, warn)`` checks its options and what it needs, claims OUT (``job.claim``),
+renders ``shards`` in runs (``job.render``), writes manifest.json where they were
+rendered (``job.finish``) and returns the summary. To add a distributor, add its function
+and its entry here.
 
-A Ray task renders a run of consecutive shards by calling :func:`render_dataset` on its
-range, so the kernel, the shard writer, the atomic protocol, the folder claim and resume
-are the local ones: a task killed midway leaves only temporaries of a dead writer, and its
-retry skips the complete shards and removes those temporaries. The tasks never write
-manifest.json (two of them finishing together would both see the recipe complete); the
-driver asks for it once, in one more task, after the last render task: that task runs
-where the render tasks run, so the manifest records their platform and software.
+A Ray task renders a run of consecutive shards with :meth:`RenderJob.render`, so the
+kernel, the shard writer, the atomic protocol, the folder claim and resume are the local
+ones: a task killed midway leaves only temporaries of a dead writer, and its retry skips
+the complete shards and removes those temporaries. The tasks never write manifest.json
+(two of them finishing together would both see the recipe complete); the driver asks for
+it once, in one more task, after the last render task: that task runs where the render
+tasks run, so the manifest records their platform and software.
 
 OUT must be the same place for the driver and every node: a folder on a file system they
 share, or an object-store URL.
@@ -22,16 +27,12 @@ import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
-from doppelgen.recipe import Recipe
-from doppelgen.console import one_line
-from doppelgen.files import workers_problem
+from doppelgen.console import InputError, one_line
+from doppelgen.files import default_workers
+from doppelgen.render.shard_runs import RenderJob, RenderSummary
 
-if TYPE_CHECKING:
-    from doppelgen.render.loop import RenderSummary
-
-DISTRIBUTORS = ("local", "ray")
 RAY_EXTRA = "pip install 'doppelgangers[ray]'"
 # How often the driver wakes from waiting on tasks: Ctrl-C is handled between waits.
 WAIT_SECONDS = 0.5
@@ -40,7 +41,7 @@ WAIT_SECONDS = 0.5
 CONNECT_SECONDS = 10.0
 
 
-class DistributorError(ValueError):
+class DistributorError(InputError):
     """The distributor cannot run with these options or this installation; one line."""
 
 
@@ -57,7 +58,6 @@ class RayOptions:
     cpus_per_task: float = 1.0
     gpus_per_task: float | None = None  # None: 1 where the cluster reports GPUs, else 0
     max_retries: int = 3  # retries of a task whose process died or that hit a storage error
-    workers_per_task: int | None = None  # encoding processes in each task; None: see task_workers
 
     def validate(self) -> None:
         if not self.address.strip():
@@ -66,8 +66,6 @@ class RayOptions:
             raise DistributorError(f"--shards-per-task must be >= 1, got {self.shards_per_task}")
         if self.max_retries < 0:
             raise DistributorError(f"--max-retries must be >= 0, got {self.max_retries}")
-        if self.workers_per_task is not None and workers_problem(self.workers_per_task, "--workers"):
-            raise DistributorError(workers_problem(self.workers_per_task, "--workers"))
         for name, value, least in (("--cpus-per-task", self.cpus_per_task, 0.0), ("--gpus-per-task", self.gpus_per_task, 0.0)):
             if value is None:
                 continue
@@ -89,12 +87,12 @@ def task_resources(options: RayOptions, cluster: dict) -> dict:
     }
 
 
-def task_workers(options: RayOptions, gpus: float) -> int:
-    """Encoding processes a task starts: the ones asked for, else none on a CPU task (its one
-    core renders and encodes in turn; an encoder process would only compete for it) and
-    one per CPU on a GPU task (the device renders, the cores encode)."""
-    if options.workers_per_task is not None:
-        return options.workers_per_task
+def task_workers(options: RayOptions, gpus: float, workers: int | None = None) -> int:
+    """Encoding processes a task starts: ``workers`` if asked for, else none on a CPU task
+    (its one core renders and encodes in turn; an encoder process would only compete for
+    it) and one per CPU on a GPU task (the device renders, the cores encode)."""
+    if workers is not None:
+        return workers
     return int(options.cpus_per_task) if gpus > 0 else 0
 
 
@@ -111,14 +109,30 @@ def import_ray():
     return ray
 
 
-def render_run(recipe: Recipe, out, shards: range, batch_size: int, workers: int, manifest: bool = False, elapsed: float = 0.0) -> RenderSummary:
-    """The body of one Ray task: render ``shards`` of ``recipe`` into ``out`` (resuming what
-    a killed attempt left), or, with an empty range and ``manifest``, write manifest.json."""
-    from doppelgen.render.loop import render_dataset
+def _task_backends(gpus: float) -> None:
+    """JAX's backends in a Ray task, before it renders. ``gpus``: what the task asked Ray for."""
+    from doppelgen.render.jax_runtime import configure_jax_memory, use_cpu_only
 
+    if not gpus:
+        # Ray sets CUDA_VISIBLE_DEVICES only for tasks it gives GPUs: a CPU task on a GPU
+        # node would see every GPU and render on GPU 0.
+        use_cpu_only()
     # Several tasks may share one GPU (--gpus-per-task 0.5): JAX must not take 75% of it each.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    return render_dataset(recipe, out, shard_range=shards, batch_size=batch_size, workers=workers, progress=False, manifest=manifest, elapsed=elapsed)
+    configure_jax_memory()
+
+
+def render_run(job: RenderJob, shards: range, workers: int, gpus: float = 0.0) -> RenderSummary:
+    """The body of one Ray render task: render ``shards`` of the job (resuming what a
+    killed attempt left); 0 ``gpus`` renders on the CPU."""
+    _task_backends(gpus)
+    return job.render(shards, workers)
+
+
+def finish_run(job: RenderJob, rendered: bool, seconds: float, gpus: float = 0.0) -> RenderSummary:
+    """The body of the Ray manifest task (``RenderJob.finish``), on the render tasks'
+    resources, so that the manifest records the platform they rendered on."""
+    _task_backends(gpus)
+    return job.finish(rendered, seconds)
 
 
 @contextmanager
@@ -154,33 +168,29 @@ def _check_reachable(address: str) -> None:
         raise ClusterError(f"no Ray cluster answers at {address}: {error.strerror or one_line(error)}") from None
 
 
-def render_with_ray(
-    recipe: Recipe,
-    out,
-    options: RayOptions = RayOptions(),
-    *,
-    batch_size: int = 256,
-    shard_range: str | range | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    warn: Callable[[str], None] = lambda message: None,
-) -> RenderSummary:
-    """Render ``recipe`` into ``out`` as Ray tasks of ``options.shards_per_task`` shards,
-    each retried up to ``options.max_retries`` times, then write manifest.json once every
-    shard of the recipe is complete. The bytes are those of a local render. Ctrl-C cancels
-    the tasks and keeps the complete shards (KeyboardInterrupt propagates).
-    ``warn`` gets one-line notes (a request the cluster cannot meet yet)."""
+def local_distributor(job: RenderJob, shards: range, options: RayOptions, progress: bool, warn: Callable[[str], None]) -> RenderSummary:
+    """Every shard in this process, one run of them all (``job.workers`` encoding
+    processes, default one a core), then the manifest here. Takes no cluster options."""
+    if options != RayOptions():
+        raise DistributorError("--ray-address, --shards-per-task, --cpus-per-task, --gpus-per-task and --max-retries apply only to --distributor ray")
+    job.claim()
+    summary = job.render(shards, default_workers() if job.workers is None else job.workers, progress)
+    final = job.finish(bool(summary.rendered), summary.seconds)
+    summary.manifest_written, summary.complete = final.manifest_written, final.complete
+    return summary
+
+
+def ray_distributor(job: RenderJob, shards: range, options: RayOptions, progress: bool, warn: Callable[[str], None]) -> RenderSummary:
+    """Render ``shards`` as Ray tasks of ``options.shards_per_task`` shards, each retried up
+    to ``options.max_retries`` times, then write manifest.json in one more task once every shard
+    of the recipe is complete. The bytes are those of a local render. Ctrl-C cancels the
+    tasks and keeps the complete shards (KeyboardInterrupt propagates). ``warn`` gets
+    one-line notes (a request the cluster cannot meet yet)."""
     from tqdm import tqdm
 
-    from doppelgen.render.loop import RenderSummary, parse_shard_range, render_dataset
-
     options.validate()
-    recipe.validate()
-    shards = shard_range if isinstance(shard_range, range) else parse_shard_range(shard_range, recipe.n_shards)
     ray = import_ray()
-    # Claim (or, with --overwrite, clear) OUT here, before any task: a folder holding
-    # another recipe is refused at once, and no task ever clears anything.
-    render_dataset(recipe, out, shard_range=range(0), batch_size=batch_size, workers=0, progress=False, overwrite=overwrite, manifest=False)
+    job.claim()  # here, once: no task ever clears anything
     started = time.perf_counter()
     with ray_connection(ray, options.address):
         cluster = ray.cluster_resources()
@@ -191,11 +201,10 @@ def render_with_ray(
         # A died process is always retried; of exceptions only those a retry can cure:
         # storage errors (a network blip) and an encoding worker that was killed.
         task = ray.remote(**resources, retry_exceptions=_retried_exceptions())(render_run).options(name="doppelgen-render")
-        workers = task_workers(options, resources["num_gpus"])
-        summary = RenderSummary(out=out)
-        runs = shard_runs(shards, options.shards_per_task)
-        pending = {task.remote(recipe, out, run, batch_size, workers): run for run in runs}
-        with tqdm(total=len(shards), unit="shard", desc=f"render {recipe.synth.name} on ray", disable=not progress) as bar:
+        workers = task_workers(options, resources["num_gpus"], job.workers)
+        summary = RenderSummary(out=job.out)
+        pending = {task.remote(job, run, workers, gpus=resources["num_gpus"]): run for run in shard_runs(shards, options.shards_per_task)}
+        with tqdm(total=len(shards), unit="shard", desc=f"render {job.recipe.synth.name} on ray", disable=not progress) as bar:
             try:
                 while pending:
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
@@ -212,11 +221,16 @@ def render_with_ray(
         summary.rendered.sort()
         summary.skipped.sort()
         summary.seconds = time.perf_counter() - started
-        finish = ray.remote(**resources)(render_run).options(name="doppelgen-manifest")
-        final = _result(ray, finish.remote(recipe, out, range(0), batch_size, 0, True, summary.seconds))
+        finish = ray.remote(**resources)(finish_run).options(name="doppelgen-manifest")
+        final = _result(ray, finish.remote(job, bool(summary.rendered), summary.seconds, gpus=resources["num_gpus"]))
     summary.manifest_written, summary.complete = final.manifest_written, final.complete
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+# Where shards are rendered, by the name --distributor takes: functions of one signature.
+Distributor = Callable[[RenderJob, range, RayOptions, bool, Callable[[str], None]], RenderSummary]
+DISTRIBUTORS: dict[str, Distributor] = {"local": local_distributor, "ray": ray_distributor}
 
 
 def _retried_exceptions() -> list[type[BaseException]]:

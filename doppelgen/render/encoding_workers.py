@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from doppelgen.console import one_line
-from doppelgen.render.shard_writer import ShardPairs, write_shard
+from doppelgen.render.shard_writer import ShardOptions, ShardPairs, write_shard
 from doppelgen.render.worker_lifetime import exit_with_parent
 
 # Segment names start with this, then the main process's pid: a person (or a test) can
@@ -81,7 +81,7 @@ class EncoderPool:
     """``slots - 1`` encoding processes and ``slots`` shared-memory slots: one slot filling
     in the main process while every worker encodes one."""
 
-    def __init__(self, slots: int, layout: SlotLayout, out: Path, options: dict):
+    def __init__(self, slots: int, layout: SlotLayout, out: Path, options: ShardOptions):
         self.layout = layout
         context = multiprocessing.get_context("spawn")  # JAX threads run here: never fork
         self.tasks, self.results = context.Queue(), context.Queue()
@@ -174,7 +174,7 @@ class EncoderPool:
             channel.join_thread()
 
 
-def encoding_worker(names: list[str], layout: SlotLayout, out: str, options: dict, tasks, results, parent: int) -> None:
+def encoding_worker(names: list[str], layout: SlotLayout, out: str, options: ShardOptions, tasks, results, parent: int) -> None:
     """A worker's main loop: map every slot, say so, then encode ``(slot, shard, rows)``
     tasks until a None arrives, answering ``("done", slot, error or None)``."""
     exit_with_parent(parent)
@@ -187,7 +187,7 @@ def encoding_worker(names: list[str], layout: SlotLayout, out: str, options: dic
     while (task := tasks.get()) is not None:
         slot, shard, n_rows = task
         try:
-            write_shard(out, first_rows(views[slot], shard, n_rows), **options)
+            write_shard(out, first_rows(views[slot], shard, n_rows), options)
             results.put(("done", slot, None))
         except Exception as error:
             results.put(("done", slot, portable(error)))
@@ -209,7 +209,7 @@ def portable(error: Exception) -> Exception:
 class InlineWriter:
     """workers=0: encode in the main process (simplest path; used by tests and debugging)."""
 
-    def __init__(self, layout: SlotLayout, out: Path, options: dict):
+    def __init__(self, layout: SlotLayout, out: Path, options: ShardOptions):
         self.layout, self.out, self.options = layout, out, options
 
     def acquire(self) -> tuple[ShardPairs, ShardPairs]:
@@ -217,7 +217,7 @@ class InlineWriter:
         return view, view
 
     def submit(self, slot: ShardPairs, shard: int, n_rows: int) -> None:
-        write_shard(self.out, first_rows(slot, shard, n_rows), **self.options)
+        write_shard(self.out, first_rows(slot, shard, n_rows), self.options)
 
     def drain(self) -> None:
         pass

@@ -6,7 +6,6 @@ the seed, the index and a redraw counter, never from the batch it is rendered in
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Sequence
@@ -30,7 +29,7 @@ class RenderError(RuntimeError):
 
 
 @dataclass
-class PairBatch:
+class RenderedPairs:
     """Rendered pairs, rows in the order of ``indices``."""
 
     indices: np.ndarray  # (N,) global pair indices
@@ -120,7 +119,7 @@ def redraw_nonfinite(
     kernel: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
     indices: np.ndarray,
     max_attempts: int = MAX_ATTEMPTS,
-) -> PairBatch:
+) -> RenderedPairs:
     """Run ``kernel`` and render again, with the next attempt number, every pair whose
     audio is not finite. Re-renders use the same batch shape, so nothing recompiles."""
     indices = np.asarray(indices)
@@ -137,23 +136,34 @@ def redraw_nonfinite(
         new_views, new_a, new_b = kernel(indices, attempts)
         views[bad], a[bad], b[bad] = new_views[bad], new_a[bad], new_b[bad]
         bad &= ~(np.isfinite(new_a).all(axis=1) & np.isfinite(new_b).all(axis=1))
-    return PairBatch(indices=indices, a=a, b=b, params=views, redraws=attempts.astype(np.int64))
+    return RenderedPairs(indices=indices, a=a, b=b, params=views, redraws=attempts.astype(np.int64))
+
+
+# The recipe fields the compiled kernel is built from: the synth and its clip, eps and the
+# layers (seed and delta are traced arguments). Recipes equal in these share one kernel, so
+# a delta sweep or another dataset layout compiles nothing; a new field the kernel reads
+# must be added here.
+KERNEL_FIELDS = ("synth", "sample_rate", "duration", "control_rate", "eps", "n_layers")
+
+
+def kernel_key(recipe: Recipe) -> tuple:
+    """What the compiled kernel of ``recipe`` is built from: its ``KERNEL_FIELDS``."""
+    return tuple(getattr(recipe, name) for name in KERNEL_FIELDS)
 
 
 @lru_cache(maxsize=8)
-def _kernel_for_shape(shape_recipe: Recipe) -> PairKernel:
-    return PairKernel(shape_recipe)
+def _kernel_for(key: tuple) -> PairKernel:
+    return PairKernel(Recipe(**dict(zip(KERNEL_FIELDS, key))))
 
 
 def pair_kernel(recipe: Recipe) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The kernel for ``recipe`` as ``(indices, attempts) -> (views, a, b)``. Recipes that
-    differ only in seed, delta or dataset layout share one compiled kernel."""
-    shape_recipe = dataclasses.replace(recipe, seed=0, delta=0.0, pairs_per_shard=1, n_shards=1, codec="flac")
-    kernel = _kernel_for_shape(shape_recipe)
+    """The kernel for ``recipe`` as ``(indices, attempts) -> (views, a, b)``, shared by
+    every recipe equal in ``KERNEL_FIELDS``."""
+    kernel = _kernel_for(kernel_key(recipe))
     return lambda indices, attempts: kernel(indices, attempts, recipe.seed, recipe.delta)
 
 
-def render_batch(recipe: Recipe, indices: Sequence[int], batch_size: int | None = None) -> PairBatch:
+def render_batch(recipe: Recipe, indices: Sequence[int], batch_size: int | None = None) -> RenderedPairs:
     """Render the given pairs. A short batch is padded to ``batch_size`` so that every call
     reuses one compiled kernel; padding rows are dropped."""
     indices = np.asarray(indices, dtype=np.int64)
@@ -165,7 +175,7 @@ def render_batch(recipe: Recipe, indices: Sequence[int], batch_size: int | None 
     padded = np.concatenate([indices, np.full(size - len(indices), indices[-1] if len(indices) else 0)])
     batch = redraw_nonfinite(pair_kernel(recipe), padded)
     n = len(indices)
-    return PairBatch(batch.indices[:n], batch.a[:n], batch.b[:n], batch.params[:n], batch.redraws[:n])
+    return RenderedPairs(batch.indices[:n], batch.a[:n], batch.b[:n], batch.params[:n], batch.redraws[:n])
 
 
 def render_pairs(recipe: Recipe, indices: Sequence[int], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,74 +1,26 @@
-"""render_dataset: which shards to render, the claim on the output folder, and the batch loop."""
+"""render_dataset: the recipe's job, handed to a distributor that claims the output folder, renders the missing shards and writes the manifest.
+
+The wiring only, in img2dataset's shape: the recipe says what to make, a
+``shard_runs.RenderJob`` says how a run of shards is made, and a distributor
+(``distributors.DISTRIBUTORS``: ``local`` or ``ray``) checks what it needs, claims the
+folder (``RenderJob.claim``: one recipe per folder), renders runs of shards
+(``RenderJob.render``) and finishes with ``manifest.json`` where they ran
+(``RenderJob.finish``).
+"""
 
 from __future__ import annotations
 
 import os
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
-import numpy as np
-from tqdm import tqdm
-
+from doppelgen.files import workers_problem
 from doppelgen.recipe import Recipe
-from doppelgen.render.encoding_workers import EncoderPool, InlineWriter, SlotLayout, shared_memory_room
-from doppelgen.files import default_workers, workers_problem
-from doppelgen.format import MANIFEST_NAME, complete_shards, shard_index
-from doppelgen.render.manifest import build_manifest, existing_recipe_hashes, recipe_sha256, write_manifest
-from doppelgen.render.output_claim import clear_dataset, FolderTakenError, claimed_folder
-from doppelgen.storage import StorageError, Store, open_store
+from doppelgen.render.distributors import DISTRIBUTORS, DistributorError, RayOptions
+from doppelgen.render.shard_runs import DatasetError, RenderJob, RenderSummary, parse_shard_range
 
 DEFAULT_BATCH_SIZE = 256
 
-
-class DatasetError(RuntimeError):
-    """The output folder cannot take this render; the message is one line."""
-
-
-@dataclass
-class RenderSummary:
-    out: Path | str  # the folder, or the URL of an object store
-    rendered: list[int] = field(default_factory=list)  # shards written by this call
-    skipped: list[int] = field(default_factory=list)  # shards in range that were already complete
-    pairs: int = 0
-    seconds: float = 0.0
-    manifest_written: bool = False
-    complete: bool = False  # every shard of the recipe is complete and manifest.json exists
-
-
-def parse_shard_range(text: str | None, n_shards: int) -> range:
-    """``A:B`` (B exclusive, either side may be empty) -> range of shard indices."""
-    if text is None or text == "":
-        return range(n_shards)
-    parts = text.split(":")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        start = int(parts[0]) if parts[0] else 0
-        stop = int(parts[1]) if parts[1] else n_shards
-    except ValueError:
-        raise DatasetError(f"bad shard range {text!r}: expected A:B, e.g. 0:64") from None
-    if not 0 <= start < stop <= n_shards:
-        raise DatasetError(f"bad shard range {text!r}: needs 0 <= A < B <= {n_shards}")
-    return range(start, stop)
-
-
-@contextmanager
-def prepared_output(recipe: Recipe, out: Store, overwrite: bool) -> Iterator[None]:
-    """Make the folder (check the bucket takes objects), clear a killed run's temporaries,
-    and hold the folder for this recipe for the ``with`` block (``output_claim``): a
-    different recipe is refused, or, with ``overwrite``, cleared first."""
-    try:
-        out.prepare()
-    except StorageError as error:
-        raise DatasetError(str(error)) from None
-    try:
-        with claimed_folder(out, recipe_sha256(recipe.to_dict()), existing_recipe_hashes, overwrite, clear_dataset):
-            yield
-    except FolderTakenError as error:
-        raise DatasetError(str(error)) from None
+__all__ = ["DEFAULT_BATCH_SIZE", "DatasetError", "RenderSummary", "render_dataset"]
 
 
 def render_dataset(
@@ -80,115 +32,25 @@ def render_dataset(
     shard_range: str | range | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    manifest: bool = True,
-    elapsed: float = 0.0,
+    distributor: str = "local",
+    ray_options: RayOptions = RayOptions(),
+    warn: Callable[[str], None] = lambda message: None,
 ) -> RenderSummary:
     """Render the shards of ``recipe`` that ``out`` lacks, then, once every shard of the
     recipe is complete, write ``manifest.json``. Safe to re-run after any interruption.
     ``out`` is a folder, or a ``file://``, ``s3://`` or ``gs://`` URL (``storage``).
 
-    A distributor's tasks pass ``manifest=False``: only its driver knows when the last
-    task is done, and it asks for the one manifest write, passing as ``elapsed`` the
-    seconds the render took before this call (added to the manifest's render_seconds)."""
+    ``distributor`` says where the shards are rendered: ``local`` (this process,
+    ``workers`` encoding processes) or ``ray`` (tasks on a Ray cluster, cut and sized by
+    ``ray_options``; OUT must then be a place every node reaches). The bytes are the same.
+    ``warn`` gets one-line notes (a request the cluster cannot meet yet)."""
     recipe.validate()
     if batch_size < 1:
         raise DatasetError(f"batch size must be >= 1, got {batch_size}")
-    workers = default_workers() if workers is None else workers
-    if workers_problem(workers):
-        raise DatasetError(workers_problem(workers))
+    if workers is not None and workers_problem(workers, "--workers"):
+        raise DatasetError(workers_problem(workers, "--workers"))
+    if distributor not in DISTRIBUTORS:
+        raise DistributorError(f"unknown distributor {distributor!r}: choose {' or '.join(DISTRIBUTORS)}")
     shards = shard_range if isinstance(shard_range, range) else parse_shard_range(shard_range, recipe.n_shards)
-    try:
-        store = open_store(out)
-    except StorageError as error:
-        raise DatasetError(str(error)) from None
-    with prepared_output(recipe, store, overwrite):
-        started = time.perf_counter()
-        done = set(complete_shards(store))
-        summary = RenderSummary(out=store.as_given, skipped=[s for s in shards if s in done])
-        todo = [s for s in shards if s not in done]
-        if todo:
-            _render_shards(recipe, store, todo, batch_size, workers, progress, summary)
-        summary.seconds = time.perf_counter() - started
-
-        all_shards = len(complete_shards(store)) >= recipe.n_shards
-        if manifest and all_shards and (summary.rendered or not store.exists(MANIFEST_NAME)):
-            _finish_manifest(recipe, store, elapsed + summary.seconds)
-            summary.manifest_written = True
-        summary.complete = all_shards and store.exists(MANIFEST_NAME)
-    return summary
-
-
-def _render_shards(recipe: Recipe, out: Store, todo: list[int], batch_size: int, workers: int, progress: bool, summary: RenderSummary) -> None:
-    from doppelgen.render.kernel import render_batch
-
-    indices = np.concatenate([np.arange(r.start, r.stop) for r in map(recipe.shard_pairs, todo)])
-    batch_size = min(batch_size, len(indices))
-    batches = (render_batch(recipe, indices[start : start + batch_size], batch_size) for start in range(0, len(indices), batch_size))
-    with tqdm(total=len(indices), unit="pair", desc=f"render {recipe.synth.name}", disable=not progress, smoothing=0.1) as bar:
-
-        def advance(batch) -> None:
-            summary.pairs += len(batch.indices)
-            bar.update(len(batch.indices))
-
-        summary.rendered.extend(write_batches(recipe, out, todo, batches, workers, on_batch=advance))
-
-
-def write_batches(recipe: Recipe, out: str | os.PathLike | Store, todo: list[int], batches: Iterable, workers: int,
-                  on_batch: Callable | None = None) -> list[int]:
-    """Fill shards ``todo`` (in order) from rendered batches and write each one as soon as it
-    is full, in ``workers`` encoding processes (0: here) into ``out`` (a folder, URL or
-    store). Batches may straddle shards. Returns the shards written."""
-    out = open_store(out)
-    from doppelgen.render.synths import param_layout
-
-    layout = SlotLayout(rows=recipe.pairs_per_shard, samples=recipe.n_samples, param_shape=(recipe.n_layers, 3, len(param_layout(recipe))))
-    options = {"seed": recipe.seed, "sample_rate": recipe.sample_rate, "codec": recipe.codec, "recipe_sha256": recipe_sha256(recipe.to_dict())}
-    if workers > 0:
-        # One slot filling here while every worker encodes one, as far as /dev/shm holds
-        # them (a container's default is 64 MB; a slot is a whole shard), and no more
-        # workers than shards to write.
-        slots = min(workers + 1, len(todo) + 1, shared_memory_room() // max(1, layout.nbytes))
-        if slots < 2:
-            raise DatasetError(
-                f"not enough shared memory for the encoding workers ({layout.nbytes / 2**20:.0f} MB a shard): "
-                "use fewer --pairs-per-shard, --workers 0, or a larger /dev/shm"
-            )
-        writer = EncoderPool(slots, layout, out.location, options)
-    else:
-        writer = InlineWriter(layout, out, options)
-    queue, written = list(todo), []
-    current = arrays = None  # [shard, slot, arrays, rows filled]
-    try:
-        for batch in batches:
-            row = 0
-            while row < len(batch.indices):
-                if current is None:
-                    current = [queue.pop(0), *writer.acquire(), 0]
-                shard, slot, arrays, filled = current
-                size = len(recipe.shard_pairs(shard))
-                take = min(size - filled, len(batch.indices) - row)
-                source, target = slice(row, row + take), slice(filled, filled + take)
-                for name in ("indices", "a", "b", "params", "redraws"):
-                    getattr(arrays, name)[target] = getattr(batch, name)[source]
-                current[3] = filled + take
-                row += take
-                if current[3] == size:
-                    writer.submit(slot, shard, size)
-                    written.append(shard)
-                    current = None
-            if on_batch is not None:
-                on_batch(batch)
-        writer.drain()
-    finally:
-        current = arrays = None  # views into a shared-memory slot keep it from closing
-        writer.close()
-        out.remove_dead_temporaries()
-    return written
-
-
-def _finish_manifest(recipe: Recipe, out: Store, seconds: float) -> None:
-    from doppelgen.render.jax_runtime import platform
-    from doppelgen.render.synths import param_layout
-
-    names = [info.to_dict() for info in param_layout(recipe)]
-    write_manifest(out, build_manifest(recipe, out, names, platform(), seconds))
+    job = RenderJob(recipe=recipe, out=out, batch_size=batch_size, workers=workers, overwrite=overwrite)
+    return DISTRIBUTORS[distributor](job, shards, ray_options, progress, warn)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform as _platform
@@ -12,12 +11,8 @@ from typing import Any
 
 from doppelgen.recipe import Recipe
 from doppelgen.console import one_line
-from doppelgen.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_STATS_BYTES, FormatError, dump_json, parse_json, stats_name
+from doppelgen.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, parse_json, read_stats, recipe_sha256, stats_name
 from doppelgen.storage import Store, open_store
-
-
-def recipe_sha256(recipe_dict: dict) -> str:
-    return hashlib.sha256(dump_json(recipe_dict)).hexdigest()
 
 
 def _version(package: str) -> str | None:
@@ -44,18 +39,6 @@ def read_store_json(store: Store, name: str, max_bytes: int):
     return parse_json(store.read_bytes(name, max_bytes + 1), max_bytes)
 
 
-def read_stats(out_dir: str | os.PathLike | Store, shard: int) -> dict:
-    store = open_store(out_dir)
-    path = store.where(stats_name(shard))
-    try:
-        stats = read_store_json(store, stats_name(shard), MAX_STATS_BYTES)
-    except (OSError, FormatError) as error:
-        raise FormatError(f"{path}: unreadable shard stats ({one_line(error)})") from None
-    if not isinstance(stats, dict):
-        raise FormatError(f"{path}: unreadable shard stats (not a JSON object)")
-    return stats
-
-
 def build_manifest(
     recipe: Recipe,
     out_dir: str | os.PathLike | Store,
@@ -64,9 +47,12 @@ def build_manifest(
     render_seconds: float,
 ) -> dict:
     store = open_store(out_dir)
-    shards, expected = [], recipe_sha256(recipe.to_dict())
+    shards, expected = [], recipe.sha256
     for shard in range(recipe.n_shards):
-        stats = read_stats(store, shard)
+        try:
+            stats = read_stats(store, stats_name(shard))
+        except (FileNotFoundError, FormatError) as error:
+            raise FormatError(f"{store.where(stats_name(shard))}: unreadable shard stats ({one_line(error)})") from None
         if stats.pop("recipe_sha256", None) != expected:
             # The folder claim keeps recipes apart; this is the last line of defence.
             raise FormatError(f"{store.where(stats_name(shard))}: written for another recipe; the folder mixes datasets")
@@ -102,7 +88,7 @@ def existing_recipe_hashes(out_dir: str | os.PathLike | Store) -> set[str]:
     for entry in names:
         if entry.endswith(".stats.json") and not entry.startswith("."):
             try:
-                hashes.add(str(read_store_json(store, entry, MAX_STATS_BYTES).get("recipe_sha256", "unknown")))
-            except (OSError, FormatError, AttributeError):
+                hashes.add(str(read_stats(store, entry).get("recipe_sha256", "unknown")))
+            except (OSError, FormatError):
                 hashes.add("unreadable stats")
     return hashes

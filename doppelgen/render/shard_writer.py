@@ -31,6 +31,18 @@ from doppelgen.storage import Store, open_store
 SILENCE_RMS = 1e-3
 
 
+@dataclass(frozen=True)
+class ShardOptions:
+    """What encoding a shard takes from its recipe besides the pairs: the seed (in every
+    sample's JSON), the sample rate and codec, and the recipe's sha256 (in the stats file,
+    which ties the shard to its recipe)."""
+
+    seed: int
+    sample_rate: int
+    codec: str
+    recipe_sha256: str
+
+
 @dataclass
 class ShardPairs:
     """The pairs of one shard, rows in global-index order."""
@@ -100,17 +112,17 @@ def audio_stats(pairs: ShardPairs) -> dict:
     }
 
 
-def write_shard(out_dir: str | os.PathLike | Store, pairs: ShardPairs, *, seed: int, sample_rate: int, codec: str, recipe_sha256: str) -> dict:
+def write_shard(out_dir: str | os.PathLike | Store, pairs: ShardPairs, options: ShardOptions) -> dict:
     """Encode and write one complete shard; returns its manifest entry.
 
     The tar goes into place first and the stats file second: a shard is complete only
     when both exist, so a crash between the two leaves it to be rendered again.
     """
     samples = [
-        pair_sample(index, seed, pairs.a[row], pairs.b[row], pairs.params[row], sample_rate, codec)
+        pair_sample(index, options.seed, pairs.a[row], pairs.b[row], pairs.params[row], options.sample_rate, options.codec)
         for row, index in enumerate(pairs.indices)
     ]
-    return write_samples(out_dir, pairs.shard, samples, audio_stats(pairs), recipe_sha256)
+    return write_samples(out_dir, pairs.shard, samples, audio_stats(pairs), options.recipe_sha256)
 
 
 def write_samples(out_dir: str | os.PathLike | Store, shard: int, samples: list[dict], stats: dict, recipe_sha256: str) -> dict:

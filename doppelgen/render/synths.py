@@ -1,8 +1,9 @@
-"""The synth registry: recipe name -> SynthAX architecture, and its parameter layout."""
+"""A recipe's SynthAX module, built from its row of the synth registry (``doppelgen.synths``), and its parameter layout."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -10,6 +11,7 @@ import jax
 import numpy as np
 
 from doppelgen.recipe import Recipe, RecipeError
+from doppelgen.synths import SYNTHS
 
 
 @dataclass(frozen=True)
@@ -39,19 +41,14 @@ def synth_config(recipe: Recipe, batch_size: int = 1):
 
 
 def build_synth(recipe: Recipe, batch_size: int = 1):
-    """The recipe's SynthAX module. Pairs are drawn one sound at a time (batch 1, vmapped),
-    so that a pair never depends on which others share its batch."""
-    from synthax.synth import ParametricSynth, Voice, VoiceExpanded
-
-    config = synth_config(recipe, batch_size)
-    name = recipe.synth.name
-    if name == "voice":
-        return Voice(config)
-    if name == "voicefm":
-        return VoiceExpanded(config)
-    if name == "parametric":
-        return ParametricSynth(config, **recipe.synth.args)
-    raise RecipeError(f"unknown synth {name!r}")
+    """The recipe's SynthAX module (its registry row's class, given the recipe's synth
+    arguments). Pairs are drawn one sound at a time (batch 1, vmapped), so that a pair
+    never depends on which others share its batch."""
+    synth = SYNTHS.get(recipe.synth.name)
+    if synth is None:
+        raise RecipeError(f"unknown synth {recipe.synth.name!r}")
+    module, _, name = synth.synthax_class.rpartition(".")
+    return getattr(importlib.import_module(module), name)(synth_config(recipe, batch_size), **recipe.synth.args)
 
 
 @lru_cache(maxsize=16)

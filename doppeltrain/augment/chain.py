@@ -56,17 +56,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from doppelgen.console import InputError
 from doppeltrain.augment.impulse_responses import ImpulseResponseError, load_impulse_responses
-from doppeltrain.config import AUGMENT_MODES, AugmentConfig
 from doppeltrain.augment.masking import axis_mask, mask_param
-from doppeltrain.augment.pitch_shift import pitch_shift
+from doppeltrain.augment.pitch_shift import PITCH_CHUNK, pitch_shift
 from doppeltrain.augment.sinc_filters import cutoffs_uniform_in_mel, highpass, lowpass
+from doppeltrain.config import AUGMENT_MODES, AugmentConfig
 
 WAVEFORM_TRANSFORMS = ("highpass", "lowpass", "pitch", "time_shift", "impulse_response")
 SPECTROGRAM_MODES = ("specaugment", "masking")
 
 
-class AugmentError(ValueError):
+class AugmentError(InputError):
     """An augmentation option cannot be used; the message is one line."""
 
 
@@ -137,13 +138,26 @@ class WaveformAugment(torch.nn.Module):
     parameter; the impulse responses (from ``cfg.ir_dir``, loaded here in ``waveform``
     mode) are a buffer, so ``.to(device)`` moves them. Call once per view for
     independent draws.
+
+    Two ways to run, with the same result (within float rounding, see the tests):
+
+    - one pass (``one_pass=True``, the default off the CPU): every transform runs on
+      every row and ``torch.where`` keeps it where the row was chosen. Shapes are fixed
+      and nothing is read back from the device, so a GPU is never made to wait for the
+      host; the pitch shift takes the whole batch at once.
+    - chosen rows (``one_pass=False``, the default on the CPU): each transform runs on
+      the rows it chose only (``nonzero``, free on the CPU), which halves the work at the
+      default probabilities, and the pitch shift goes in chunks of ``PITCH_CHUNK`` rows
+      to bound its memory.
     """
 
-    def __init__(self, cfg: AugmentConfig | None = None, sample_rate: int = 16000, clip_samples: int | None = None):
+    def __init__(self, cfg: AugmentConfig | None = None, sample_rate: int = 16000, clip_samples: int | None = None,
+                 one_pass: bool | None = None):
         super().__init__()
         self.cfg = cfg or AugmentConfig()
         check_augment_config(self.cfg)
         self.sample_rate = sample_rate
+        self.one_pass = one_pass
         wanted = self.cfg.mode == "waveform" and self.cfg.ir_dir
         try:  # only a clip's length of each response is read: the convolution keeps no more
             responses = load_impulse_responses(self.cfg.ir_dir, sample_rate, clip_samples) if wanted else torch.zeros(0, 1)
@@ -161,31 +175,42 @@ class WaveformAugment(torch.nn.Module):
         # Every draw happens, applied or not, so each transform's numbers stay put when
         # another's probability changes.
         draws = {name: (draw(generator, count), draw(generator, count)) for name in self.transforms()}
-        out = waves.clone()
+        # The train loop draws on the CPU for devices other than CUDA (MPS).
+        draws = {name: (chosen_by.to(waves.device), value.to(waves.device)) for name, (chosen_by, value) in draws.items()}
+        one_pass = self.one_pass if self.one_pass is not None else waves.device.type != "cpu"
+        out = waves
         for name, probability in self.transforms().items():
-            chosen_by, value = draws[name]
-            chosen = (chosen_by < probability).nonzero().flatten()
-            if name == "impulse_response" and self.impulse_responses.shape[0] == 0:
+            if probability == 0.0 or count == 0 or (name == "impulse_response" and self.impulse_responses.shape[0] == 0):
                 continue
+            chosen_by, value = draws[name]
+            if one_pass:
+                changed = self.apply(name, out, value, pitch_chunk=None)
+                out = changed if probability >= 1.0 else torch.where((chosen_by < probability)[:, None], changed, out)
+                continue
+            chosen = (chosen_by < probability).nonzero().flatten()
             if chosen.numel() == 0:
                 continue
-            rows = chosen.to(waves.device)
-            out[rows] = self.apply(name, out[rows], value[chosen])
-        return out
+            out = out.clone() if out is waves else out
+            out[chosen] = self.apply(name, out[chosen], value[chosen], pitch_chunk=PITCH_CHUNK)
+        return out.clone() if out is waves else out
 
     def transforms(self) -> dict[str, float]:
         """Transform names in the order applied, with their probabilities."""
         return {name: getattr(self.cfg, f"p_{name}") for name in WAVEFORM_TRANSFORMS}
 
-    def apply(self, name: str, waves: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        """One transform on the chosen rows, its parameter from one uniform per row."""
+    def apply(self, name: str, waves: torch.Tensor, uniform: torch.Tensor, pitch_chunk: int | None = PITCH_CHUNK) -> torch.Tensor:
+        """One transform on every row of ``waves``, its parameter from one uniform per
+        row. Sizes follow from the config (the lowest cutoffs, the largest pitch shift),
+        not from the draws."""
         cfg = self.cfg
         if name == "highpass":
-            return highpass(waves, cutoffs_uniform_in_mel(uniform, *cfg.highpass_hz), self.sample_rate)
+            cutoffs = cutoffs_uniform_in_mel(uniform, *cfg.highpass_hz)
+            return highpass(waves, cutoffs, self.sample_rate, lowest_hz=cfg.highpass_hz[0])
         if name == "lowpass":
-            return lowpass(waves, cutoffs_uniform_in_mel(uniform, *cfg.lowpass_hz), self.sample_rate)
+            cutoffs = cutoffs_uniform_in_mel(uniform, *cfg.lowpass_hz)
+            return lowpass(waves, cutoffs, self.sample_rate, lowest_hz=cfg.lowpass_hz[0])
         if name == "pitch":
-            return pitch_shift(waves, (2.0 * uniform - 1.0) * cfg.pitch_semitones)
+            return pitch_shift(waves, (2.0 * uniform - 1.0) * cfg.pitch_semitones, cfg.pitch_semitones, chunk=pitch_chunk)
         if name == "time_shift":
             limit = cfg.time_shift_fraction * waves.shape[-1]
             return time_shift(waves, torch.round((2.0 * uniform - 1.0) * limit).long())
@@ -252,13 +277,15 @@ class Augmenter(torch.nn.Module):
     view ``waves = augmenter.waveform(waves, generator)`` before the log-mel and
     ``spec = augmenter.spectrogram(spec, generator)`` after, with the same generator.
     Exactly one mode acts; each step is the identity outside its modes. Checks the config
-    (:class:`AugmentError`) and, in ``waveform`` mode, loads ``ir_dir``.
+    (:class:`AugmentError`) and, in ``waveform`` mode, loads ``ir_dir``. ``one_pass``: see
+    :class:`WaveformAugment`.
     """
 
-    def __init__(self, cfg: AugmentConfig | None = None, sample_rate: int = 16000, clip_samples: int | None = None):
+    def __init__(self, cfg: AugmentConfig | None = None, sample_rate: int = 16000, clip_samples: int | None = None,
+                 one_pass: bool | None = None):
         super().__init__()
         self.cfg = cfg or AugmentConfig()
-        self.waveform_augment = WaveformAugment(self.cfg, sample_rate, clip_samples)
+        self.waveform_augment = WaveformAugment(self.cfg, sample_rate, clip_samples, one_pass)
         self.spectrogram_augment = SpectrogramAugment(self.cfg)
 
     def waveform(self, waves: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -25,7 +25,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import is_regular_file, open_regular_file
 
 from doppeltrain.resampling import resampling_problem
@@ -38,7 +38,7 @@ MAX_RESPONSE_SECONDS = 10.0
 MAX_BANK_VALUES = 2**28
 
 
-class ImpulseResponseError(ValueError):
+class ImpulseResponseError(InputError):
     """A folder of impulse responses cannot be used; the message is one line naming the file."""
 
 

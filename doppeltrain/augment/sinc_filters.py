@@ -14,6 +14,10 @@ julius builds one kernel for one cutoff, so torch-audiomentations loops over exa
 zero-padded to the batch's longest, and one batched FFT convolution filters them all.
 (Grouping rows by kernel length, so short kernels skip the padding, measured no faster
 for a batch of 128 on one core: the FFT size is set mostly by the clip's length.)
+
+The augmentation passes the lowest cutoff its config can draw (``lowest_hz``): the kernel
+length then follows from the config, not from the drawn cutoffs, so a step reads nothing
+back from the device and every call has the same shapes (one FFT plan on a GPU).
 """
 
 from __future__ import annotations
@@ -23,19 +27,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from doppeltrain.augment.pitch_shift import is_smooth
+from doppeltrain.augment.fft_sizes import fast_fft_size
+from doppeltrain.precision import precise_dtype
 
 # julius's default, which torch-audiomentations keeps: zero crossings of the sinc kept
 # either side of the centre.
 ZEROS = 8
-
-
-def fast_fft_size(n: int) -> int:
-    """The smallest 5-smooth size >= ``n``: within a few percent of ``n``, where the next
-    power of two can be half again as long (T + 2H = 22,400 -> 22,500, not 32,768)."""
-    while not is_smooth(n, (2, 3, 5)):
-        n += 1
-    return n
 
 
 def hertz_to_mel_oshaughnessy(frequency: torch.Tensor) -> torch.Tensor:
@@ -53,26 +50,35 @@ def mel_oshaughnessy_to_hertz(mel: torch.Tensor) -> torch.Tensor:
 
 def cutoffs_uniform_in_mel(uniform: torch.Tensor, low_hz: float, high_hz: float) -> torch.Tensor:
     """Map uniforms in [0, 1) to cutoffs spread evenly in (O'Shaughnessy) mel between
-    ``low_hz`` and ``high_hz``, as torch-audiomentations draws them."""
-    low = hertz_to_mel_oshaughnessy(torch.tensor(float(low_hz), dtype=torch.float64))
-    high = hertz_to_mel_oshaughnessy(torch.tensor(float(high_hz), dtype=torch.float64))
-    return mel_oshaughnessy_to_hertz(low + uniform.double() * (high - low))
+    ``low_hz`` and ``high_hz``, as torch-audiomentations draws them (in float64 where the
+    device has it)."""
+    low, high = (2595.0 * math.log10(1.0 + hz / 700.0) for hz in (float(low_hz), float(high_hz)))
+    return mel_oshaughnessy_to_hertz(low + uniform.to(precise_dtype(uniform.device)) * (high - low))
+
+
+def half_size(cutoff_fraction: float, zeros: float = ZEROS) -> int:
+    """Taps either side of the centre of julius's kernel for one cutoff: ``int(zeros / c / 2)``."""
+    return int(zeros / cutoff_fraction / 2.0)
 
 
 def half_sizes(cutoff_fraction: torch.Tensor, zeros: float = ZEROS) -> torch.Tensor:
-    """Taps either side of the centre of each kernel: julius's ``int(zeros / c / 2)``."""
-    return torch.floor(zeros / cutoff_fraction.double() / 2.0).long()
+    """:func:`half_size` of each cutoff."""
+    return torch.floor(zeros / cutoff_fraction / 2.0).long()
 
 
-def lowpass_kernels(cutoff_fraction: torch.Tensor, zeros: float = ZEROS) -> torch.Tensor:
+def lowpass_kernels(cutoff_fraction: torch.Tensor, zeros: float = ZEROS, longest: int | None = None) -> torch.Tensor:
     """(N,) cutoffs in (0, 0.5], as fractions of the sample rate -> (N, 2 H + 1) centred
-    kernels, H the largest half size; each row is julius's kernel for its cutoff, zero
-    beyond its own half size."""
-    cutoff = cutoff_fraction.double()
+    kernels; each row is julius's kernel for its cutoff, zero beyond its own half size.
+    H is ``longest`` when given (half sizes beyond it are cut to it), else the largest
+    half size, which reads the cutoffs back from their device."""
+    cutoff = cutoff_fraction.to(precise_dtype(cutoff_fraction.device))
     half = half_sizes(cutoff, zeros)
-    longest = int(half.max())
-    time = torch.arange(-longest, longest + 1, device=cutoff.device, dtype=torch.float64)
-    half = half.to(cutoff.device, torch.float64)[:, None]
+    if longest is None:
+        longest = int(half.max())
+    else:
+        half = half.clamp(max=longest)
+    time = torch.arange(-longest, longest + 1, device=cutoff.device, dtype=cutoff.dtype)
+    half = half.to(cutoff.dtype)[:, None]
     # hann(2h + 1, periodic=False) at offset t from its centre.
     window = torch.where(time.abs() <= half, 0.5 + 0.5 * torch.cos(math.pi * time / half), 0.0)
     kernels = 2.0 * cutoff[:, None] * window * torch.sinc(2.0 * cutoff[:, None] * time)
@@ -80,18 +86,32 @@ def lowpass_kernels(cutoff_fraction: torch.Tensor, zeros: float = ZEROS) -> torc
     return kernels / kernels.sum(dim=1, keepdim=True)
 
 
-def lowpass(waves: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: int, zeros: float = ZEROS) -> torch.Tensor:
+def lowpass(
+    waves: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: int, zeros: float = ZEROS, lowest_hz: float | None = None
+) -> torch.Tensor:
     """Low-pass each row of ``waves`` (N, T) at its own cutoff (julius's filter), keeping
     the length. Cutoffs above Nyquist are taken as Nyquist, where the filter is the
-    identity (julius refuses them)."""
+    identity (julius refuses them).
+
+    ``lowest_hz``: no cutoff is below it (the caller's promise, unchecked); the kernels
+    are then as long as its kernel, whatever the cutoffs, and nothing is read back from
+    the device. Without it the cutoffs are checked (above 0 Hz) and the kernels are as
+    long as the lowest one needs."""
     if cutoff_hz.numel() != waves.shape[0]:
         raise ValueError(f"{cutoff_hz.numel()} cutoffs for {waves.shape[0]} rows")
-    fraction = (cutoff_hz.double() / sample_rate).clamp(max=0.5)
-    if not bool((fraction > 0).all()):
-        raise ValueError("low-pass cutoffs must be above 0 Hz")
+    # The dtype first, then the device: a device without float64 cannot take it.
+    fraction = (cutoff_hz.to(precise_dtype(waves.device)).to(waves.device) / sample_rate).clamp(max=0.5)
+    longest = None
+    if lowest_hz is None:
+        if not bool((fraction > 0).all()):
+            raise ValueError("low-pass cutoffs must be above 0 Hz")
+    else:
+        if lowest_hz <= 0:
+            raise ValueError(f"the lowest low-pass cutoff must be above 0 Hz, got {lowest_hz}")
+        longest = half_size(min(lowest_hz / sample_rate, 0.5), zeros)
     if waves.shape[0] == 0:
         return waves.clone()
-    kernels = lowpass_kernels(fraction.to(waves.device), zeros).to(waves.dtype)
+    kernels = lowpass_kernels(fraction, zeros, longest).to(waves.dtype)
     longest = (kernels.shape[1] - 1) // 2
     length = waves.shape[-1]
     padded = F.pad(waves[:, None], (longest, longest), mode="replicate")[:, 0]
@@ -102,7 +122,9 @@ def lowpass(waves: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: int, zero
     return torch.fft.irfft(product, size)[:, 2 * longest : 2 * longest + length]
 
 
-def highpass(waves: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: int, zeros: float = ZEROS) -> torch.Tensor:
+def highpass(
+    waves: torch.Tensor, cutoff_hz: torch.Tensor, sample_rate: int, zeros: float = ZEROS, lowest_hz: float | None = None
+) -> torch.Tensor:
     """High-pass each row at its own cutoff: the row minus its :func:`lowpass`, as
     torch-audiomentations' ``HighPassFilter``."""
-    return waves - lowpass(waves, cutoff_hz, sample_rate, zeros)
+    return waves - lowpass(waves, cutoff_hz, sample_rate, zeros, lowest_hz)

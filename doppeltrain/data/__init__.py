@@ -14,6 +14,14 @@ The modules, in the order data flows through them:
   the main process has released it, and the platform tuning (malloc) behind it;
 - ``loader``: each worker's pipeline (``PairStream``) and one rank's ``PairLoader``.
 
+Streamed recipes (pairs rendered on the fly instead of read from shards):
+
+- ``stream_plan``: which pair indices and which delta each step renders (pure functions);
+- ``streamed``: the rendering, in spawned loader workers or in this process;
+- ``worker_processes``: workers deaf to Ctrl-C, and a dead worker as one line;
+- ``sources``: which of a run's inputs are datasets and which recipes, and the loaders
+  that mix them (``find_sources``, ``make_run_loaders``).
+
 Training: every rank delivers the same number of batches per epoch (``pairs_per_epoch //
 (batch size * world size)``, or ``steps_per_epoch``); each worker makes a share in
 proportion to its pairs, reading the start of its shards when the epoch is shorter than a
@@ -49,6 +57,9 @@ from doppeltrain.data.order import (
     worker_shards,
 )
 from doppeltrain.data.samples import SampleReader
+from doppeltrain.data.sources import RunLoaders, RunSources, find_sources, make_run_loaders
+from doppeltrain.data.stream_plan import DeltaRamp, IndexPlan
+from doppeltrain.data.worker_processes import WorkerError, worker_failure
 
 __all__ = [
     "SLOTS_PER_WORKER",
@@ -56,21 +67,29 @@ __all__ = [
     "BlockPool",
     "DataError",
     "DatasetInfo",
+    "DeltaRamp",
+    "IndexPlan",
     "PairBatch",
     "PairLoader",
     "PairStream",
+    "RunLoaders",
+    "RunSources",
     "SampleReader",
     "ShardRef",
     "SharedEpoch",
+    "WorkerError",
     "discover",
     "discover_dataset",
+    "find_sources",
     "is_shard_name",
     "manifest_digests",
     "make_loader",
+    "make_run_loaders",
     "rank_shards",
     "shard_order",
     "split_shards",
     "train_steps",
+    "worker_failure",
     "worker_batch_counts",
     "worker_shards",
 ]

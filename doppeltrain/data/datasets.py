@@ -11,18 +11,20 @@ from typing import Iterable, Sequence
 import numpy as np
 import webdataset as wds
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import file_sha256
 from doppelgen.format import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     FormatError,
+    Manifest,
+    ShardEntry,
     complete_shards,
     dump_json,
-    n_samples,
     parse_manifest,
     read_manifest,
     shard_index,
+    shown,
     stats_name,
 )
 from doppelgen.storage import Store, is_store_location, open_store
@@ -37,7 +39,7 @@ MIN_PAIR_BYTES = 3 * 2 * 512
 MAX_CLIP_SECONDS = 600
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """The input data cannot be used; the message is one line."""
 
 
@@ -55,7 +57,7 @@ class DatasetInfo:
     """One pair dataset (a folder or URL in docs/FORMAT.md) and its complete shards."""
 
     location: str
-    manifest: dict
+    manifest: Manifest
     shards: tuple[ShardRef, ...]
     sample_rate: int
     n_samples: int
@@ -68,8 +70,13 @@ class DatasetInfo:
     def recipe_digest(self) -> int:
         """A number fixed by the recipe alone: the same dataset gets the same validation
         split wherever it is stored."""
-        digest = hashlib.sha256(dump_json(self.manifest["recipe"])).digest()
-        return int.from_bytes(digest[:8], "little")
+        return recipe_digest(self.manifest.recipe_sha256)
+
+
+def recipe_digest(sha256: str) -> int:
+    """The first 8 bytes of a recipe's sha256 (hex, of its canonical JSON), as a number:
+    what the validation split of the recipe's pairs is drawn from."""
+    return int.from_bytes(bytes.fromhex(sha256)[:8], "little")
 
 
 def is_shard_name(name: object) -> bool:
@@ -79,19 +86,13 @@ def is_shard_name(name: object) -> bool:
     return shard_index(name) is not None
 
 
-def _shown(name: object) -> str:
-    """A name from a dataset, quoted on one line and cut short."""
-    text = repr(name)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def member_url(location: str, name: str) -> str:
     """The URL of file ``name`` of a URL dataset: ``pipe:`` commands name it with a
     ``{name}`` placeholder, other URLs are folders that ``name`` is appended to. Only
     ``manifest.json`` and shard names are ever filled in (DataError otherwise), so nothing
     read from a dataset reaches a shell."""
     if name != MANIFEST_NAME and not is_shard_name(name):
-        raise DataError(f"{location}: refusing to open {_shown(name)}: not {MANIFEST_NAME} or pairs-NNNNNN.tar")
+        raise DataError(f"{location}: refusing to open {shown(name)}: not {MANIFEST_NAME} or pairs-NNNNNN.tar")
     if location.startswith("pipe:"):
         if "{name}" not in location:
             raise DataError(
@@ -101,7 +102,7 @@ def member_url(location: str, name: str) -> str:
     return location.rstrip("/") + "/" + name
 
 
-def read_url_manifest(location: str) -> dict:
+def read_url_manifest(location: str) -> Manifest:
     """Read and check ``manifest.json`` of a URL dataset through webdataset's gopen."""
     url = member_url(location, MANIFEST_NAME)
     try:
@@ -116,48 +117,31 @@ def read_url_manifest(location: str) -> dict:
         raise DataError(one_line(error)) from None
 
 
-def record_shards(location: str, manifest: dict) -> list[dict]:
-    """The manifest's shard entries, each with a valid name (exactly ``pairs-NNNNNN.tar``,
-    none twice) and a whole ``n_pairs`` from 0 to the recipe's ``pairs_per_shard``; a
-    one-line DataError refuses the dataset otherwise."""
-    record = manifest.get("record")
-    shards = record.get("shards") if isinstance(record, dict) else None
-    if not isinstance(shards, list):
+def record_shards(location: str, manifest: Manifest) -> tuple[ShardEntry, ...]:
+    """The manifest's shard entries (``format.check_manifest`` checked their names and
+    pair counts); a one-line DataError if it records none."""
+    if manifest.shards is None:
         raise DataError(f"{location}: manifest has no record of its shards (rendering not finished?)")
-    per_shard = manifest["recipe"]["pairs_per_shard"]  # a positive int: check_manifest saw to it
-    names = set()
-    for entry in shards:
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not is_shard_name(name):
-            raise DataError(f"{location}: manifest names a shard {_shown(name)}, not pairs-NNNNNN.tar; dataset refused")
-        if name in names:
-            raise DataError(f"{location}: manifest lists {name} twice; dataset refused")
-        names.add(name)
-        n_pairs = entry.get("n_pairs")
-        if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 0:
-            raise DataError(f"{location}: manifest record of {name} lacks n_pairs")
-        if n_pairs > per_shard:
-            raise DataError(f"{location}: manifest says {name} holds {n_pairs} pairs, more than the recipe's {per_shard} per shard")
-    return shards
+    return manifest.shards
 
 
-def _stored_entries(location: str, store: Store, manifest: dict) -> list[dict]:
+def _stored_entries(location: str, store: Store, manifest: Manifest) -> list[ShardEntry]:
     """The manifest's entries of shards complete in the store (tar and stats listed) whose
     tars are large enough for the pairs the manifest says they hold (logged and left out
     otherwise): a manifest cannot make an epoch longer than what is stored."""
     sizes = store.sizes()
     entries = []
     for entry in record_shards(location, manifest):
-        name = entry["name"]
-        complete = name in sizes and stats_name(shard_index(name)) in sizes
+        name = entry.name
+        complete = name in sizes and stats_name(entry.index) in sizes
         size = sizes[name] if complete else None
         if size is None:
             logger.warning("%s: %s is in the manifest but not complete on disk; skipped", location, name)
             continue
-        if entry["n_pairs"] * MIN_PAIR_BYTES > size:
+        if entry.n_pairs * MIN_PAIR_BYTES > size:
             logger.warning(
                 "%s: the manifest says %s holds %d pairs, more than its %d bytes can; skipped",
-                location, name, entry["n_pairs"], size,
+                location, name, entry.n_pairs, size,
             )
             continue
         entries.append(entry)
@@ -183,7 +167,7 @@ def discover_dataset(location: str, sample_rate: int) -> DatasetInfo:
     if not is_store_location(location):
         manifest = read_url_manifest(location)
         entries = record_shards(location, manifest)
-        urls = {entry["name"]: member_url(location, entry["name"]) for entry in entries}
+        urls = {entry.name: member_url(location, entry.name) for entry in entries}
     else:
         store = _open_dataset_store(location)
         try:
@@ -198,21 +182,17 @@ def discover_dataset(location: str, sample_rate: int) -> DatasetInfo:
             entries = _stored_entries(location, store, manifest)
         except OSError as error:
             raise DataError(one_line(error)) from None
-        urls = {entry["name"]: store.where(entry["name"]) for entry in entries}
-    recipe = manifest["recipe"]
-    rate = recipe.get("sample_rate")
+        urls = {entry.name: store.where(entry.name) for entry in entries}
+    rate = manifest.sample_rate
     if rate != sample_rate:
         raise DataError(f"{location}: sample rate {rate} Hz, but the model is built for {sample_rate} Hz")
-    try:
-        clip = n_samples(float(recipe["duration"]), int(rate))
-    except (KeyError, TypeError, ValueError, OverflowError):  # NaN and Infinity among them
-        raise DataError(f"{location}: manifest recipe lacks a valid duration") from None
+    clip = manifest.n_samples
     if not 0 < clip <= MAX_CLIP_SECONDS * rate:
-        raise DataError(f"{location}: clips of {recipe['duration']} s; fit reads clips of at most {MAX_CLIP_SECONDS} s")
+        raise DataError(f"{location}: clips of {manifest.duration} s; fit reads clips of at most {MAX_CLIP_SECONDS} s")
     shards = tuple(
-        ShardRef(url=urls[entry["name"]], n_pairs=entry["n_pairs"], n_samples=clip)
-        for entry in sorted(entries, key=lambda entry: entry["name"])
-        if entry["n_pairs"] > 0
+        ShardRef(url=urls[entry.name], n_pairs=entry.n_pairs, n_samples=clip)
+        for entry in sorted(entries, key=lambda entry: entry.name)
+        if entry.n_pairs > 0
     )
     if not shards:
         raise DataError(f"{location}: no readable pairs (every shard is empty, incomplete or too small for its pairs)")
@@ -245,6 +225,14 @@ def n_val_shards(n_shards: int, val_shards: float) -> int:
     return min(wanted, n_shards - 1)
 
 
+def held_out_shards(n_shards: int, held: int, seed: int, digest: int) -> set[int]:
+    """Which ``held`` of ``n_shards`` shards are held out: a function of the seed and the
+    recipe's digest alone, shared by frozen datasets and streamed recipes (whose held-out
+    shards are those of a frozen render of the same recipe)."""
+    rng = np.random.default_rng([seed, digest])
+    return set(rng.permutation(n_shards)[:held].tolist())
+
+
 def split_shards(
     infos: Sequence[DatasetInfo], val_shards: float, seed: int
 ) -> tuple[list[ShardRef], list[ShardRef]]:
@@ -263,14 +251,13 @@ def split_shards(
         held = n_val_shards(n, val_shards)
         if val_shards > 0 and held == 0:
             logger.warning("%s: only %d shard; none held out for validation", info.location, n)
-        rng = np.random.default_rng([seed, info.recipe_digest])
-        chosen = set(rng.permutation(n)[:held].tolist())
+        chosen = held_out_shards(n, held, seed, info.recipe_digest)
         for position, shard in enumerate(info.shards):
             (val if position in chosen else train).append(shard)
     return train, val
 
 
-def manifest_digests(datasets: Iterable[tuple[str, dict]]) -> dict[str, str]:
+def manifest_digests(datasets: Iterable[tuple[str, Manifest]]) -> dict[str, str]:
     """``{location: sha256}`` of each dataset's manifest, from ``(location, manifest)`` pairs.
 
     A local folder's digest is that of its ``manifest.json`` bytes (what ``sha256sum``
@@ -283,5 +270,5 @@ def manifest_digests(datasets: Iterable[tuple[str, dict]]) -> dict[str, str]:
         if "://" not in str(location) and path.is_file():
             digests[str(location)] = file_sha256(path)[0]
         else:
-            digests[str(location)] = hashlib.sha256(dump_json(manifest)).hexdigest()
+            digests[str(location)] = hashlib.sha256(dump_json(manifest.data)).hexdigest()
     return digests

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import tarfile
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+from webdataset.tariterators import tar_file_expander, url_opener
 
 from doppelgen.console import one_line
-from doppelgen.files import open_regular_file
-from doppelgen.format import FormatError, decode_pair, pair_key
+from doppelgen.format import FormatError, decode_pair, group_members, iter_tar_members, pair_key, shown, split_member_name
 from doppelgen.storage import is_store_location, local_folder, open_object
 
 from doppeltrain.data.batches import BatchBuilder
@@ -40,62 +38,60 @@ class SampleReader:
     # -- shards to samples
 
     def samples(self, shards: Sequence[ShardRef]) -> Iterator[dict]:
-        """Samples (members grouped by key) of ``shards`` in order; a key a shard holds
-        twice is read once."""
-        return self._first_of_each_key(group_by_keys(self._members(shards), handler=self.skip))
-
-    def _members(self, shards: Sequence[ShardRef]) -> Iterator[dict]:
+        """Samples of ``shards`` in order, as webdataset's dicts (``__key__``, ``__url__``,
+        member bytes by extension): members grouped by ``doppelgen.format.group_members``,
+        the grouper of every reader. A key a shard holds twice is read once, and so is a
+        member a sample holds twice."""
         for shard in shards:
-            if not is_store_location(shard.url):  # pipe:, http://: webdataset's gopen
-                yield from tar_file_expander(url_opener([{"url": shard.url}], handler=self.skip), handler=self.skip)
-            elif (path := local_folder(shard.url)) is not None:  # a path or file://
-                yield from self._local_members(str(path), shard.url)
-            else:  # an object store: streamed through fsspec
-                yield from self._stored_members(shard.url)
+            seen = set()
+            for key, group in group_members(self._members(shard.url)):
+                if key in seen:
+                    # verify flags such a shard; training on the pair twice would weigh it double
+                    self.skip(FormatError(f"{shard.url}: sample {key} appears again; the repeat is skipped"))
+                    continue
+                seen.add(key)
+                sample = {"__key__": key, "__url__": shard.url}
+                for name, data in group:
+                    extension = split_member_name(name)[1]
+                    if extension in sample:
+                        self.skip(FormatError(f"{shard.url}: {shown(name, 120, quoted=False)} appears again; the repeat is skipped"))
+                        continue
+                    sample[extension] = data
+                yield sample
 
-    def _stored_members(self, url: str) -> Iterator[dict]:
-        """webdataset's member records for a tar streamed from an object store, read ahead
-        in large ranged requests (``storage.ObjectStore.open``)."""
+    def _members(self, url: str) -> Iterator[tuple[str, bytes]]:
+        """``(name, bytes)`` of a shard's members in tar order; what cannot be read is
+        logged, counted and ends the shard."""
+        if not is_store_location(url):  # pipe:, http://: webdataset's gopen
+            records = tar_file_expander(url_opener([{"url": url}], handler=self.skip), handler=self.skip, eof_value=None)
+            yield from ((record["fname"], record["data"]) for record in records)
+        elif (path := local_folder(url)) is not None:  # a path or file://
+            yield from self._local_members(str(path), url)
+        else:  # an object store: streamed through fsspec
+            yield from self._stored_members(url)
+
+    def _stored_members(self, url: str) -> Iterator[tuple[str, bytes]]:
+        """The members of a tar streamed from an object store, read ahead in large ranged
+        requests (``storage.ObjectStore.open``) by webdataset's stream reader."""
         try:
             stream = open_object(url)
         except OSError as error:  # storage.StorageError or a missing object
             self.skip(FormatError(f"{url}: unreadable tar ({one_line(error)})"))
-            yield {}
             return
         with stream:
-            yield from tar_file_expander([{"url": url, "stream": stream}], handler=self.skip)
+            records = tar_file_expander([{"url": url, "stream": stream}], handler=self.skip, eof_value=None)
+            yield from ((record["fname"], record["data"]) for record in records)
 
-    def _local_members(self, path: str, url: str | None = None) -> Iterator[dict]:
-        """webdataset's member records for a local tar, read by random access: tarfile's
-        stream mode (webdataset's, for URLs) costs a fifth of the FLAC decoding. ``url``:
-        how the shard was named (a file:// URL), for messages and ``__url__``."""
-        url = url or path
+    def _local_members(self, path: str, url: str) -> Iterator[tuple[str, bytes]]:
+        """The members of a local tar through ``doppelgen.format.iter_tar_members``, the
+        bounded reader that ``verify`` and the fuzz tests use: random access (tarfile's
+        stream mode, webdataset's for URLs, costs a fifth of the FLAC decoding), and no
+        member past the file's end, sparse or over ``MAX_MEMBER_BYTES`` is ever allocated.
+        ``url``: how the shard was named, for messages."""
         try:
-            # A regular file only: a FIFO put in a shard's place would block the worker.
-            with open_regular_file(path) as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
-                for info in archive:
-                    if info.isfile():
-                        data = archive.extractfile(info).read()
-                        if len(data) != info.size:
-                            raise OSError(f"{info.name} is truncated")
-                        yield {"fname": info.name, "data": data, "__url__": url}
-        except (tarfile.TarError, EOFError, OSError) as error:
-            self.skip(FormatError(f"{url}: unreadable tar ({one_line(error)})"))
-        yield {}  # end of shard: samples never span two shards
-
-    def _first_of_each_key(self, samples: Iterable[dict]) -> Iterator[dict]:
-        """The samples, without a key seen before in the same shard (``verify`` flags such
-        a shard; training on the pair twice would weigh it double)."""
-        shard, seen = None, set()
-        for sample in samples:
-            if sample.get("__url__") != shard:
-                shard, seen = sample.get("__url__"), set()
-            key = sample["__key__"]
-            if key in seen:
-                self.skip(FormatError(f"{shard}: sample {key} appears again; the repeat is skipped"))
-                continue
-            seen.add(key)
-            yield sample
+            yield from iter_tar_members(path, url)
+        except FormatError as error:
+            self.skip(error)
 
     # -- samples to rows
 
@@ -123,6 +119,6 @@ class SampleReader:
             raise FormatError(f"{pair.sample_rate} Hz, expected {self.sample_rate} Hz")
         index = pair.meta["index"]
         if type(index) is not int or index < 0 or pair_key(index) != key:
-            raise FormatError(f"its JSON says index {repr(index)[:40]}, not the key's")
+            raise FormatError(f"its JSON says index {shown(index, 40)}, not the key's")
         if not (np.isfinite(row_a).all() and np.isfinite(row_b).all()):
             raise FormatError("audio holds NaN or infinity")

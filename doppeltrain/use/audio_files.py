@@ -24,9 +24,9 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import is_regular_file
-from doppelgen.format.limits import shown
+from doppelgen.format import shown
 
 from doppeltrain.resampling import resampling_problem
 
@@ -45,8 +45,9 @@ SOUNDFILE_ERRORS = (sf.SoundFileError, RuntimeError, OSError, ValueError)
 NON_FINITE = "it holds non-finite samples (NaN or infinity)"
 
 
-class AudioReadError(ValueError):
-    """An input that cannot be read as audio; the message is one line naming the file."""
+class AudioReadError(InputError):
+    """An input that cannot be read as audio (missing, unreadable, no audio among the
+    inputs); the message is one line naming the file."""
 
 
 # --- names on one line -----------------------------------------------------------------
@@ -138,7 +139,7 @@ def expand_inputs(inputs: Iterable[Union[str, Path]]) -> list[Path]:
 
     Lines of a list are literal paths (UTF-8; other bytes are kept as the file system's),
     relative to the list's folder unless absolute; blank lines and lines starting with
-    ``#`` are skipped. Raises ValueError naming a missing path.
+    ``#`` are skipped. Raises AudioReadError naming a missing path.
     """
     paths: list[Path] = []
     for item in inputs:
@@ -146,7 +147,7 @@ def expand_inputs(inputs: Iterable[Union[str, Path]]) -> list[Path]:
         if text.startswith("@"):
             list_file = Path(text[1:])
             if not list_file.is_file():
-                raise ValueError(f"no such list file: {path_text(list_file)}")
+                raise AudioReadError(f"no such list file: {path_text(list_file)}")
             lines = list_file.read_bytes().decode("utf-8", "surrogateescape").splitlines()
             for line in lines:
                 line = line.strip()
@@ -155,7 +156,7 @@ def expand_inputs(inputs: Iterable[Union[str, Path]]) -> list[Path]:
         else:
             paths.extend(_expand_path(Path(text)))
     if not paths:
-        raise ValueError("no audio files among the inputs")
+        raise AudioReadError("no audio files among the inputs")
     return paths
 
 
@@ -172,15 +173,15 @@ def _expand_path(path: Path) -> list[Path]:
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not found:
-                raise ValueError(f"no audio files under {path_text(path)}")
+                raise AudioReadError(f"no audio files under {path_text(path)}")
             return found
         if path.is_file():
             return [path]
         if path.exists():  # a FIFO would block the reader forever, a device read without end
-            raise ValueError(f"not a regular file or folder: {path_text(path)}")
+            raise AudioReadError(f"not a regular file or folder: {path_text(path)}")
     except OSError as error:  # e.g. a name too long, or a folder we may not list
-        raise ValueError(f"cannot read {path_text(path)}: {one_line(error, path)}") from None
-    raise ValueError(f"no such file or folder: {path_text(path)}")
+        raise AudioReadError(f"cannot read {path_text(path)}: {one_line(error, path)}") from None
+    raise AudioReadError(f"no such file or folder: {path_text(path)}")
 
 
 # --- reading ---------------------------------------------------------------------------

@@ -14,25 +14,22 @@ from typing import Callable, List, Optional, TypeVar
 
 import typer
 
-from doppelgen.console import EXIT_USAGE, fail, one_line
+from doppelgen.console import EXIT_USAGE, fail, one_line, reports_input_errors
 
 from doppeltrain.use import inference, model_folder, probe
-from doppeltrain.distributed import DistributedError
 
 T = TypeVar("T")
 # Option defaults come from the typed config and the API, so they live in one place.
 PROBE_DEFAULTS = probe.ProbeConfig(checkpoint="", data="")
 
-# Errors that mean "your input is wrong", reported in one line: bad options and files,
-# and paths that cannot be read or written (OSError: e.g. --out under a file, or a full
-# disk). Anything else is a bug and keeps its traceback.
-INPUT_ERRORS = (ValueError, DistributedError, OSError)
-
 
 def _run(action: Callable[[], T]) -> T:
+    """Bad options and files (console.InputError) are one line and exit 2 through
+    ``reports_input_errors``; so are paths that cannot be read or written (OSError: e.g.
+    --out under a file, or a full disk). Anything else is a bug and keeps its traceback."""
     try:
         return action()
-    except INPUT_ERRORS as error:
+    except OSError as error:
         fail(one_line(error), EXIT_USAGE)
 
 
@@ -40,6 +37,7 @@ def register(app: typer.Typer) -> None:
     """Add the ``embed``, ``probe`` and ``export`` commands to `app`."""
 
     @app.command("embed")
+    @reports_input_errors
     def embed(
         checkpoint: Path = typer.Argument(..., help="A doppeltrain checkpoint (.pt) or a model folder from doppeltrain export."),
         inputs: List[str] = typer.Argument(..., help="Audio files, folders (recursive) or @list.txt (one path per line)."),
@@ -54,6 +52,7 @@ def register(app: typer.Typer) -> None:
                    f"and their paths to {result.paths_file}")
 
     @app.command("probe")
+    @reports_input_errors
     def probe_command(
         checkpoint: Path = typer.Argument(..., help="A doppeltrain checkpoint (.pt) or a model folder from doppeltrain export."),
         data_dir: Path = typer.Argument(..., help="A folder with one sub-folder per class, or a CSV of path,label."),
@@ -79,6 +78,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"report written to {out}")
 
     @app.command("export")
+    @reports_input_errors
     def export(
         checkpoint: Path = typer.Argument(..., help="A doppeltrain checkpoint (.pt), e.g. runs/NAME/checkpoints/latest.pt."),
         out: Path = typer.Argument(..., help="The model folder to write (made if missing): model.safetensors, config.json, README.md."),

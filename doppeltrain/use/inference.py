@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from doppelgen.console import InputError
 from doppelgen.files import atomic_writer, folder_writes, write_atomic
 
 from doppeltrain import checkpoint as checkpoint_io
@@ -345,6 +346,10 @@ def embed_files(
     return torch.stack(vectors).numpy().astype(np.float32, copy=False)
 
 
+class EmbedError(InputError):
+    """``doppeltrain embed`` was given options it cannot use; the message is one line."""
+
+
 @dataclass
 class EmbedResult:
     embeddings: Path  # the .npy, one row per input file
@@ -364,9 +369,9 @@ def embed_command(
     write their paths to the .txt beside it. Options are checked before any work."""
     out = Path(out)
     if out.suffix != ".npy":
-        raise ValueError(f"--out must name a .npy file, got {path_text(out)}")
+        raise EmbedError(f"--out must name a .npy file, got {path_text(out)}")
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise EmbedError(f"--batch-size must be at least 1, got {batch_size}")
     resolve_device(device)
     paths = expand_inputs(inputs)
     model = load_model(checkpoint, device)

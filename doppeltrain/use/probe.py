@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import write_atomic
-from doppelgen.format import json_text
-from doppelgen.format.limits import shown
+from doppelgen.format import json_text, shown
 
 from doppeltrain.use.audio_files import expand_inputs, path_text
 from doppeltrain.checkpoint import state_dict_sha256
@@ -35,6 +34,10 @@ from doppeltrain.use.inference import DEFAULT_BATCH_SIZE, AudioEmbedder, embed_f
 from doppeltrain.model import build_model
 
 BASELINES = ("logmel", "random")
+
+
+class ProbeError(InputError):
+    """The probe's data, split or options cannot be used; the message is one line."""
 
 
 @dataclass
@@ -66,13 +69,13 @@ class LabelledFile:
 
 def read_labelled_data(data: Union[str, Path]) -> list[LabelledFile]:
     """Files and labels of a folder per class, or of a ``path,label`` CSV (UTF-8, header
-    optional, paths relative to the CSV's folder unless absolute). ValueError in one
+    optional, paths relative to the CSV's folder unless absolute). ProbeError in one
     line naming the file when it is neither."""
     data = Path(data)
     if data.is_dir():
         classes = sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
-            raise ValueError(f"{path_text(data)} holds no class folders")
+            raise ProbeError(f"{path_text(data)} holds no class folders")
         items = []
         for folder in classes:
             for path in expand_inputs([folder]):
@@ -80,7 +83,7 @@ def read_labelled_data(data: Union[str, Path]) -> list[LabelledFile]:
         return items
     if data.is_file():
         return _read_csv(data)
-    raise ValueError(f"no such data folder or CSV: {path_text(data)}")
+    raise ProbeError(f"no such data folder or CSV: {path_text(data)}")
 
 
 # A probe set's CSV is a list of files: a larger one is surely not meant as one.
@@ -88,28 +91,28 @@ MAX_CSV_BYTES = 64 << 20
 
 
 def read_csv_rows(csv_path: Path, what: str) -> list[list[str]]:
-    """The non-blank rows of a UTF-8 CSV; ValueError in one line naming the file and
+    """The non-blank rows of a UTF-8 CSV; ProbeError in one line naming the file and
     what it should be (`what`) when it is not one (binary data, another encoding, NUL
     bytes, a field over csv's limit, or over MAX_CSV_BYTES)."""
     expected = f"expected {what}"
     try:
         if csv_path.stat().st_size > MAX_CSV_BYTES:
-            raise ValueError(f"{path_text(csv_path)}: larger than {MAX_CSV_BYTES >> 20} MiB, not {what}")
+            raise ProbeError(f"{path_text(csv_path)}: larger than {MAX_CSV_BYTES >> 20} MiB, not {what}")
         text = csv_path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path_text(csv_path)}: not a UTF-8 text file (byte {error.start}); {expected}") from None
+        raise ProbeError(f"{path_text(csv_path)}: not a UTF-8 text file (byte {error.start}); {expected}") from None
     except OSError as error:
-        raise ValueError(f"cannot read {path_text(csv_path)}: {one_line(error, csv_path)}") from None
+        raise ProbeError(f"cannot read {path_text(csv_path)}: {one_line(error, csv_path)}") from None
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as error:
-        raise ValueError(f"{path_text(csv_path)}: not a readable CSV ({one_line(error)}); {expected}") from None
+        raise ProbeError(f"{path_text(csv_path)}: not a readable CSV ({one_line(error)}); {expected}") from None
     return [row for row in rows if row and any(cell.strip() for cell in row)]
 
 
 def _cells(row: list[str]) -> str:
     # The row as the error shows it: one line, at most 200 characters.
-    return repr(",".join(row)[:200])
+    return shown(",".join(row), 200)
 
 
 def _read_csv(csv_path: Path) -> list[LabelledFile]:
@@ -119,16 +122,16 @@ def _read_csv(csv_path: Path) -> list[LabelledFile]:
     items = []
     for number, row in enumerate(rows, 1):
         if len(row) != 2:
-            raise ValueError(f"{path_text(csv_path)}: row {number} should be path,label, got {_cells(row)}")
+            raise ProbeError(f"{path_text(csv_path)}: row {number} should be path,label, got {_cells(row)}")
         key, label = row[0].strip(), row[1].strip()
         if not key or not label:
-            raise ValueError(f"{path_text(csv_path)}: row {number} has an empty path or label")
+            raise ProbeError(f"{path_text(csv_path)}: row {number} has an empty path or label")
         path = Path(key) if Path(key).is_absolute() else csv_path.parent / key
         if not _is_file(path):
-            raise ValueError(f"{path_text(csv_path)}: no such file: {path_text(path)} (row {number})")
+            raise ProbeError(f"{path_text(csv_path)}: no such file: {path_text(path)} (row {number})")
         items.append(LabelledFile(key, path, label))
     if not items:
-        raise ValueError(f"{path_text(csv_path)} lists no files")
+        raise ProbeError(f"{path_text(csv_path)} lists no files")
     return items
 
 
@@ -143,7 +146,7 @@ def stratified_split(labels: Sequence[str], fraction: float, seed: int) -> tuple
     """Indices (kept, held out): `fraction` of each class held out, rounded, at least one
     from a class of two or more and never its last one."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"a split fraction must lie strictly between 0 and 1, got {fraction}")
+        raise ProbeError(f"a split fraction must lie strictly between 0 and 1, got {fraction}")
     rng = np.random.default_rng(seed)
     kept, held = [], []
     for label in sorted(set(labels)):
@@ -159,18 +162,18 @@ def read_split_file(split_file: Union[str, Path], items: Sequence[LabelledFile])
     """(train, test) indices from a ``path,split`` CSV naming every file of the data set."""
     split_file = Path(split_file)
     if not split_file.is_file():
-        raise ValueError(f"no such split file: {path_text(split_file)}")
+        raise ProbeError(f"no such split file: {path_text(split_file)}")
     rows = read_csv_rows(split_file, "a CSV of path,split with split train or test")
     if rows and [cell.strip().lower() for cell in rows[0][:2]] == ["path", "split"]:
         rows = rows[1:]
     assignment = {}
     for number, row in enumerate(rows, 1):
         if len(row) != 2 or row[1].strip() not in ("train", "test"):
-            raise ValueError(f"{path_text(split_file)}: row {number} should be path,train or path,test, got {_cells(row)}")
+            raise ProbeError(f"{path_text(split_file)}: row {number} should be path,train or path,test, got {_cells(row)}")
         assignment[row[0].strip()] = row[1].strip()
     missing = [item.key for item in items if item.key not in assignment]
     if missing:
-        raise ValueError(f"{path_text(split_file)} does not assign {len(missing)} file(s) of the data set, first {path_text(missing[0])}")
+        raise ProbeError(f"{path_text(split_file)} does not assign {len(missing)} file(s) of the data set, first {path_text(missing[0])}")
     sides = np.array([assignment[item.key] for item in items])
     return np.flatnonzero(sides == "train"), np.flatnonzero(sides == "test")
 
@@ -302,7 +305,7 @@ def baseline_model(kind: str, trained: AudioEmbedder, seed: int = 0) -> AudioEmb
             network = build_model(config.model)
         model = AudioEmbedder(network, config, config.model.embedding_dim)
     else:
-        raise ValueError(f"unknown baseline {kind!r}: expected one of {', '.join(BASELINES)}")
+        raise ProbeError(f"unknown baseline {kind!r}: expected one of {', '.join(BASELINES)}")
     return model.requires_grad_(False).to(trained.device)
 
 
@@ -310,25 +313,25 @@ def baseline_model(kind: str, trained: AudioEmbedder, seed: int = 0) -> AudioEmb
 
 
 def validate(cfg: ProbeConfig) -> None:
-    """Every option checked before any work; ValueError in one line."""
+    """Every option checked before any work; ProbeError in one line."""
     if not Path(cfg.checkpoint).exists():
-        raise ValueError(f"no such checkpoint or model folder: {path_text(cfg.checkpoint)}")
+        raise ProbeError(f"no such checkpoint or model folder: {path_text(cfg.checkpoint)}")
     resolve_device(cfg.device)
     if cfg.split_file is None and not 0.0 < cfg.test_fraction < 1.0:
-        raise ValueError(f"--test-fraction must lie strictly between 0 and 1, got {cfg.test_fraction}")
+        raise ProbeError(f"--test-fraction must lie strictly between 0 and 1, got {cfg.test_fraction}")
     if not 0.0 < cfg.val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must lie strictly between 0 and 1, got {cfg.val_fraction}")
+        raise ProbeError(f"--val-fraction must lie strictly between 0 and 1, got {cfg.val_fraction}")
     unknown = [kind for kind in cfg.baselines if kind not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown baseline {unknown[0]!r}: expected one of {', '.join(BASELINES)}")
+        raise ProbeError(f"unknown baseline {unknown[0]!r}: expected one of {', '.join(BASELINES)}")
     if not cfg.l2_grid or any(not (l2 >= 0 and math.isfinite(l2)) for l2 in cfg.l2_grid):
-        raise ValueError("the L2 grid must hold finite, non-negative strengths")
+        raise ProbeError("the L2 grid must hold finite, non-negative strengths")
     if cfg.batch_size < 1 or cfg.max_iter < 1:
-        raise ValueError("--batch-size and the iteration count must be at least 1")
+        raise ProbeError("--batch-size and the iteration count must be at least 1")
     if not 0 <= cfg.seed <= 2**63 - 1:  # numpy takes no seed below 0, torch none past 64 bits
-        raise ValueError(f"--seed must be a whole number from 0 to 2**63 - 1, got {shown(cfg.seed)}")
+        raise ProbeError(f"--seed must be a whole number from 0 to 2**63 - 1, got {shown(cfg.seed)}")
     if not cfg.out.endswith(".json"):
-        raise ValueError(f"--out must name a .json file, got {cfg.out}")
+        raise ProbeError(f"--out must name a .json file, got {cfg.out}")
 
 
 def split_for(cfg: ProbeConfig, items: Sequence[LabelledFile]) -> tuple[np.ndarray, np.ndarray]:
@@ -336,20 +339,20 @@ def split_for(cfg: ProbeConfig, items: Sequence[LabelledFile]) -> tuple[np.ndarr
     labels = [item.label for item in items]
     counts = Counter(labels)
     if len(counts) < 2:
-        raise ValueError(f"a probe needs at least two classes, found {len(counts)}")
+        raise ProbeError(f"a probe needs at least two classes, found {len(counts)}")
     if cfg.split_file is not None:
         train, test = read_split_file(cfg.split_file, items)
     else:
         small = sorted(label for label, n in counts.items() if n < 3)
         if small:
-            raise ValueError(f"class {shown(small[0])} has {counts[small[0]]} file(s); each class needs at least 3 (train, validation, test)")
+            raise ProbeError(f"class {shown(small[0])} has {counts[small[0]]} file(s); each class needs at least 3 (train, validation, test)")
         train, test = stratified_split(labels, cfg.test_fraction, cfg.seed)
     if len(test) == 0:
-        raise ValueError("the test split is empty")
+        raise ProbeError("the test split is empty")
     train_counts = Counter(labels[i] for i in train)
     short = sorted(label for label in counts if train_counts[label] < 2)
     if short:
-        raise ValueError(f"class {shown(short[0])} has fewer than 2 training files (one to fit, one to validate)")
+        raise ProbeError(f"class {shown(short[0])} has fewer than 2 training files (one to fit, one to validate)")
     return train, test
 
 
@@ -370,7 +373,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
         features = embed_files(model, paths, cfg.batch_size, cfg.progress)
         broken = np.flatnonzero(~np.isfinite(features).all(axis=1))
         if len(broken):  # one such row makes every standardised feature NaN: the probe falls to chance
-            raise ValueError(f"the {name} features of {len(broken)} file(s) are not finite, first {path_text(paths[broken[0]])}")
+            raise ProbeError(f"the {name} features of {len(broken)} file(s) are not finite, first {path_text(paths[broken[0]])}")
         result = linear_probe(features, labels, train, test, cfg.l2_grid, cfg.val_fraction, cfg.seed, cfg.max_iter)
         results[name] = {"dimensions": int(features.shape[1]), "weights_sha256": _weights_sha256(model), **asdict(result)}
     test_counts = Counter(labels[i] for i in test)

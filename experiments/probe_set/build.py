@@ -1,6 +1,6 @@
 """Build the drum probe set: recorded acoustic drum hits, labelled by instrument, split by kit.
 
-``python benchmarks/probe_set.py OUT`` fetches one pinned Debian package that ships
+``python -m experiments.probe_set OUT`` fetches one pinned Debian package that ships
 recorded drum kits (``hydrogen-drumkits``), checks its sha256, and writes under OUT:
 
 - ``<class>/<group>__<kit>__<file>.wav``: one clip per distinct recorded sample, for the
@@ -16,7 +16,7 @@ Only kits whose authors document them as recordings of acoustic drum sets are us
 package's synthesized kits (ElectricEmpireKit, HardElectro1, VariBreaks) and its kits of
 mixed or unclear provenance are left out. No tones, General MIDI soundfonts or speech.
 
-``build_probe_set(out)`` is the importable entry point (``benchmarks/learn.py``); a
+``build_probe_set(out)`` is the importable entry point (``experiments/learn.py``); a
 second call on a complete set does nothing. The package comes from ``OUT/.downloads``
 when it is there, else from ``apt-get download`` (or ``--mirror``, a Debian mirror's
 base URL, where apt is not available).
@@ -42,7 +42,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from doppelgen.console import EXIT_FAILURE, one_line
+from doppelgen.console import EXIT_FAILURE, InputError, one_line
 from doppelgen.files import file_sha256, write_atomic
 from doppeltrain.use.inference import AudioReadError, load_audio
 
@@ -135,7 +135,7 @@ LEFT_OUT = (
 )
 
 
-class ProbeSetError(ValueError):
+class ProbeSetError(InputError):
     """A refusal or failure, in one line naming its cause."""
 
 

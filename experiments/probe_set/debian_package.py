@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from doppelgen.console import one_line
+from doppelgen.console import InputError, one_line
 from doppelgen.files import file_sha256
 
 
-class PackageError(ValueError):
+class PackageError(InputError):
     """A package that cannot be fetched, checked or read, in one line naming its cause."""
 
 
