@@ -53,7 +53,7 @@ def test_a_fifo_named_like_a_recording_is_skipped_and_listed(recordings, tmp_pat
     finally:
         signal.alarm(0)
     assert summary.pairs == 2
-    skipped = read_manifest(tmp_path / "out")["record"]["skipped"]
+    skipped = read_manifest(tmp_path / "out").skipped
     assert [entry["path"] for entry in skipped] == ["fifo.wav"] and "not a regular file" in skipped[0]["error"]
 
 
@@ -61,7 +61,7 @@ def test_a_recording_whose_gain_exceeds_the_formats_bound_is_skipped(recordings,
     sf.write(recordings / "huge.wav", np.full(SR, 1e30, np.float32), SR, subtype="FLOAT")
     summary = pack_folder(recordings, tmp_path / "out", PackConfig())
     assert summary.pairs == 2
-    (entry,) = read_manifest(tmp_path / "out")["record"]["skipped"]
+    (entry,) = read_manifest(tmp_path / "out").skipped
     assert entry["path"] == "huge.wav" and "exceeds the format's bound" in entry["error"]
     assert verify_dataset(tmp_path / "out").ok
 
