@@ -64,7 +64,8 @@ def _option_problem(cfg: TrainConfig) -> str:
         (len(cfg.data.datasets) > 0, "no datasets given"),
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {shown(cfg.epochs)}"),
         (cfg.data.batch_size >= 2, f"--batch-size must be at least 2 (uniformity needs pairs), got {shown(cfg.data.batch_size)}"),
-        (not workers_problem(cfg.data.workers), workers_problem(cfg.data.workers, "--workers")),
+        (cfg.data.workers is None or not workers_problem(cfg.data.workers),  # None: sized to the machine
+         workers_problem(cfg.data.workers, "--workers")),
         (cfg.data.shuffle_buffer >= 1, f"--shuffle-buffer must be at least 1 (1: no shuffling), got {shown(cfg.data.shuffle_buffer)}"),
         (_finite(cfg.data.val_shards) and cfg.data.val_shards >= 0,
          f"--val-shards must be 0 (none), a fraction below 1 or a count, got {shown(cfg.data.val_shards)}"),

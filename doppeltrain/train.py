@@ -51,6 +51,7 @@ from doppeltrain.checkpoint import (
 from doppeltrain.config import TrainConfig
 from doppeltrain.config_checks import TrainError, check_resume, validate_config
 from doppeltrain.evaluate import embed_views, evaluate
+from doppeltrain.features import example_samples, n_examples
 from doppeltrain.loss import contrastive_loss
 from doppeltrain.machine import configure_backends, default_loader_workers, for_device
 from doppeltrain.model import TwoViewEncoder, build_model
@@ -215,6 +216,10 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
     """Find the data, check a resume, build (or restore) model, optimizer and loaders."""
     device, run_dir = env.device, run_dir_of(cfg)
     sources = data.find_sources(cfg.data.datasets, cfg.data.sample_rate)
+    if n_examples(sources.n_samples, cfg.features) == 0:
+        # The network sees a clip's first example: a shorter clip would fail every step.
+        raise TrainError(f"the data's clips of {sources.n_samples} samples are shorter than one example of the "
+                         f"network's input ({example_samples(cfg.features)} samples): use clips of at least that length")
     manifests = sources.digests()
     state = None
     if cfg.resume:
