@@ -16,12 +16,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist); tests that start a Ray cluster share
+# one of them (--dist loadgroup), since two local clusters on one machine contend.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=25 tests
+	$(PYTEST) --durations=25 tests
 
 # The suite without the tests marked slow: an answer in a few minutes while developing.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

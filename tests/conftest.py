@@ -35,3 +35,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def starts_a_ray_cluster(item: pytest.Item) -> bool:
+    return item.module.__name__.endswith("test_ray_render") or "ray_render" in item.name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (make test), two local Ray clusters started at once by two
+    # workers contend for the same default ports: keep them on one worker.
+    for item in items:
+        if starts_a_ray_cluster(item):
+            item.add_marker(pytest.mark.xdist_group("ray"))
