@@ -8,7 +8,6 @@ from typing import Any
 from doppelgen.console import InputError, one_line
 from doppelgen.files import workers_problem
 from doppelgen.format import is_number, shown, unfit_number
-
 from doppeltrain import distributed as dist_utils
 from doppeltrain.augment.chain import check_augment_config
 from doppeltrain.config import TrainConfig

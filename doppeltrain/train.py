@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 
 from doppelgen.files import write_atomic
 from doppelgen.format import json_text
-
 from doppeltrain import data
 from doppeltrain import distributed as dist_utils
 from doppeltrain.augment.chain import make_generator
@@ -61,6 +60,7 @@ from doppeltrain.run_lock import locked_run_folder
 from doppeltrain.run_log import RunLogger, epoch_line, log_pairs, validation_text
 from doppeltrain.schedule import base_learning_rate, build_optimizer, learning_rate_at, milestone_steps, set_learning_rate
 from doppeltrain.views import ViewPipeline
+
 
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed that depends on every part (and on nothing else)."""
