@@ -46,6 +46,10 @@ CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "rng", "config", "mani
 LATEST_NAME = "latest.pt"
 # Of a file that is not a zip, this much is scanned for what its pickle would import.
 MAX_PICKLE_SCAN_BYTES = 64 << 20
+# What zipfile raises for damaged archives besides BadZipFile: a name flagged UTF-8 that is
+# not (UnicodeDecodeError, a ValueError; found by the fuzzer), an encrypted member
+# (RuntimeError), an unknown compression method (NotImplementedError), a short read.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError)
 
 
 class CheckpointError(InputError):
@@ -151,7 +155,7 @@ def _archive_problem(path: Path) -> str:
         size = path.stat().st_size
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+    except ZIP_ERRORS:
         imported = _first_import(path)
         if imported:
             return (f"it holds Python objects ({shown(imported)}) that only arbitrary unpickling could load, "
@@ -176,7 +180,7 @@ def _first_import(path: Path) -> str:
             # A file object's read(n) allocates n bytes before reading: garbage read as a
             # pickle opcode can ask for terabytes. BytesIO gives what is there.
             return _scan_pickle(io.BytesIO(raw.read(min(os.fstat(raw.fileno()).st_size, MAX_PICKLE_SCAN_BYTES))))
-    except (OSError, zipfile.BadZipFile):
+    except ZIP_ERRORS:
         return ""
 
 

@@ -233,6 +233,20 @@ def test_only_a_zip_of_stored_records_is_read(checkpoint, tmp_path):
         load_checkpoint(legacy)
 
 
+def test_a_zip_entry_whose_name_is_flagged_utf8_but_is_not_is_one_line(checkpoint, tmp_path):
+    """Found by make fuzz: one flipped bit in a name of the central directory made zipfile
+    raise UnicodeDecodeError while the file was scanned for imports."""
+    data = bytearray(checkpoint.read_bytes())
+    entry = data.rindex(b"PK\x01\x02")  # the last central-directory entry
+    data[entry + 8] |= 0x08  # general-purpose flags, bit 11: the name is UTF-8
+    data[entry + 46] ^= 0x80  # the name's first byte: no longer valid UTF-8
+    broken = tmp_path / "name.pt"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="unreadable checkpoint") as caught:
+        load_checkpoint_network(broken)
+    assert "\n" not in str(caught.value)
+
+
 def test_the_size_check_allocates_nothing_and_draws_no_random_number():
     torch.manual_seed(0)
     expected = torch.rand(1)
