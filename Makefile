@@ -32,11 +32,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # The suite fuzzes the readers briefly (dataset manifests, sample JSON and audio, tar
-# layouts, probe's CSV); this runs each target FUZZ_EXAMPLES times and prints
-# hypothesis's statistics (inputs tried, time per input).
+# layouts, probe's CSV, and the model loaders: a checkpoint's config, tensors and bytes, a
+# model folder's config.json and safetensors header, under a memory cap); this runs each
+# target FUZZ_EXAMPLES times and prints hypothesis's statistics (inputs tried, time per
+# input, which checks the inputs reached).
 FUZZ_EXAMPLES ?= 5000
 fuzz: $(STAMP)
-	DOPPELGANGERS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/format/test_fuzz_readers.py tests/use/test_probe.py -k "fuzz" --hypothesis-show-statistics
+	DOPPELGANGERS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/format/test_fuzz_readers.py tests/use/test_probe.py tests/use/test_fuzz_models.py -k "fuzz" --hypothesis-show-statistics
 
 # Renders 9 shards of 512 voice pairs at delta 0.05 (views close enough for a CPU to learn
 # them in minutes), holds one shard out (512 pairs: one retrieval group) and trains the

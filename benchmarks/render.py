@@ -24,7 +24,6 @@ the machine's 1-minute load before and after. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -40,6 +39,7 @@ from doppelgen.recipe import make_recipe  # noqa: E402
 from doppelgen.render.loop import render_dataset  # noqa: E402
 from doppelgen.render.shard_runs import write_batches  # noqa: E402
 from doppelgen.files import default_workers  # noqa: E402
+from doppelgen.format import json_text  # noqa: E402
 from doppelgen.render.jax_runtime import configure_jax  # noqa: E402
 from doppelgen.render.kernel import render_batch  # noqa: E402
 from doppelgen.render.platform_identity import render_platform  # noqa: E402
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target": target,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
-    print(json.dumps(figures))
+    print(json_text(figures))
     return figures
 
 

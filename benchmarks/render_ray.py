@@ -30,7 +30,6 @@ after. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -45,6 +44,7 @@ from doppelgen.recipe import make_recipe  # noqa: E402
 from doppelgen.render.loop import render_dataset  # noqa: E402
 from doppelgen.render.distributors import RayOptions  # noqa: E402
 from doppelgen.files import default_workers  # noqa: E402
+from doppelgen.format import json_text  # noqa: E402
 
 TARGET = 0.9
 CPU_COUNTED = ("local", "ray", "ray_one_worker")
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         "scaling_rule": f"ray pairs/s ({cores} one-CPU tasks at once) / ({cores} x pairs/s of one task at a time)",
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
-    print(json.dumps(figures))
+    print(json_text(figures))
     return figures
 
 

@@ -12,12 +12,12 @@ fraction of step time a short CPU fit of the small model spends waiting for data
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
 
 from benchmarks import train_fit, train_pipeline
+from doppelgen.format import json_text
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fit_pairs_per_s": round(fit["pairs_per_s"], 1),
         "fit_target_wait_fraction": train_fit.TARGET_WAIT_FRACTION,
     }
-    print(json.dumps(figures))
+    print(json_text(figures))
     return figures
 
 

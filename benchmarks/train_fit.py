@@ -12,11 +12,11 @@ Without DATASET_DIR it renders a small voice dataset with doppelgen first.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from doppelgen.format import json_text
 from doppeltrain.config import TrainConfig
 from doppeltrain.train import fit
 
@@ -73,7 +73,7 @@ def main() -> None:
             width=args.width, augment=not args.no_augment,
         )
     wait = summary["data_wait_fraction"]
-    print(json.dumps({
+    print(json_text({
         "data_wait_fraction": round(wait, 4),
         "target": TARGET_WAIT_FRACTION,
         "ok": wait < TARGET_WAIT_FRACTION,

@@ -23,7 +23,6 @@ Without DATASET_DIR it renders a small voice dataset with doppelgen first.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.cpu_clock import cpu_seconds
-from doppelgen.format import decode_pair, group_members, iter_tar_members, split_member_name
+from doppelgen.format import decode_pair, group_members, iter_tar_members, json_text, split_member_name
 from doppeltrain.config import TrainConfig
 from doppeltrain.data import SharedEpoch, discover, make_loader, split_shards
 
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="doppeltrain-pipeline-") as scratch:
         dataset = args.dataset_dir or render_benchmark_dataset(Path(scratch) / "voice")
         result = compare(dataset, args.workers, args.batch_size, args.seconds, args.rounds)
-    print(json.dumps(result))
+    print(json_text(result))
     return result
 
 

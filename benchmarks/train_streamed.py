@@ -30,7 +30,6 @@ and after, and the render rate per CPU-second (pairs a core renders in a second)
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import tempfile
@@ -42,6 +41,7 @@ import torch
 
 from benchmarks import train_fit
 from benchmarks.cpu_clock import cpu_seconds
+from doppelgen.format import json_text
 from doppelgen.paper_recipes import recipe_text
 from doppelgen.recipe import make_recipe
 from doppeltrain.config import TrainConfig
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_seconds": round(cpu_seconds() - cpu_start, 1),
         "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
-    print(json.dumps(figures))
+    print(json_text(figures))
     return figures
 
 

@@ -7,9 +7,12 @@ them from here.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import socket
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional
@@ -54,10 +57,83 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+# flock fails with these where a file system has no locks (some network mounts): the
+# caller's other guards (markers, atomic writes) are then all there is.
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def hold_lock(path: str | os.PathLike, exclusive: bool = True, wait: bool = False) -> Optional[int]:
+    """``flock`` on ``path`` (a lock file, made if missing, or a folder), shared or
+    exclusive; returns the descriptor whose closing releases it (the kernel releases it
+    when the process dies, however it dies), or None where the file system has no locks.
+    Without ``wait``, BlockingIOError when another process holds a conflicting lock."""
+    path = Path(path)
+    descriptor = os.open(path, os.O_RDONLY) if path.is_dir() else os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
+    except OSError as error:
+        os.close(descriptor)
+        if isinstance(error, BlockingIOError) or error.errno not in NO_LOCKS:
+            raise
+        return None
+    return descriptor
+
+
+def release_lock(descriptor: Optional[int]) -> None:
+    """Release a lock :func:`hold_lock` returned (None: there was none)."""
+    if descriptor is not None:
+        os.close(descriptor)
+
+
+@contextmanager
+def folder_writes(folder: str | os.PathLike) -> Iterator[None]:
+    """Wait for, then hold, the exclusive lock of ``folder`` itself (its directory, no lock
+    file left behind) for the ``with`` block: writers of files that belong together (an
+    embedding matrix and its list of paths, a model folder's three files) put them in
+    place one at a time, so that the last writer's set is the one left whole."""
+    descriptor = hold_lock(folder, exclusive=True, wait=True)
+    try:
+        yield
+    finally:
+        release_lock(descriptor)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through :func:`atomic_writer`."""
     with atomic_writer(path) as handle:
         handle.write(data)
+
+
+def open_regular_file(path: str | os.PathLike) -> BinaryIO:
+    """``open(path, "rb")`` of a regular file; OSError (EINVAL, naming what it is) for
+    anything else. Opened without blocking, then checked: a FIFO named like a data file would
+    block ``open`` forever, and a device would read without end."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({_file_kind(mode)})", os.fsdecode(path))
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file (following links), without opening it."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):  # missing, a name too long, a NUL byte
+        return False
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def process_alive(pid: int) -> bool:
@@ -101,6 +177,19 @@ def stream_sha256(handle: BinaryIO) -> tuple[str, int]:
         digest.update(block)
         size += len(block)
     return digest.hexdigest(), size
+
+
+# Worker processes any command may start: each imports numpy (an encoder, a decoder) or
+# torch (a data loader) and holds its buffers; more than this is a typo, not a machine.
+MAX_WORKERS = 1024
+
+
+def workers_problem(workers: object, option: str = "workers") -> str:
+    """Why `workers` is not a usable count of worker processes ('' if it is)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= MAX_WORKERS:
+        text = repr(workers)
+        return f"{option} must be a whole number from 0 to {MAX_WORKERS}, got {text if len(text) <= 30 else text[:27] + '...'}"
+    return ""
 
 
 def default_workers(cap: Optional[int] = None) -> int:

@@ -31,7 +31,7 @@ from typing import BinaryIO, Iterator
 from urllib.parse import unquote
 
 from doppelgen.console import InputError, one_line
-from doppelgen.files import remove_dead_temporaries, temporary_path, write_atomic
+from doppelgen.files import open_regular_file, remove_dead_temporaries, temporary_path, write_atomic
 
 # Object-store URL schemes -> (fsspec protocol, the package that implements it, our extra).
 OBJECT_SCHEMES = {
@@ -151,19 +151,23 @@ class LocalStore:
     def exists(self, name: str) -> bool:
         return (self.folder / name).is_file()
 
+    # Reads open regular files only (files.open_regular_file): a FIFO named like a shard,
+    # a manifest or the recipe marker would block the reader forever.
+
     def read_bytes(self, name: str, limit: int | None = None) -> bytes:
-        """The object's bytes, at most ``limit`` of them. FileNotFoundError if absent."""
-        with open(self.folder / name, "rb") as handle:
+        """The object's bytes, at most ``limit`` of them. FileNotFoundError if absent,
+        OSError if it is not a regular file."""
+        with open_regular_file(self.folder / name) as handle:
             return handle.read(-1 if limit is None else limit)
 
     def open(self, name: str) -> BinaryIO:
         """A binary handle for reading the object from its start."""
-        return open(self.folder / name, "rb")
+        return open_regular_file(self.folder / name)
 
     @contextmanager
     def open_local(self, name: str) -> Iterator[BinaryIO]:
         """A seekable handle on the object's bytes on this machine: here, the file itself."""
-        with open(self.folder / name, "rb") as handle:
+        with open_regular_file(self.folder / name) as handle:
             yield handle
 
     def put(self, name: str, data: bytes) -> None:

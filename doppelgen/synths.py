@@ -63,8 +63,9 @@ def synth_args_problem(name: Any, args: Mapping[str, Any]) -> str | None:
     if unknown:
         return f"unknown {name} synth arguments: {shown(', '.join(sorted(unknown)), 120, quoted=False)}"
     low, high = synth.arg_bounds
-    if any(not is_whole_number(value) or not low <= value <= high for value in args.values()):
-        return f"{name} {synth.arg_meaning} must be whole numbers in [{low}, {high}]"
+    for key, value in sorted(args.items()):
+        if not is_whole_number(value) or not low <= value <= high:
+            return f"{name} {synth.arg_meaning} must be whole numbers in [{low}, {high}], got {key}={shown(value)}"
     if sum(args.values()) < synth.least_total:
         return f"a {name} synth needs at least {synth.least_total} {synth.least_total_meaning}"
     return None

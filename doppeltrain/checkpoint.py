@@ -21,35 +21,35 @@ require.
 from __future__ import annotations
 
 import hashlib
-import math
+import io
+import os
 import pickle
 import pickletools
 import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
 from doppelgen.console import InputError, one_line
 from doppelgen.files import TEMP_MARK, atomic_writer, remove_dead_temporaries, temporary_path
-from doppelgen.format import is_number, is_whole_number
+from doppelgen.format import shown
 
-from doppeltrain.config import FeatureConfig, ModelConfig, TrainConfig
-from doppeltrain.model import MODEL_BLOCKS, build_model
+from doppeltrain.config import TrainConfig
+from doppeltrain.model import build_model
+from doppeltrain.model_limits import inference_config_problem, weights_problem
 
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "rng", "config", "manifests")
 LATEST_NAME = "latest.pt"
-
-# What a model read from a file may ask for: generous for any real network and
-# frontend, small enough that a crafted config cannot make loading allocate without bound.
-MAX_WIDTH = 4096
-MAX_EMBEDDING_DIM = 65536
-MAX_SAMPLE_RATE = 384_000
-MAX_N_FFT = 65536
-MAX_EXAMPLE_FRAMES = 10_000
+# Of a file that is not a zip, this much is scanned for what its pickle would import.
+MAX_PICKLE_SCAN_BYTES = 64 << 20
+# What zipfile raises for damaged archives besides BadZipFile: a name flagged UTF-8 that is
+# not (UnicodeDecodeError, a ValueError; found by the fuzzer), an encrypted member
+# (RuntimeError), an unknown compression method (NotImplementedError), a short read.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError)
 
 
 class CheckpointError(InputError):
@@ -67,23 +67,58 @@ def save_checkpoint(state: dict[str, Any], path: Union[str, Path]) -> Path:
     truncated one; the temporaries of writers killed earlier in that folder are removed
     first. The written file is read back with ``weights_only=True`` before it replaces
     ``path``: a state holding anything but tensors and plain data is refused here
-    (CheckpointError), not at the resume that would need it.
+    (CheckpointError), not at the resume that would need it. A write that fails (a full
+    disk) is CheckpointError in one line saying why.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(path.parent)
-    with atomic_writer(path) as handle:
-        torch.save(state, handle)
-        handle.flush()
-        try:
-            _safe_load(temporary_path(path), "cpu", mmap=True)
-        except CheckpointError as error:
-            raise CheckpointError(f"refusing to write {path}: {error}") from None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temporaries(path.parent)
+        with atomic_writer(path) as handle:
+            writer = _WriteRecorder(handle)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                # torch's zip writer reports a failed write as "unexpected pos ..."; the
+                # OSError underneath says what happened (e.g. no space left on device).
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+            handle.flush()
+            try:
+                _safe_load(temporary_path(path), "cpu", mmap=True)
+            except CheckpointError as error:
+                raise CheckpointError(f"refusing to write {path}: {error}") from None
+    except OSError as error:
+        raise CheckpointError(f"writing {path} failed: {error.strerror or one_line(error)}; "
+                              "the checkpoint there before is kept") from None
     return path
 
 
+class _WriteRecorder:
+    """A binary handle that remembers the OSError of a failed write."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def _safe_load(path: Path, map_location: Union[str, torch.device], mmap: bool = False) -> Any:
-    """``torch.load(weights_only=True)``; CheckpointError in one line if it fails."""
+    """``torch.load(weights_only=True)`` of an archive :func:`_archive_problem` accepts;
+    CheckpointError in one line if it fails."""
+    problem = _archive_problem(path)
+    if problem:
+        raise CheckpointError(problem)
     try:
         # torch warns (on stderr, several lines) about the pickle protocol of legacy files.
         with warnings.catch_warnings():
@@ -108,6 +143,30 @@ def _safe_load(path: Path, map_location: Union[str, torch.device], mmap: bool = 
         raise CheckpointError(f"unreadable checkpoint ({type(error).__name__})") from None
 
 
+def _archive_problem(path: Path) -> str:
+    """Why `path` is not a zip of uncompressed records as ``torch.save`` writes ('' if it is).
+
+    Anything else could make ``torch.load`` allocate more than the file holds: a deflated
+    record inflates about a thousandfold, and the legacy (pre-zip) format allocates each
+    storage at the size its pickle claims before reading it. A stored record's size is
+    bounded by the file's, and torch checks each tensor against its record.
+    """
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except ZIP_ERRORS:
+        imported = _first_import(path)
+        if imported:
+            return (f"it holds Python objects ({shown(imported)}) that only arbitrary unpickling could load, "
+                    "which can run code from the file; only tensors and plain data are read")
+        return "unreadable checkpoint (not a zip archive as torch.save writes; the legacy format is not read)"
+    for member in members:
+        if member.compress_type != zipfile.ZIP_STORED or member.compress_size != member.file_size or member.file_size > size:
+            return f"unreadable checkpoint (record {shown(member.filename)} is compressed or larger than the file; torch.save stores records uncompressed)"
+    return ""
+
+
 def _first_import(path: Path) -> str:
     """The first class or function the pickle stream of `path` (a torch.save zip's
     ``data.pkl``, or the whole file) would import; '' if none or unreadable."""
@@ -118,24 +177,43 @@ def _first_import(path: Path) -> str:
                     names = [name for name in archive.namelist() if name.endswith("data.pkl")]
                     return _scan_pickle(archive.open(names[0])) if names else ""
             raw.seek(0)
-            return _scan_pickle(raw)
-    except (OSError, zipfile.BadZipFile):
+            # A file object's read(n) allocates n bytes before reading: garbage read as a
+            # pickle opcode can ask for terabytes. BytesIO gives what is there.
+            return _scan_pickle(io.BytesIO(raw.read(min(os.fstat(raw.fileno()).st_size, MAX_PICKLE_SCAN_BYTES))))
+    except ZIP_ERRORS:
         return ""
 
 
 def _scan_pickle(stream) -> str:
     strings: list[str] = []
+    allowed = _weights_only_globals()
     try:
         for opcode, arg, _ in pickletools.genops(stream):
+            name = ""
             if opcode.name in ("GLOBAL", "INST"):
-                return str(arg).replace(" ", ".")
-            if opcode.name == "STACK_GLOBAL":  # module and name were pushed as strings
-                return ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+                name = str(arg).replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL":  # module and name were pushed as strings
+                name = ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+            # torch's own rebuild functions and storages are what every checkpoint imports:
+            # naming one would blame a file that failed for another reason (an opcode the
+            # restricted unpickler lacks, such as LONG4 for an integer of 256 bytes).
+            if name and name not in allowed:
+                return name
             if isinstance(arg, str):
                 strings.append(arg)
     except Exception:  # noqa: BLE001 - malformed opcodes: nothing importable was found before them
         return ""
     return ""
+
+
+def _weights_only_globals() -> frozenset:
+    """The names torch.load(weights_only=True) may import (its private list; empty if gone)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return frozenset(_get_allowed_globals())
+    except Exception:  # noqa: BLE001 - a torch without it: every import is named, as before
+        return frozenset()
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
@@ -146,7 +224,9 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     if not path.is_file():
         raise CheckpointError(_missing_message(path))
     try:
-        state = _safe_load(path, map_location)
+        # Memory-mapped: the tensors are read when used, after the config and their
+        # shapes have been checked, not while the file is parsed.
+        state = _safe_load(path, map_location, mmap=True)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
     if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
@@ -172,50 +252,26 @@ def config_from_state(config: Any, source: Union[str, Path]) -> TrainConfig:
     try:
         cfg = TrainConfig.from_dict(config)
     except (ValueError, TypeError, RecursionError) as error:
-        raise CheckpointError(f"{source}: bad config ({one_line(error)})") from None
+        raise CheckpointError(f"{source}: bad config ({one_line(error)[:200]})") from None
     problem = inference_config_problem(cfg)
     if problem:
         raise CheckpointError(f"{source}: bad config ({problem})")
     return cfg
 
 
-def inference_config_problem(cfg: TrainConfig) -> str:
-    """What is wrong with the model and frontend fields of a config read from a file
-    ('' if nothing): types, and bounds that keep loading from allocating without limit."""
-    model, features = cfg.model, cfg.features
-    if not isinstance(model, ModelConfig) or not isinstance(features, FeatureConfig):
-        return "model and features must be mappings"
-    if not isinstance(model.model, str) or model.model not in MODEL_BLOCKS:
-        return f"model.model must be one of {', '.join(MODEL_BLOCKS)}"
-    int_bounds = {
-        "model.width": (model.width, MAX_WIDTH),
-        "model.embedding_dim": (model.embedding_dim, MAX_EMBEDDING_DIM),
-        "features.sample_rate": (features.sample_rate, MAX_SAMPLE_RATE),
-        "features.n_fft": (features.n_fft, MAX_N_FFT),
-        "features.window_length": (features.window_length, features.n_fft),
-        "features.hop_length": (features.hop_length, MAX_N_FFT),
-        "features.n_mels": (features.n_mels, features.n_fft // 2 + 1 if isinstance(features.n_fft, int) else 0),
-        "features.example_frames": (features.example_frames, MAX_EXAMPLE_FRAMES),
-    }
-    for name, (value, upper) in int_bounds.items():
-        if not is_whole_number(value) or not 1 <= value <= upper:
-            return f"{name} must be an integer in 1..{upper}, got {value!r}"
-    for name in ("f_min", "f_max", "log_offset"):
-        value = getattr(features, name)
-        if not is_number(value) or not math.isfinite(value):
-            return f"features.{name} must be a finite number, got {value!r}"
-    if not 0 <= features.f_min < features.f_max <= features.sample_rate / 2:
-        return "features need 0 <= f_min < f_max <= sample_rate / 2"
-    if features.log_offset <= 0:
-        return "features.log_offset must be positive"
-    return ""
-
-
 def network_with_weights(config: TrainConfig, weights: Any, source: Union[str, Path]) -> nn.Module:
     """``build_model(config.model)`` holding `weights` (a state_dict); CheckpointError in
-    one line when they do not fit the configured network."""
+    one line when they do not fit the configured network, found by name and shape before
+    the network is allocated (:mod:`doppeltrain.model_limits`)."""
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{source}: its weights are not a mapping of tensors")
+    problem = weights_problem(config.model, {name: tuple(tensor.shape) for name, tensor in weights.items()})
+    if problem:
+        raise CheckpointError(f"{source}: its weights do not fit the configured model ({problem})")
+    for name, tensor in weights.items():
+        # A NaN weight makes every embedding NaN; a complex one would be cast silently.
+        if tensor.is_complex() or (tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())):
+            raise CheckpointError(f"{source}: its tensor {shown(name)} holds non-finite or complex values")
     model = build_model(config.model)
     try:
         model.load_state_dict(weights)

@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from doppelgen.console import EXIT_FAILURE, fail, reports_input_errors, run_app
+from doppelgen.console import EXIT_FAILURE, fail, one_line, reports_input_errors, run_app
 
 from doppeltrain.use.cli import register as register_use_commands
 from doppeltrain.config import TrainConfig
@@ -154,6 +154,8 @@ def fit_command(
         summary = fit(build_config(overrides, resume))
     except WorkerError as error:
         fail(str(error), EXIT_FAILURE)
+    except OSError as error:  # writing the run folder failed (e.g. a full disk)
+        fail(one_line(error))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(fit_summary_line(summary))
 

@@ -13,6 +13,8 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
+from doppelgen.format import json_text
+
 
 class RunLogger:
     """``metrics.jsonl`` (one JSON record a line) and TensorBoard events of a run folder."""
@@ -40,7 +42,7 @@ class RunLogger:
         if not self.active:
             return
         with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json_text(record) + "\n")
         for key, value in record.items():
             if key not in ("step", "epoch", "split", *tensorboard_skip) and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])

@@ -18,7 +18,6 @@ every ``checkpoint_every`` epochs and at the end).
 from __future__ import annotations
 
 import copy
-import json
 import random
 import signal
 import sys
@@ -34,27 +33,34 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from doppelgen.files import write_atomic
+from doppelgen.format import json_text
 from doppeltrain import data
 from doppeltrain import distributed as dist_utils
 from doppeltrain.augment.chain import make_generator
 from doppeltrain.checkpoint import (
     LATEST_NAME,
+    config_from_state,
     epoch_checkpoint_name,
     load_checkpoint,
+    network_with_weights,
     save_checkpoint,
     state_dict_sha256,
 )
 from doppeltrain.config import TrainConfig
 from doppeltrain.config_checks import TrainError, check_resume, validate_config
 from doppeltrain.evaluate import embed_views, evaluate
+from doppeltrain.features import example_samples, n_examples
 from doppeltrain.loss import contrastive_loss
 from doppeltrain.machine import configure_backends, default_loader_workers, for_device
 from doppeltrain.model import TwoViewEncoder, build_model
 from doppeltrain.precision import autocast_dtype, precise_dtype
 from doppeltrain.rng_state import rng_state, set_rng_state
+from doppeltrain.run_lock import locked_run_folder
 from doppeltrain.run_log import RunLogger, epoch_line, log_pairs, validation_text
 from doppeltrain.schedule import base_learning_rate, build_optimizer, learning_rate_at, milestone_steps, set_learning_rate
 from doppeltrain.views import ViewPipeline
+
 
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed that depends on every part (and on nothing else)."""
@@ -81,7 +87,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
 def resume_config(run_dir: Path) -> TrainConfig:
     """The config a run was started with, read from its latest checkpoint."""
     state = load_checkpoint(latest_checkpoint(run_dir))
-    return TrainConfig.from_dict(state["config"])
+    return config_from_state(state["config"], latest_checkpoint(run_dir))  # CheckpointError, one line
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -179,18 +185,19 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     validate_config(cfg)
     env = dist_utils.init_distributed(cfg.device)
     try:
-        run = _prepare(sized_to_machine(cfg, env.device), env)
-        try:
-            with interrupt_between_steps() as run.check_interrupt:
-                try:
-                    return _train(run)
-                except RuntimeError as error:  # a loader worker that died or failed: one line
-                    failure = data.worker_failure(error)
-                    if failure is None:
-                        raise
-                    raise failure from None
-        finally:
-            run.close()
+        with locked_run_folder(run_dir_of(cfg), active=env.is_main):
+            run = _prepare(sized_to_machine(cfg, env.device), env)
+            try:
+                with interrupt_between_steps() as run.check_interrupt:
+                    try:
+                        return _train(run)
+                    except RuntimeError as error:  # a loader worker that died or failed: one line
+                        failure = data.worker_failure(error)
+                        if failure is None:
+                            raise
+                        raise failure from None
+            finally:
+                run.close()
     finally:
         dist_utils.cleanup()
 
@@ -209,6 +216,10 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
     """Find the data, check a resume, build (or restore) model, optimizer and loaders."""
     device, run_dir = env.device, run_dir_of(cfg)
     sources = data.find_sources(cfg.data.datasets, cfg.data.sample_rate)
+    if n_examples(sources.n_samples, cfg.features) == 0:
+        # The network sees a clip's first example: a shorter clip would fail every step.
+        raise TrainError(f"the data's clips of {sources.n_samples} samples are shorter than one example of the "
+                         f"network's input ({example_samples(cfg.features)} samples): use clips of at least that length")
     manifests = sources.digests()
     state = None
     if cfg.resume:
@@ -218,15 +229,16 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
         raise TrainError(f"{run_dir} already holds a run: pass --resume, or choose another --run")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    network = build_model(cfg.model)
-    if state is not None:
-        network.load_state_dict(state["model"])
+    if state is not None:  # checked by name, shape and value before it is built
+        network = network_with_weights(cfg, state["model"], latest_checkpoint(run_dir))
+    else:
+        network = build_model(cfg.model)
     if env.distributed:
         network = dist_utils.convert_sync_batchnorm(network, device)
     network = for_device(network.to(device), device)
     configure_backends(device)
     encoder = TwoViewEncoder(network)
-    pipeline = ViewPipeline(cfg).to(device)  # loads the impulse responses: fails early
+    pipeline = ViewPipeline(cfg, sources.n_samples).to(device)  # loads the impulse responses: fails early
     base_lr = base_learning_rate(cfg.optim, cfg.data.batch_size, env.world_size)
     optimizer = build_optimizer(network.parameters(), cfg.optim, base_lr)
     start_epoch, step = 0, 0
@@ -248,7 +260,7 @@ def _prepare(cfg: TrainConfig, env: dist_utils.DistributedEnv) -> _Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         # Streamed recipes: their sha256 and the pair indices the run trains and validates on.
         streams = {"streams": loaders.streams} if loaders.streams else {}
-        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), **streams}, indent=2) + "\n")
+        write_atomic(run_dir / "config.json", (json_text({**cfg.to_dict(), **streams}, indent=2) + "\n").encode())
     dist_utils.barrier()
     resumed = state is not None
     return _Run(
@@ -282,7 +294,7 @@ def _train(run: _Run) -> dict[str, Any]:
             _save(run, done)
         dist_utils.barrier()
     if run.audit is not None:
-        run.audit.write(json.dumps({"final_weights_sha256": weights_digest(run.network), "step": run.step}) + "\n")
+        run.audit.write(json_text({"final_weights_sha256": weights_digest(run.network), "step": run.step}) + "\n")
     timing = run.timing
     return {
         "run_dir": str(run.run_dir),
@@ -362,7 +374,7 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
             raise TrainError(f"the training loader ended after {index} of {steps} batches") from None
         waited = time.perf_counter() - started
         if run.audit is not None:
-            run.audit.write(json.dumps({"epoch": epoch, "step": run.step, "keys": list(keys)}) + "\n")
+            run.audit.write(json_text({"epoch": epoch, "step": run.step, "keys": list(keys)}) + "\n")
         lr = learning_rate_at(run.step, run.base_lr, run.milestones, cfg.optim.gamma)
         tally.add(train_step(run, a, b, epoch, lr), run.step - 1)
         run.check_interrupt()

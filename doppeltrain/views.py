@@ -23,10 +23,12 @@ from doppeltrain.features import LogMelFrontend
 class ViewPipeline(nn.Module):
     """Augmentation and features of one view, on the training device."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, clip_samples: Optional[int] = None):
+        """`clip_samples`: the length of the clips it will see, when known; only that much
+        of each impulse response is read."""
         super().__init__()
         self.frontend = LogMelFrontend(cfg.features)
-        self.augmenter = Augmenter(with_impulse_responses(cfg.augment, cfg.data.sample_rate), cfg.data.sample_rate)
+        self.augmenter = Augmenter(with_impulse_responses(cfg.augment, cfg.data.sample_rate), cfg.data.sample_rate, clip_samples)
 
     def forward(self, waves: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         if generator is None:

@@ -57,6 +57,7 @@ import torch
 
 from benchmarks.cpu_clock import cpu_seconds
 from doppelgen.files import cache_root
+from doppelgen.format import json_text
 from doppeltrain.config import TrainConfig
 from doppeltrain.use.inference import AudioEmbedder, embed_files, load_model
 from doppeltrain.use.probe import (
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record = run_benchmark(settings, args.deltas, args.data_root or cache / "learn", probe_set, args.runs_dir)
     if args.tag:
         record["tag"] = args.tag
-    line = json.dumps(record)
+    line = json_text(record)
     if args.log:
         with open(args.log, "a") as handle:
             handle.write(line + "\n")

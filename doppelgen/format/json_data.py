@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from doppelgen.console import one_line
+from doppelgen.files import open_regular_file
 from doppelgen.format.names import FormatError
 
 
@@ -21,6 +22,24 @@ def recipe_sha256(recipe: dict) -> str:
     """A recipe's identity: the sha256 of its canonical JSON, so equal recipes hash alike
     (``Recipe.sha256``; a packed dataset's or an IR set's recipe object)."""
     return hashlib.sha256(dump_json(recipe)).hexdigest()
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """``json.dumps(value, **options)`` as strict JSON: a NaN or infinite number becomes
+    null. Python writes bare ``NaN`` and ``Infinity`` by default, which is not JSON (RFC
+    8259) and which other readers refuse; every report, log and record a command writes
+    goes through here."""
+    return json.dumps(_finite_or_null(value), allow_nan=False, **options)
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 # Limits on JSON read from a dataset, so that hostile input costs bounded memory and no
@@ -107,9 +126,10 @@ def parse_json(data: bytes | str, max_bytes: int, finite_floats: bool = True) ->
 
 def read_json_file(path: str | os.PathLike, max_bytes: int) -> Any:
     """:func:`parse_json` of a file, read in blocks: a file over ``max_bytes`` is refused
-    having cost at most that much memory. OSError passes through."""
+    having cost at most that much memory. OSError passes through (also for a FIFO or a
+    device, which are never opened for reading: a FIFO would block)."""
     blocks, size = [], 0
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         while block := handle.read(1 << 20):
             size += len(block)
             if size > max_bytes:

@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from typing import BinaryIO, Iterable, Iterator
 
 from doppelgen.console import one_line
+from doppelgen.files import open_regular_file
 from doppelgen.format.limits import shown
 from doppelgen.format.names import FormatError, split_member_name
 from doppelgen.format.samples import Pair, decode_pair
@@ -52,7 +53,8 @@ def iter_tar_members(path: str | os.PathLike | BinaryIO, name: str | None = None
     opened = hasattr(path, "read")
     shard = shown(name or (os.path.basename(getattr(path, "name", "tar") or "tar") if opened else os.path.basename(path)), 120, quoted=False)
     try:
-        with nullcontext(path) if opened else open(path, "rb") as handle:
+        # A regular file only: a FIFO put in a shard's place would block the reader forever.
+        with nullcontext(path) if opened else open_regular_file(path) as handle:
             file_size = handle.seek(0, os.SEEK_END) if opened else os.fstat(handle.fileno()).st_size
             handle.seek(0)
             archive = tarfile.open(fileobj=_FileWithinItsSize(handle, file_size), mode="r:")

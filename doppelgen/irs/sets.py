@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from doppelgen.files import cache_root, file_sha256, remove_dead_temporaries, write_atomic
-from doppelgen.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, read_json_file, recipe_sha256
+from doppelgen.files import cache_root, file_sha256, is_regular_file, remove_dead_temporaries, workers_problem, write_atomic
+from doppelgen.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, read_json_file, recipe_sha256, shown
 from doppelgen.irs.rooms import SPEED_OF_SOUND, IrError, IrMethod, Room, RoomRanges, draw_room, render_impulse_response, response_generators
+from doppelgen.storage import open_store
 
 __all__ = ["IrError", "IrSetConfig", "cached_ir_dir", "default_ir_dir", "impulse_response", "render_ir_set"]
 
@@ -64,7 +65,7 @@ class IrSetConfig:
             ("sample rate", self.sample_rate, 8000, 192000),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise IrError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+                raise IrError(f"{name} must be an integer in [{low}, {high}], got {shown(value)}")
 
     def recipe(self) -> dict[str, Any]:
         """The manifest's recipe: this config plus the library and its settings that the
@@ -159,8 +160,8 @@ def render_ir_set(out: str | os.PathLike, config: IrSetConfig = IrSetConfig(), *
     from tqdm import tqdm
 
     config.validate()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise IrError(f"workers must be an integer >= 0, got {workers!r}")
+    if workers_problem(workers):
+        raise IrError(workers_problem(workers))
     out = Path(out)
     recipe = config.recipe()
     _prepare_folder(out, recipe)
@@ -185,7 +186,7 @@ def render_ir_set(out: str | os.PathLike, config: IrSetConfig = IrSetConfig(), *
             entries.append({"name": path.name, "sha256": digest, "size": size, "samples": sf.info(str(path)).frames,
                             "room": draw_room(config.seed, index, config.rooms).to_dict()})
         manifest = {"recipe": recipe, "files": entries, "record": _record(summary.seconds)}
-        write_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
+        write_atomic(manifest_path, json.dumps(manifest, indent=1, allow_nan=False).encode())
         summary.manifest_written = True
     return summary
 
@@ -212,9 +213,13 @@ def _prepare_folder(out: Path, recipe: dict) -> None:
     if foreign is not None:
         raise IrError(f"{out} already holds audio that doppelgen irs did not write ({foreign.relative_to(out)}); choose another folder")
     try:
-        write_atomic(recipe_path, json.dumps(recipe, indent=1).encode())
+        # Created only if absent (LocalStore.create: a hard link, atomic): two renders of
+        # different recipes started together cannot both claim the folder.
+        claimed = open_store(out).create(RECIPE_NAME, json.dumps(recipe, indent=1, allow_nan=False).encode())
     except OSError as error:
         raise IrError(f"cannot write to {out}: {error.strerror or error}") from None
+    if not claimed and read_json_or_none(recipe_path) != recipe:
+        raise IrError(f"{out} is being rendered with impulse responses of another recipe; choose another folder")
 
 
 def read_json_or_none(path: Path) -> Any:
@@ -227,7 +232,10 @@ def read_json_or_none(path: Path) -> Any:
 
 
 def _readable(path: Path) -> bool:
-    """An existing file whose header decodes (a complete one: writes are atomic)."""
+    """An existing regular file whose header decodes (a complete one: writes are atomic);
+    a FIFO in its place is not opened (that would block) and is replaced."""
+    if not is_regular_file(path):
+        return False
     try:
         return sf.info(str(path)).frames > 0
     except Exception:  # soundfile raises several types for damaged or missing files

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from doppelgen.format.limits import shown
 from doppelgen.irs.sets import IR_KIND, MANIFEST_NAME, IrError, is_ir_manifest, read_json_or_none
 
 
@@ -60,7 +61,7 @@ def verify_ir_set(folder: str | os.PathLike) -> IrVerifyReport:
         report.problems.append(f"{MANIFEST_NAME}: no list of files")
         return report
     if entries and len(entries) != recipe.get("count"):
-        report.problems.append(f"{MANIFEST_NAME}: lists {len(entries)} files, the recipe's count is {recipe.get('count')!r}")
+        report.problems.append(f"{MANIFEST_NAME}: lists {len(entries)} files, the recipe's count is {shown(recipe.get('count'))}")
     listed: set[str] = set()
     for position, entry in enumerate(entries):
         name = entry.get("name") if isinstance(entry, dict) else None
@@ -78,7 +79,7 @@ def verify_ir_set(folder: str | os.PathLike) -> IrVerifyReport:
         report.files_checked += 1
         digest, size = file_sha256(path)
         if size != entry.get("size"):
-            report.problems.append(f"{name}: {size} bytes, the manifest says {entry.get('size')!r}")
+            report.problems.append(f"{name}: {size} bytes, the manifest says {shown(entry.get('size'))}")
         if digest != entry.get("sha256"):
             report.problems.append(f"{name}: sha256 differs from the manifest")
         report.problems.extend(f"{name}: {problem}" for problem in _check_audio(path, recipe, entry))
@@ -91,16 +92,22 @@ def verify_ir_set(folder: str | os.PathLike) -> IrVerifyReport:
 
 def _check_audio(path: Path, recipe: dict, entry: dict) -> list[str]:
     try:
+        # The header's frame count sizes the read: a file that holds more than its entry
+        # lists (a small FLAC can declare hours of silence) is reported, not decoded.
+        info = sf.info(str(path))
+        listed = entry.get("samples")
+        if not isinstance(listed, int) or info.frames > listed or info.channels > 2:
+            return [f"{info.frames} samples in {info.channels} channel(s), the manifest lists {shown(listed)} mono; not decoded"]
         audio, rate = sf.read(str(path), dtype="float64", always_2d=True)
     except Exception as error:  # soundfile raises several types for damaged files
         return [f"undecodable ({' '.join(str(error).split())})"]
     problems = []
     if rate != recipe.get("sample_rate"):
-        problems.append(f"sample rate {rate} Hz, the recipe says {recipe.get('sample_rate')!r}")
+        problems.append(f"sample rate {rate} Hz, the recipe says {shown(recipe.get('sample_rate'))}")
     if audio.shape[1] != 1:
         problems.append(f"{audio.shape[1]} channels, expected mono")
     if audio.shape[0] != entry.get("samples"):
-        problems.append(f"{audio.shape[0]} samples, the manifest says {entry.get('samples')!r}")
+        problems.append(f"{audio.shape[0]} samples, the manifest says {shown(entry.get('samples'))}")
     if not np.isfinite(audio).all():
         problems.append("non-finite samples")
     elif abs(float(np.sum(audio**2)) - 1.0) > UNIT_ENERGY_TOLERANCE:

@@ -37,9 +37,11 @@ import numpy as np
 import soundfile as sf
 
 from doppelgen.console import InputError, one_line
-from doppelgen.render.output_claim import clear_dataset
-from doppelgen.format import CODECS, FORMAT_VERSION, MANIFEST_NAME, n_samples, recipe_sha256
-from doppelgen.render.manifest import software_versions, write_manifest
+from doppelgen.files import workers_problem
+from doppelgen.render.output_claim import FolderTakenError, claimed_folder, clear_dataset
+from doppelgen.format import CODECS, FORMAT_VERSION, MANIFEST_NAME, MAX_GAIN, n_samples, recipe_sha256
+from doppelgen.format.limits import recipe_number_problem, recipe_size_problem
+from doppelgen.render.manifest import existing_recipe_hashes, software_versions, write_manifest
 from doppelgen.pack.recordings import AUDIO_EXTENSIONS, Resampler, UnreadableRecording, list_recordings, listing_sha256, plan_crops
 from doppelgen.render.shard_writer import SILENCE_RMS, pair_sample, write_samples
 from doppelgen.storage import StorageError, Store, open_store
@@ -75,6 +77,15 @@ class PackConfig:
         return n_samples(self.duration, self.sample_rate)
 
     def validate(self) -> "PackConfig":
+        # The format's bounds, which verify, info and fit check in every manifest: a pack
+        # outside them would write a dataset its own readers refuse.
+        for name in ("sample_rate", "duration", "n_layers", "pairs_per_shard", "seed"):
+            problem = recipe_number_problem(name, getattr(self, name))
+            if problem:
+                raise PackError(problem)
+        problem = recipe_size_problem(self.sample_rate, self.duration, self.pairs_per_shard, 1)
+        if problem:
+            raise PackError(problem)
         checks = [
             (self.sample_rate > 0, f"sample rate must be positive, got {self.sample_rate}"),
             (self.duration > 0, f"duration must be positive, got {self.duration}"),
@@ -143,6 +154,10 @@ def load_pair(root: str, rel: str, file_index: int, config: PackConfig) -> Packe
         views.append(np.asarray(audio, dtype=np.float32))
     if not all(np.isfinite(v).all() for v in views):
         raise UnreadableRecording("non-finite samples")
+    # A stored clip's gain is its peak, and readers refuse gains above the format's bound.
+    peak = max(float(np.max(np.abs(v))) for v in views)
+    if peak > MAX_GAIN:
+        raise UnreadableRecording(f"peak {peak:.3g} exceeds the format's bound on a clip's gain ({MAX_GAIN:g})")
     offsets = starts.astype(np.float64) / config.sample_rate
     return PackedPair(file_index, rel, views[0], views[1], offsets)
 
@@ -271,8 +286,8 @@ def pack_folder(
         raise PackError(str(error)) from None
     if not root.is_dir():
         raise PackError(f"{root}: no such folder of recordings")
-    if workers < 0:
-        raise PackError(f"workers must be >= 0, got {workers}")
+    if workers_problem(workers):
+        raise PackError(workers_problem(workers))
     if out.local and out.folder.resolve() == root.resolve():
         raise PackError("the output folder must differ from the folder of recordings")
     summary = PackSummary(out=out.as_given)
@@ -282,10 +297,23 @@ def pack_folder(
             raise nothing_readable(root, summary.skipped)
         raise PackError(f"{root}: no {', '.join(AUDIO_EXTENSIONS)} files found")
     prepare_pack_output(out, overwrite)
-    started = time.perf_counter()
     # Shards are written before their number is known, so their stats files carry the
     # hash of the recipe with n_shards unset.
     pending_hash = recipe_sha256(pack_recipe(config, root, files, None))
+    try:
+        # The folder is claimed for this recipe while packing, as a render claims its
+        # own (render.output_claim): two packs started together with different options
+        # would otherwise both find it empty and mix their shards. Packs of one recipe
+        # write the same bytes, so they may share it.
+        with claimed_folder(out, pending_hash, existing_recipe_hashes, overwrite, clear_dataset):
+            return _pack_into(out, root, files, config, pending_hash, workers, progress, summary)
+    except FolderTakenError as error:
+        raise PackError(str(error)) from None
+
+
+def _pack_into(out: Store, root: Path, files: list[str], config: PackConfig, pending_hash: str, workers: int,
+               progress: bool, summary: PackSummary) -> PackSummary:
+    started = time.perf_counter()
     entries, batch = [], []
     limit = config.max_n if config.max_n is not None else len(files)
     from tqdm import tqdm

@@ -1,8 +1,8 @@
 """Recordings on disk, for ``doppelgen pack``: which files there are, and crops read from one.
 
-The listing is every ``.wav``, ``.flac`` or ``.ogg`` under a folder, hidden entries
-skipped, as sorted relative POSIX paths; a path that is not valid UTF-8 is left out and
-reported. A crop is a span of a recording at the target rate, mono, zero-padded at the
+The listing is every regular ``.wav``, ``.flac`` or ``.ogg`` file under a folder, hidden
+entries skipped, as sorted relative POSIX paths; a path that is not valid UTF-8, or an
+entry that is not a regular file, is left out and reported. A crop is a span of a recording at the target rate, mono, zero-padded at the
 end, read on its own (with a resampling margin) instead of loading long recordings whole.
 """
 
@@ -19,9 +19,11 @@ import numpy as np
 import soundfile as sf
 
 from doppelgen.console import one_line
+from doppelgen.files import is_regular_file
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 NOT_UTF8 = "file name is not valid UTF-8 (undecodable bytes shown as \\xNN)"
+NOT_REGULAR = "not a regular file (a FIFO, device or socket), never opened"
 
 
 class UnreadableRecording(Exception):
@@ -34,19 +36,25 @@ class UnreadableRecording(Exception):
 def list_recordings(root: Path, unnamable: list[dict] | None = None) -> list[str]:
     """Relative POSIX paths of the audio files under ``root``, sorted; hidden entries skipped.
 
-    A path that is not valid UTF-8 cannot be written into JSON, nor opened by libsndfile,
-    so it is left out of the listing; with ``unnamable``, it is appended there as a
-    manifest ``skipped`` entry whose ``path`` shows the undecodable bytes as ``\\xNN``."""
+    Only regular files (or links to them) are listed. A path that is not valid UTF-8
+    cannot be written into JSON, nor opened by libsndfile, so it is left out of the listing; with ``unnamable``, it is appended there as a
+    manifest ``skipped`` entry whose ``path`` shows the undecodable bytes as ``\\xNN``,
+    as is an entry that is not a regular file (a FIFO would block the reader forever)."""
     found = []
     for directory, folders, files in os.walk(root):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         for name in files:
             if not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS):
                 rel = Path(directory, name).relative_to(root).as_posix()
-                if is_utf8_name(rel):
+                if not is_utf8_name(rel):
+                    if unnamable is not None:
+                        unnamable.append({"path": escaped_name(rel), "error": NOT_UTF8})
+                elif not is_regular_file(Path(directory, name)):
+                    # Opening a FIFO named like a recording blocks forever; a device reads without end.
+                    if unnamable is not None:
+                        unnamable.append({"path": rel, "error": NOT_REGULAR})
+                else:
                     found.append(rel)
-                elif unnamable is not None:
-                    unnamable.append({"path": escaped_name(rel), "error": NOT_UTF8})
     if unnamable is not None:
         unnamable.sort(key=lambda entry: entry["path"])
     return sorted(found)

@@ -19,6 +19,7 @@ import yaml
 
 from doppelgen.console import InputError
 from doppelgen.format import AUDIO_MEMBERS, FormatError, Manifest, codec_info, read_manifest
+from doppelgen.hub import license_problem
 from doppelgen.paper import PAPER_CITATION
 from doppelgen.publish.info import describe_dataset, human_bytes, human_duration
 from doppelgen.storage import open_store
@@ -210,6 +211,8 @@ Check the download against this card and the manifest with `doppelgen verify pat
 def write_card(folder: str | os.PathLike, *, license: str | None = None, title: str | None = None) -> Path | str:
     """Write ``folder/README.md`` for the finished dataset in ``folder`` (a path or URL);
     returns its path (its URL for an object store)."""
+    if license is not None and license_problem(license):
+        raise CardError(license_problem(license))
     store = open_store(folder)
     try:
         manifest = read_manifest(store)

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from doppelgen.console import InputError
-from doppelgen.files import write_atomic
+from doppelgen.files import folder_writes, write_atomic
 from doppelgen.format import (
     FormatError,
     Manifest,
@@ -250,6 +250,15 @@ def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = DEF
     except OSError as error:
         raise ExportError(f"cannot write to {out}: {error.strerror or error}") from None
     result = ExportedPairs(out=out, keys=[], files=[])
+    with folder_writes(out):  # two exports into one folder: one after the other, not mixed
+        _export_into(out, folder, manifest, names, n, result)
+    if not result.keys:
+        first = f"; first: {result.problems[0]}" if result.problems else ""
+        raise ExportError(f"{folder.location}: no readable pairs to export ({result.n_problems} problems{first})")
+    return result
+
+
+def _export_into(out: Path, folder: Store, manifest: Manifest, names: list[str], n: int, result: ExportedPairs) -> None:
     for shard, key, members in iter_dataset_samples(folder, manifest.n_shards, result):
         where = f"{shard}: {shown(key, SHOWN_CHARACTERS, quoted=False)}"
         try:
@@ -268,7 +277,3 @@ def export_pairs(folder: str | os.PathLike, out: str | os.PathLike, n: int = DEF
         result.keys.append(stem)
         if len(result.keys) >= n:
             break
-    if not result.keys:
-        first = f"; first: {result.problems[0]}" if result.problems else ""
-        raise ExportError(f"{folder.location}: no readable pairs to export ({result.n_problems} problems{first})")
-    return result

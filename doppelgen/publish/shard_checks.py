@@ -63,9 +63,9 @@ def check_sample_json(meta: dict, expected_index: int, exp: ShardExpectation) ->
     """docs/FORMAT.md's JSON fields of one pair, beyond what ``parse_sample_json`` ensures."""
     problems = []
     if meta["index"] != expected_index:
-        problems.append(f"index {meta['index']!r}, expected {expected_index}")
+        problems.append(f"index {shown(meta['index'])}, expected {expected_index}")
     if exp.seed is not None and meta["seed"] != exp.seed:
-        problems.append(f"seed {meta['seed']!r}, expected {exp.seed}")
+        problems.append(f"seed {shown(meta['seed'])}, expected {exp.seed}")
     layers = meta.get("layers")
     if exp.n_layers > 1:
         if not (isinstance(layers, list) and len(layers) == exp.n_layers):

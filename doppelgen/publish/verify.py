@@ -20,7 +20,7 @@ import numpy as np
 
 from doppelgen.console import InputError
 from doppelgen.recipe import Recipe, RecipeError
-from doppelgen.files import default_workers
+from doppelgen.files import default_workers, workers_problem
 from doppelgen.format import (
     MANIFEST_NAME,
     FormatError,
@@ -151,6 +151,8 @@ def verify_dataset(folder: str | os.PathLike, *, rerender: int = 0, workers: int
     be reached)."""
     if rerender < 0 or workers < 0:
         raise VerifyError("--rerender and --workers must be >= 0")
+    if workers_problem(workers, "--workers"):
+        raise VerifyError(workers_problem(workers, "--workers"))
     store = open_store(folder)
     if not store.found():
         raise VerifyError(f"{store.location}: no such dataset folder")

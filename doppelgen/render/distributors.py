@@ -21,6 +21,7 @@ share, or an object-store URL.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -69,7 +70,7 @@ class RayOptions:
             if value is None:
                 continue
             # Ray takes fractions of one CPU or GPU, and whole numbers above one.
-            if not value >= least or (value > 1 and value != int(value)) or (name == "--cpus-per-task" and value == 0):
+            if not (math.isfinite(value) and value >= least) or (value > 1 and value != int(value)) or (name == "--cpus-per-task" and value == 0):
                 raise DistributorError(f"{name} must be a fraction of 1 or a whole number{' > 0' if name == '--cpus-per-task' else ''}, got {value:g}")
 
 

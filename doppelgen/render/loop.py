@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from doppelgen.files import workers_problem
 from doppelgen.recipe import Recipe
 from doppelgen.render.distributors import DISTRIBUTORS, DistributorError, RayOptions
 from doppelgen.render.shard_runs import DatasetError, RenderJob, RenderSummary, parse_shard_range
@@ -46,8 +47,8 @@ def render_dataset(
     recipe.validate()
     if batch_size < 1:
         raise DatasetError(f"batch size must be >= 1, got {batch_size}")
-    if workers is not None and workers < 0:
-        raise DatasetError(f"--workers must be >= 0, got {workers}")
+    if workers is not None and workers_problem(workers, "--workers"):
+        raise DatasetError(workers_problem(workers, "--workers"))
     if distributor not in DISTRIBUTORS:
         raise DistributorError(f"unknown distributor {distributor!r}: choose {' or '.join(DISTRIBUTORS)}")
     shards = shard_range if isinstance(shard_range, range) else parse_shard_range(shard_range, recipe.n_shards)

@@ -71,7 +71,8 @@ def build_manifest(
 
 
 def write_manifest(out_dir: str | os.PathLike | Store, manifest: dict) -> None:
-    open_store(out_dir).put(MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
+    # allow_nan=False: readers refuse NaN and Infinity, so a writer must never produce them.
+    open_store(out_dir).put(MANIFEST_NAME, json.dumps(manifest, indent=1, allow_nan=False).encode())
 
 
 def existing_recipe_hashes(out_dir: str | os.PathLike | Store) -> set[str]:

@@ -22,13 +22,12 @@ writing into the prefix: replace a dataset only when nothing renders into it.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
+from doppelgen.files import hold_lock, release_lock
 from doppelgen.format import MANIFEST_NAME, shard_index
 from doppelgen.storage import LocalStore, Store, open_store
 
@@ -46,6 +45,8 @@ def marked_recipe(store: Store) -> str | None:
         text = store.read_bytes(RECIPE_MARKER, 200).decode("ascii", "replace").strip()
     except FileNotFoundError:
         return None
+    except OSError:  # not a regular file (a FIFO would have blocked), unreadable
+        return "unreadable marker"
     return text or "unreadable marker"
 
 
@@ -63,21 +64,17 @@ def release_claim(store: Store) -> None:
 @contextmanager
 def folder_lock(out: Path, exclusive: bool) -> Iterator[None]:
     """Hold the folder's render lock, shared or exclusive, for the ``with`` block; a
-    conflicting holder is refused at once (FolderTakenError), never waited for."""
-    descriptor = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    conflicting holder is refused at once (FolderTakenError), never waited for. Where the
+    file system has no locks, the recipe marker still guards the folder."""
     try:
-        try:
-            fcntl.flock(descriptor, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            doing = "writing into" if exclusive else "replacing the dataset in"
-            raise FolderTakenError(f"another render is {doing} {out}; wait for it to end") from None
-        except OSError as error:
-            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-            # No locks on this file system: the recipe marker still guards the folder.
+        descriptor = hold_lock(out / LOCK_NAME, exclusive=exclusive)
+    except BlockingIOError:
+        doing = "writing into" if exclusive else "replacing the dataset in"
+        raise FolderTakenError(f"another render is {doing} {out}; wait for it to end") from None
+    try:
         yield
     finally:
-        os.close(descriptor)
+        release_lock(descriptor)
 
 
 @contextmanager

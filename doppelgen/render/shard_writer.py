@@ -99,7 +99,9 @@ def tar_bytes(samples: list[dict]) -> bytes:
 def audio_stats(pairs: ShardPairs) -> dict:
     clips = np.concatenate([pairs.a, pairs.b])
     n_clips, n_samples = clips.shape
-    rms = np.sqrt(np.einsum("ij,ij->i", clips, clips) / max(n_samples, 1)) if clips.size else np.zeros(0)
+    # Summed in float64 (numpy casts in buffered chunks, no copy): float32 squares of a
+    # loud but finite clip overflow, and an infinite mean_rms would make the stats invalid JSON.
+    rms = np.sqrt(np.einsum("ij,ij->i", clips, clips, dtype=np.float64) / max(n_samples, 1)) if clips.size else np.zeros(0)
     attempts = len(pairs.indices) + int(pairs.redraws.sum())
     return {
         "peak": float(np.max(np.abs(clips))) if clips.size else 0.0,
@@ -139,5 +141,5 @@ def write_samples(out_dir: str | os.PathLike | Store, shard: int, samples: list[
     }
     store.put(name, data)
     record = dict(entry, recipe_sha256=recipe_sha256)
-    store.put(stats_name(shard), json.dumps(record, indent=1, sort_keys=True).encode())
+    store.put(stats_name(shard), json.dumps(record, indent=1, sort_keys=True, allow_nan=False).encode())
     return entry

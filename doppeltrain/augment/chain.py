@@ -53,20 +53,16 @@ seeds it with :func:`make_generator`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import soundfile as sf
 import torch
-import torchaudio
 
 from doppelgen.console import InputError
+from doppeltrain.augment.impulse_responses import ImpulseResponseError, load_impulse_responses
 from doppeltrain.augment.masking import axis_mask, mask_param
 from doppeltrain.augment.pitch_shift import PITCH_CHUNK, pitch_shift
 from doppeltrain.augment.sinc_filters import cutoffs_uniform_in_mel, highpass, lowpass
 from doppeltrain.config import AUGMENT_MODES, AugmentConfig
 
-IR_EXTENSIONS = (".wav", ".flac")
 WAVEFORM_TRANSFORMS = ("highpass", "lowpass", "pitch", "time_shift", "impulse_response")
 SPECTROGRAM_MODES = ("specaugment", "masking")
 
@@ -134,31 +130,6 @@ def convolve_truncated(waves: torch.Tensor, responses: torch.Tensor) -> torch.Te
     return torch.fft.irfft(product, size)[..., :length]
 
 
-def load_impulse_responses(ir_dir: str, sample_rate: int) -> torch.Tensor:
-    """Every .wav/.flac under ``ir_dir``: mono (channels averaged), resampled to
-    ``sample_rate``, zero-padded to the longest, as an (n, L) float32 tensor."""
-    folder = Path(ir_dir)
-    if not folder.is_dir():
-        raise AugmentError(f"--ir-dir {ir_dir}: no such folder")
-    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IR_EXTENSIONS and path.is_file())
-    if not paths:
-        raise AugmentError(f"--ir-dir {ir_dir}: no .wav or .flac impulse responses")
-    responses = []
-    for path in paths:
-        try:
-            audio, rate = sf.read(path, dtype="float32", always_2d=True)
-        except Exception as error:  # soundfile raises several types for damaged files
-            raise AugmentError(f"--ir-dir: cannot read {path} ({' '.join(str(error).split())})") from None
-        response = torch.from_numpy(audio.mean(axis=1))
-        if rate != sample_rate:
-            response = torchaudio.functional.resample(response, rate, sample_rate)
-        if response.numel() == 0:
-            raise AugmentError(f"--ir-dir: {path} is empty")
-        responses.append(response)
-    longest = max(response.numel() for response in responses)
-    return torch.stack([torch.nn.functional.pad(r, (0, longest - r.numel())) for r in responses])
-
-
 class WaveformAugment(torch.nn.Module):
     """The ``waveform`` mode: ``augment(waves (B, T), generator)``; the identity in other
     modes.
@@ -180,14 +151,18 @@ class WaveformAugment(torch.nn.Module):
       to bound its memory.
     """
 
-    def __init__(self, cfg: AugmentConfig | None = None, sample_rate: int = 16000, one_pass: bool | None = None):
+    def __init__(self, cfg: AugmentConfig | None = None, sample_rate: int = 16000, clip_samples: int | None = None,
+                 one_pass: bool | None = None):
         super().__init__()
         self.cfg = cfg or AugmentConfig()
         check_augment_config(self.cfg)
         self.sample_rate = sample_rate
         self.one_pass = one_pass
         wanted = self.cfg.mode == "waveform" and self.cfg.ir_dir
-        responses = load_impulse_responses(self.cfg.ir_dir, sample_rate) if wanted else torch.zeros(0, 1)
+        try:  # only a clip's length of each response is read: the convolution keeps no more
+            responses = load_impulse_responses(self.cfg.ir_dir, sample_rate, clip_samples) if wanted else torch.zeros(0, 1)
+        except ImpulseResponseError as error:
+            raise AugmentError(str(error)) from None
         self.register_buffer("impulse_responses", responses, persistent=False)
 
     @torch.no_grad()
@@ -306,10 +281,11 @@ class Augmenter(torch.nn.Module):
     :class:`WaveformAugment`.
     """
 
-    def __init__(self, cfg: AugmentConfig | None = None, sample_rate: int = 16000, one_pass: bool | None = None):
+    def __init__(self, cfg: AugmentConfig | None = None, sample_rate: int = 16000, clip_samples: int | None = None,
+                 one_pass: bool | None = None):
         super().__init__()
         self.cfg = cfg or AugmentConfig()
-        self.waveform_augment = WaveformAugment(self.cfg, sample_rate, one_pass)
+        self.waveform_augment = WaveformAugment(self.cfg, sample_rate, clip_samples, one_pass)
         self.spectrogram_augment = SpectrogramAugment(self.cfg)
 
     def waveform(self, waves: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -52,6 +52,11 @@ class RunSources:
     frozen: list[DatasetInfo]
     recipes: list[RecipeSource]
 
+    @property
+    def n_samples(self) -> int:
+        """The run's clip length in samples (``find_sources`` checked that all agree)."""
+        return self.frozen[0].n_samples if self.frozen else self.recipes[0].recipe.n_samples
+
     def digests(self) -> dict[str, str]:
         """``{location: digest}`` a checkpoint keeps, so a resume can tell the data changed:
         each manifest's sha256, then each recipe's (``recipe:SHA256``)."""

@@ -17,13 +17,18 @@ import math
 import os
 import unicodedata
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, Optional, Union
 
+import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
 
 from doppelgen.console import InputError, one_line
+from doppelgen.files import is_regular_file
+from doppelgen.format import shown
+
+from doppeltrain.resampling import resampling_problem
 
 # A folder contributes the files with these extensions; a file named explicitly is read
 # whatever its name, since soundfile identifies formats by content.
@@ -35,6 +40,9 @@ AUDIO_EXTENSIONS = frozenset(
 # file is a few such blocks, whatever the file's length.
 BLOCK_FRAMES = 1 << 18
 SOUNDFILE_ERRORS = (sf.SoundFileError, RuntimeError, OSError, ValueError)
+# A NaN or infinite sample makes every embedding it touches NaN: a probe then falls to
+# chance and reports that as a result, so such a file is refused, naming it.
+NON_FINITE = "it holds non-finite samples (NaN or infinity)"
 
 
 class AudioReadError(InputError):
@@ -45,6 +53,11 @@ class AudioReadError(InputError):
 # --- names on one line -----------------------------------------------------------------
 
 _SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
+# Characters that could split a line (controls, line and paragraph separators), lone
+# surrogates, and format characters (bidi overrides, zero-width spaces and joiners), which
+# would make a name display as another: a right-to-left override in a file name could make
+# a row of embeddings.txt show the name of a different file.
+ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _SHORT_UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r"}
 
 
@@ -53,9 +66,11 @@ def path_text(path: Union[str, os.PathLike, bytes]) -> str:
 
     Written as is, except: a backslash as ``\\\\``; a newline as ``\\n`` and a carriage
     return as ``\\r``; any other control character, line or paragraph separator (what
-    could split a line) or lone surrogate as ``\\uHHHH``; and each byte of the name that
-    is not UTF-8 as ``\\xHH``. Ordinary names (no backslash, no control characters)
-    are written unchanged.
+    could split a line), lone surrogate or format character (a bidi override, a
+    zero-width space: what could make a name display as another) as ``\\uHHHH``
+    (``\\UHHHHHHHH`` above U+FFFF); and each byte of the name that is not UTF-8 as
+    ``\\xHH``. Ordinary names (no backslash, no control or format characters) are
+    written unchanged.
     """
     text = os.fsdecode(path)
     out = []
@@ -65,8 +80,8 @@ def path_text(path: Union[str, os.PathLike, bytes]) -> str:
             out.append(_SHORT_ESCAPES[char])
         elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as os.fsdecode keeps it
             out.append(f"\\x{code - 0xDC00:02x}")
-        elif unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs"):
-            out.append(f"\\u{code:04x}")
+        elif unicodedata.category(char) in ESCAPED_CATEGORIES:
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
         else:
             out.append(char)
     return "".join(out)
@@ -86,18 +101,20 @@ def path_from_text(text: str) -> str:
         if kind in _SHORT_UNESCAPES:
             out.append(_SHORT_UNESCAPES[kind])
             index += 2
-        elif kind in ("x", "u"):
-            digits = 2 if kind == "x" else 4
+        elif kind in ("x", "u", "U"):
+            digits = {"x": 2, "u": 4, "U": 8}[kind]
             hexa = text[index + 2:index + 2 + digits]
             if len(hexa) != digits or any(c not in "0123456789abcdefABCDEF" for c in hexa):
-                raise ValueError(f"malformed escape at character {index} of {text!r}")
+                raise ValueError(f"malformed escape at character {index} of {shown(text)}")
             value = int(hexa, 16)
             if kind == "x" and value < 0x80:
-                raise ValueError(f"\\x escapes only bytes 80-ff, got \\x{hexa} in {text!r}")
+                raise ValueError(f"\\x escapes only bytes 80-ff, got \\x{hexa} in {shown(text)}")
+            if value > 0x10FFFF:
+                raise ValueError(f"\\U escapes code points up to 10ffff, got \\U{hexa} in {shown(text)}")
             out.append(chr(0xDC00 + value) if kind == "x" else chr(value))
             index += 2 + digits
         else:
-            raise ValueError(f"malformed escape at character {index} of {text!r}")
+            raise ValueError(f"malformed escape at character {index} of {shown(text)}")
     return "".join(out)
 
 
@@ -160,6 +177,8 @@ def _expand_path(path: Path) -> list[Path]:
             return found
         if path.is_file():
             return [path]
+        if path.exists():  # a FIFO would block the reader forever, a device read without end
+            raise AudioReadError(f"not a regular file or folder: {path_text(path)}")
     except OSError as error:  # e.g. a name too long, or a folder we may not list
         raise AudioReadError(f"cannot read {path_text(path)}: {one_line(error, path)}") from None
     raise AudioReadError(f"no such file or folder: {path_text(path)}")
@@ -184,6 +203,9 @@ def resample(waveform: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
 def _resampler(orig_sr: int, new_sr: int, device: str) -> torchaudio.transforms.Resample:
     # The filter bank for 44.1 or 22.05 kHz -> 16 kHz takes longer to build than to
     # apply; a folder of files shares a handful of rates, so build each one once.
+    problem = resampling_problem(orig_sr, new_sr)  # a rate from a header sizes the filter
+    if problem:
+        raise ValueError(problem)
     return torchaudio.transforms.Resample(orig_sr, new_sr).to(device)
 
 
@@ -254,7 +276,11 @@ def stream_audio(path: Union[str, Path], sample_rate: int, block_frames: int = B
             resampler = StreamResampler(handle.samplerate, sample_rate)
             for block in handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
                 total += block.shape[0]
+                if not np.isfinite(block).all():
+                    raise AudioReadError(f"cannot read audio file {name}: {NON_FINITE}")
                 yield resampler.push(to_mono(torch.from_numpy(block)))
+    except AudioReadError:
+        raise
     except SOUNDFILE_ERRORS as error:
         raise _read_error(path, error) from None
     if total == 0:
@@ -265,20 +291,30 @@ def stream_audio(path: Union[str, Path], sample_rate: int, block_frames: int = B
 def load_audio(path: Union[str, Path], sample_rate: int) -> torch.Tensor:
     """A mono float32 waveform of the whole file at `sample_rate`; AudioReadError if
     unreadable. For long files prefer :func:`stream_audio`, whose memory is bounded."""
+    check_readable(path, sample_rate)
     try:
         data, file_sr = sf.read(_open_name(path), dtype="float32", always_2d=True)
     except SOUNDFILE_ERRORS as error:
         raise _read_error(path, error) from None
     if data.shape[0] == 0:
         raise AudioReadError(f"cannot read audio file {path_text(path)}: it holds no samples")
+    if not np.isfinite(data).all():
+        raise AudioReadError(f"cannot read audio file {path_text(path)}: {NON_FINITE}")
     return resample(to_mono(torch.from_numpy(data)), int(file_sr), sample_rate)
 
 
-def check_readable(path: Union[str, Path]) -> None:
-    """Read the header only, so a bad file is reported before any embedding starts."""
+def check_readable(path: Union[str, Path], sample_rate: Optional[int] = None) -> None:
+    """Read the header only, so a bad file is reported before any embedding starts: one
+    that is not a regular file (a FIFO would block), is not audio, holds no samples or
+    (with the model's `sample_rate`) has a rate that cannot be resampled to it."""
+    if not is_regular_file(path):
+        raise AudioReadError(f"cannot read audio file {path_text(path)}: not a regular file")
     try:
         info = sf.info(_open_name(path))
     except SOUNDFILE_ERRORS as error:
         raise _read_error(path, error) from None
     if info.frames == 0:
         raise AudioReadError(f"cannot read audio file {path_text(path)}: it holds no samples")
+    problem = resampling_problem(int(info.samplerate), sample_rate) if sample_rate is not None else ""
+    if problem:
+        raise AudioReadError(f"cannot read audio file {path_text(path)}: {problem}")

@@ -24,9 +24,15 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from doppelgen.format.limits import shown
+
 from doppeltrain.use import inference
 
 TIMESTAMP_HOP_MS = 50.0
+# A hop longer than any clip gives one timestamp; past this its sample count would overflow.
+MAX_TIMESTAMP_HOP_MS = 1e9
+# The fastest rate the format allows (doppelgen.format.limits): HEAR declares 48 kHz.
+MAX_INPUT_SAMPLE_RATE = 192_000
 
 
 class HearModel(nn.Module):
@@ -35,13 +41,7 @@ class HearModel(nn.Module):
     def __init__(self, embedder: inference.AudioEmbedder, timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256,
                  input_sample_rate: Optional[int] = None):
         super().__init__()
-        if timestamp_hop_ms <= 0:
-            raise ValueError(f"timestamp_hop_ms must be positive, got {timestamp_hop_ms}")
-        if input_sample_rate is not None and (
-            isinstance(input_sample_rate, bool) or not isinstance(input_sample_rate, (int, float))
-            or input_sample_rate != int(input_sample_rate) or input_sample_rate <= 0
-        ):
-            raise ValueError(f"input_sample_rate must be a positive whole number of Hz, got {input_sample_rate!r}")
+        check_options(timestamp_hop_ms, batch_size, input_sample_rate)
         self.embedder = embedder
         # What the kit reads audio at; the embedder's own rate is embedder.sample_rate.
         self.sample_rate = int(input_sample_rate) if input_sample_rate is not None else embedder.sample_rate
@@ -50,6 +50,22 @@ class HearModel(nn.Module):
         # Whole samples at the embedder's rate, so the reported milliseconds are exact for the windows taken.
         self.timestamp_hop = max(1, round(timestamp_hop_ms * embedder.sample_rate / 1000.0))
         self.batch_size = batch_size
+
+
+def check_options(timestamp_hop_ms: float, batch_size: int, input_sample_rate: Optional[int] = None) -> None:
+    """ValueError in one line unless the kit's model options are usable."""
+    if isinstance(timestamp_hop_ms, bool) or not isinstance(timestamp_hop_ms, (int, float)) or not (
+        0 < timestamp_hop_ms <= MAX_TIMESTAMP_HOP_MS  # False for NaN, without converting a huge int
+    ):
+        raise ValueError(f"timestamp_hop_ms must be a positive finite number, at most {MAX_TIMESTAMP_HOP_MS:g}, "
+                         f"got {shown(timestamp_hop_ms)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number, at least 1, got {shown(batch_size)}")
+    if input_sample_rate is not None and (
+        isinstance(input_sample_rate, bool) or not isinstance(input_sample_rate, (int, float))
+        or not 0 < input_sample_rate <= MAX_INPUT_SAMPLE_RATE or input_sample_rate != int(input_sample_rate)
+    ):
+        raise ValueError(f"input_sample_rate must be a positive whole number of Hz, at most {MAX_INPUT_SAMPLE_RATE}, got {shown(input_sample_rate)}")
 
 
 def load_model(model_file_path: Union[str, os.PathLike] = "", timestamp_hop_ms: float = TIMESTAMP_HOP_MS, batch_size: int = 256,
@@ -62,6 +78,7 @@ def load_model(model_file_path: Union[str, os.PathLike] = "", timestamp_hop_ms: 
     model, including one that would need arbitrary unpickling."""
     if not str(model_file_path):
         raise ValueError("doppeltrain.use.hear.load_model needs the path of a doppeltrain checkpoint or model folder")
+    check_options(timestamp_hop_ms, batch_size, input_sample_rate)
     return HearModel(inference.load_model(model_file_path, device="cpu"), timestamp_hop_ms, batch_size, input_sample_rate)
 
 
@@ -70,6 +87,8 @@ def _check_audio(audio: Tensor, model: HearModel) -> None:
         raise ValueError(f"audio must be a (n_sounds, n_samples) tensor at {model.sample_rate} Hz, got {getattr(audio, 'shape', type(audio))}")
     if audio.shape[1] == 0:
         raise ValueError("audio holds no samples")
+    if not torch.isfinite(audio).all():
+        raise ValueError("audio holds non-finite samples (NaN or infinity)")
 
 
 def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:

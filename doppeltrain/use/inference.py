@@ -16,8 +16,8 @@ file's length costs time, not memory.
 ``embed`` writes the embeddings to a ``.npy`` and the files' paths, one per line, to a
 ``.txt`` beside it, each path written by `audio_files.path_text`: as is, unless it
 holds a backslash (``\\``), a newline (``\n``), a carriage return (``\r``), another
-control or line-separator character (``\uHHHH``) or bytes that are not UTF-8
-(``\xHH``); `audio_files.path_from_text` reverses it. Row ``i`` of the ``.npy`` is
+control, line-separator or format character such as a bidi override (``\uHHHH``) or
+bytes that are not UTF-8 (``\xHH``); `audio_files.path_from_text` reverses it. Row ``i`` of the ``.npy`` is
 line ``i`` of the ``.txt``, whatever the names.
 """
 
@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from doppelgen.console import InputError
-from doppelgen.files import atomic_writer, write_atomic
+from doppelgen.files import atomic_writer, folder_writes, write_atomic
 
 from doppeltrain import checkpoint as checkpoint_io
 from doppeltrain.use import model_folder
@@ -309,6 +309,8 @@ def embed(
     for index, clip in enumerate(clips):
         if clip.shape[0] == 0:
             raise ValueError(f"clip {index} holds no samples")
+        if not torch.isfinite(clip).all():
+            raise ValueError(f"clip {index} holds non-finite samples (NaN or infinity)")
     resampled = (resample(clip.float(), int(sample_rate), model.sample_rate) for clip in clips)
     vectors = list(embed_clips(model, resampled, batch_size))
     return torch.stack(vectors) if vectors else torch.zeros(0, model.embedding_dim)
@@ -327,7 +329,7 @@ def embed_files(
     equals `embed` of the whole file's waveform within float rounding.
     """
     for path in paths:
-        check_readable(path)
+        check_readable(path, model.sample_rate)
     bar = tqdm(total=len(paths), unit="file", desc="embedding", disable=not progress)
 
     def streams() -> Iterator[Iterator[torch.Tensor]]:
@@ -376,8 +378,10 @@ def embed_command(
     embeddings = embed_files(model, paths, batch_size, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths_file = out.with_suffix(".txt")
-    # A crashed run must not leave a truncated .npy that looks finished.
-    with atomic_writer(out) as handle:
-        np.save(handle, embeddings)
-    write_atomic(paths_file, "".join(f"{path_text(p)}\n" for p in paths).encode("utf-8"))
+    # A crashed run must not leave a truncated .npy that looks finished, and two embeds
+    # into one --out must not leave the rows of one beside the paths of the other.
+    with folder_writes(out.parent):
+        with atomic_writer(out) as handle:
+            np.save(handle, embeddings)
+        write_atomic(paths_file, "".join(f"{path_text(p)}\n" for p in paths).encode("utf-8"))
     return EmbedResult(out, paths_file, tuple(embeddings.shape))

@@ -22,7 +22,7 @@ checkpoint.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +34,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from doppelgen.paper import PAPER_CITATION
 from doppelgen.console import one_line
-from doppelgen.files import file_sha256, write_atomic
+from doppelgen.files import file_sha256, folder_writes, write_atomic
+from doppelgen.format import FormatError, json_text, parse_json, read_json_file
+from doppelgen.format.limits import shown
+from doppelgen.hub import license_problem
+from doppelgen.paper import PAPER_CITATION
 
 from doppeltrain.checkpoint import (
     CheckpointError,
@@ -45,6 +48,7 @@ from doppeltrain.checkpoint import (
     network_with_weights,
 )
 from doppeltrain.config import TrainConfig
+from doppeltrain.model_limits import weights_problem
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -54,6 +58,8 @@ FORMAT_NAME = "doppeltrain-embedding"
 FORMAT_VERSION = 1
 # A real config.json is a few kB: a larger one is refused before it is parsed.
 MAX_CONFIG_BYTES = 1 << 20
+# The paper's network's safetensors header is about 10 kB (names, dtypes, shapes, offsets).
+MAX_SAFETENSORS_HEADER_BYTES = 1 << 20
 DEFAULT_LICENSE = "cc-by-4.0"  # as `doppelgen card` gives the synthetic datasets
 LIBRARY_NAME = "doppelgangers"  # the package whose model code and frontend read the folder
 TAGS = ["audio", "embeddings", "contrastive-learning", "feature-extraction", "doppelgangers", "pytorch", "safetensors"]
@@ -99,8 +105,8 @@ def export_model(
     out = Path(out)
     if Path(checkpoint).is_dir():
         raise ModelFolderError(f"{checkpoint} is a folder: export reads a checkpoint file (e.g. runs/NAME/checkpoints/latest.pt)")
-    if not license or not re.fullmatch(r"[\w.+-]+", license):
-        raise ModelFolderError(f"--license must be a license id such as cc-by-4.0, mit or other, got {license!r}")
+    if license_problem(license):
+        raise ModelFolderError(license_problem(license))
     if out.exists() and not out.is_dir():
         raise ModelFolderError(f"{out} exists and is not a folder")
     existing = [name for name in FOLDER_FILES if (out / name).exists()]
@@ -116,9 +122,14 @@ def export_model(
     card = model_card(document, license=license, title=title)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / MODEL_FILE, out / CONFIG_FILE, out / CARD_FILE]
-    write_atomic(files[0], weights)
-    write_atomic(files[1], (json.dumps(document, indent=2, allow_nan=False) + "\n").encode())
-    write_atomic(files[2], card.encode("utf-8"))
+    # Two exports into one folder write their three files one after the other.
+    with folder_writes(out):
+        existing = [name for name in FOLDER_FILES if (out / name).exists()]
+        if existing and not overwrite:
+            raise ModelFolderError(f"{out} already holds {existing[0]} of an exported model: pass --overwrite to replace it")
+        write_atomic(files[0], weights)
+        write_atomic(files[1], (json_text(document, indent=2) + "\n").encode())
+        write_atomic(files[2], card.encode("utf-8"))
     return ExportResult(out, files, digest)
 
 
@@ -260,15 +271,16 @@ def read_folder_config(folder: Union[str, Path]) -> dict[str, Any]:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise ModelFolderError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes, not a model config")
     try:
-        document = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        # Bounded in size and depth, without NaN or Infinity (the dataset readers' parser).
+        document = read_json_file(path, MAX_CONFIG_BYTES)
+    except FormatError as error:
         raise ModelFolderError(f"{path}: unreadable JSON ({one_line(error)[:200]})") from None
     except OSError as error:
         raise ModelFolderError(f"{path}: unreadable ({one_line(error)})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise ModelFolderError(f"{path}: not a {FORMAT_NAME} config (its \"format\" must be {FORMAT_NAME!r})")
     if document.get("format_version") != FORMAT_VERSION:
-        raise ModelFolderError(f"{path}: format_version {document.get('format_version')!r}, this doppeltrain reads {FORMAT_VERSION}")
+        raise ModelFolderError(f"{path}: format_version {shown(document.get('format_version'))}, this doppeltrain reads {FORMAT_VERSION}")
     for key in ("model", "frontend", "training"):
         if not isinstance(document.get(key), dict):
             raise ModelFolderError(f"{path}: \"{key}\" must be an object")
@@ -288,17 +300,59 @@ def load_model_folder(folder: Union[str, Path], device: Union[str, torch.device]
     document = read_folder_config(folder)
     config = config_from_state({**document["training"], "model": document["model"], "features": document["frontend"]},
                                folder / CONFIG_FILE)
+    # What a Hub reader sees first must be what the network and frontend are.
+    for key, value in (("embedding_dim", config.model.embedding_dim), ("sample_rate", config.features.sample_rate)):
+        if document.get(key) != value or isinstance(document.get(key), bool):
+            where = "model" if key == "embedding_dim" else "frontend"
+            raise ModelFolderError(f"{folder / CONFIG_FILE}: {key} {shown(document.get(key))} differs from {where}.{key} {value}")
     weights_path = folder / MODEL_FILE
     if not weights_path.is_file():
         raise ModelFolderError(f"{folder}: no {MODEL_FILE}")
     if file_sha256(weights_path)[0] != document["weights_sha256"]:
         raise ModelFolderError(f"{weights_path}: its sha256 differs from config.json's weights_sha256 (damaged or replaced)")
+    # Names and shapes from the header first: tensors that do not fit are refused before
+    # any of them, or the network, is allocated.
+    problem = weights_problem(config.model, safetensors_shapes(weights_path))
+    if problem:
+        raise ModelFolderError(f"{weights_path}: its weights do not fit the configured model ({problem})")
     try:
         weights = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFolderError(f"{weights_path}: unreadable safetensors ({one_line(error)[:200]})") from None
     network = network_with_weights(config, weights, weights_path)
     return network.to(device).eval(), config
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a safetensors file declares, read from its header
+    alone (8 bytes of length, then that much JSON), bounded before it is read;
+    ModelFolderError ("unreadable safetensors", one line) when the header is not one."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(8)
+            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 2 <= length <= min(MAX_SAFETENSORS_HEADER_BYTES, size - 8):
+                raise ModelFolderError(f"{path}: unreadable safetensors (its header length {shown(length)} is not "
+                                       f"2..{MAX_SAFETENSORS_HEADER_BYTES} bytes within the file)")
+            text = handle.read(length)
+    except OSError as error:
+        raise ModelFolderError(f"{path}: unreadable ({one_line(error, path)})") from None
+    try:
+        header = parse_json(text, MAX_SAFETENSORS_HEADER_BYTES)
+    except FormatError as error:
+        raise ModelFolderError(f"{path}: unreadable safetensors (header: {error})") from None
+    if not isinstance(header, dict):
+        raise ModelFolderError(f"{path}: unreadable safetensors (its header is not a JSON object)")
+    shapes = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+            raise ModelFolderError(f"{path}: unreadable safetensors (tensor {shown(name)} has no shape of whole numbers)")
+        shapes[name] = tuple(shape)
+    return shapes
 
 
 def describe(result: ExportResult) -> str:

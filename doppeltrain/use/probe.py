@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,8 @@ import torch
 from torch import nn
 
 from doppelgen.console import InputError, one_line
-from doppelgen.format import shown
+from doppelgen.files import write_atomic
+from doppelgen.format import json_text, shown
 
 from doppeltrain.use.audio_files import expand_inputs, path_text
 from doppeltrain.checkpoint import state_dict_sha256
@@ -328,6 +328,8 @@ def validate(cfg: ProbeConfig) -> None:
         raise ProbeError("the L2 grid must hold finite, non-negative strengths")
     if cfg.batch_size < 1 or cfg.max_iter < 1:
         raise ProbeError("--batch-size and the iteration count must be at least 1")
+    if not 0 <= cfg.seed <= 2**63 - 1:  # numpy takes no seed below 0, torch none past 64 bits
+        raise ProbeError(f"--seed must be a whole number from 0 to 2**63 - 1, got {shown(cfg.seed)}")
     if not cfg.out.endswith(".json"):
         raise ProbeError(f"--out must name a .json file, got {cfg.out}")
 
@@ -343,14 +345,14 @@ def split_for(cfg: ProbeConfig, items: Sequence[LabelledFile]) -> tuple[np.ndarr
     else:
         small = sorted(label for label, n in counts.items() if n < 3)
         if small:
-            raise ProbeError(f"class {small[0]!r} has {counts[small[0]]} file(s); each class needs at least 3 (train, validation, test)")
+            raise ProbeError(f"class {shown(small[0])} has {counts[small[0]]} file(s); each class needs at least 3 (train, validation, test)")
         train, test = stratified_split(labels, cfg.test_fraction, cfg.seed)
     if len(test) == 0:
         raise ProbeError("the test split is empty")
     train_counts = Counter(labels[i] for i in train)
     short = sorted(label for label in counts if train_counts[label] < 2)
     if short:
-        raise ProbeError(f"class {short[0]!r} has fewer than 2 training files (one to fit, one to validate)")
+        raise ProbeError(f"class {shown(short[0])} has fewer than 2 training files (one to fit, one to validate)")
     return train, test
 
 
@@ -369,6 +371,9 @@ def run_probe(cfg: ProbeConfig) -> dict:
     results = {}
     for name, model in models.items():
         features = embed_files(model, paths, cfg.batch_size, cfg.progress)
+        broken = np.flatnonzero(~np.isfinite(features).all(axis=1))
+        if len(broken):  # one such row makes every standardised feature NaN: the probe falls to chance
+            raise ProbeError(f"the {name} features of {len(broken)} file(s) are not finite, first {path_text(paths[broken[0]])}")
         result = linear_probe(features, labels, train, test, cfg.l2_grid, cfg.val_fraction, cfg.seed, cfg.max_iter)
         results[name] = {"dimensions": int(features.shape[1]), "weights_sha256": _weights_sha256(model), **asdict(result)}
     test_counts = Counter(labels[i] for i in test)
@@ -386,7 +391,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     }
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(out, (json_text(report, indent=2) + "\n").encode())
     return report
 
 

@@ -262,7 +262,7 @@ def test_cli_workers_start_decoding_processes_and_keep_the_output(recordings, pa
     assert run_cli("pack", recordings, tmp_path / "w", "--workers", "2", "--pairs-per-shard", "3", "-q").exit_code == 0
     assert started == [2] and shard_shas(tmp_path / "w") == shard_shas(packed)
     refused = run_cli("pack", recordings, tmp_path / "w-bad", "--workers", "-1", "-q")
-    assert refused.exit_code == 2 and refused.stderr == "error: workers must be >= 0, got -1\n"
+    assert refused.exit_code == 2 and refused.stderr == "error: workers must be a whole number from 0 to 1024, got -1\n"
 
 
 def test_cli_overwrite_replaces_only_with_the_option(recordings, tmp_path):
@@ -276,5 +276,7 @@ def test_cli_overwrite_replaces_only_with_the_option(recordings, tmp_path):
     assert run_cli("pack", recordings, out, "--max-n", "2", "--pairs-per-shard", "2", "--overwrite", "-q").exit_code == 0
     manifest = read_manifest(out)
     assert manifest.recipe["max_n"] == 2 and [s.n_pairs for s in manifest.shards] == [2]
-    # The old dataset's shards 1 and 2 are gone; what is not a dataset's stays.
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "notes.txt", "pairs-000000.stats.json", "pairs-000000.tar"]
+    # The old dataset's shards 1 and 2 are gone; what is not a dataset's stays (beside the
+    # hidden recipe marker and lock a pack, like a render, claims its folder with).
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible == [MANIFEST_NAME, "notes.txt", "pairs-000000.stats.json", "pairs-000000.tar"]

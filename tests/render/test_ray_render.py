@@ -199,7 +199,7 @@ def test_tasks_ask_for_a_gpu_where_the_cluster_has_them():
         (["--distributor", "ray", "--gpus-per-task", "1.5"], "--gpus-per-task must be a fraction of 1 or a whole number, got 1.5"),
         (["--distributor", "ray", "--gpus-per-task", "-1"], "--gpus-per-task must be a fraction of 1 or a whole number, got -1"),
         (["--distributor", "ray", "--max-retries", "-1"], "--max-retries must be >= 0, got -1"),
-        (["--distributor", "ray", "--workers", "-2"], "--workers must be >= 0, got -2"),
+        (["--distributor", "ray", "--workers", "-2"], "--workers must be a whole number from 0 to 1024, got -2"),
         (["--distributor", "ray", "--ray-address", " "], "--ray-address must not be empty"),
         (["--distributor", "ray", "--cpus-per-task", "many"], "Invalid value for '--cpus-per-task'"),
     ],
