@@ -26,23 +26,21 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-from benchmarks.cpu_clock import cpu_seconds  # noqa: E402
-from doppelgen.recipe import make_recipe  # noqa: E402
-from doppelgen.render.loop import render_dataset  # noqa: E402
-from doppelgen.render.shard_runs import write_batches  # noqa: E402
-from doppelgen.files import default_workers  # noqa: E402
-from doppelgen.format import json_text  # noqa: E402
-from doppelgen.render.jax_runtime import configure_jax  # noqa: E402
-from doppelgen.render.kernel import render_batch  # noqa: E402
-from doppelgen.render.platform_identity import render_platform  # noqa: E402
+from benchmarks.cpu_clock import cpu_seconds
+from doppelgen.files import default_workers
+from doppelgen.format import json_text
+from doppelgen.recipe import make_recipe
+from doppelgen.render.jax_runtime import configure_jax
+from doppelgen.render.kernel import render_batch
+from doppelgen.render.loop import render_dataset
+from doppelgen.render.platform_identity import render_platform
+from doppelgen.render.shard_runs import write_batches
 
 CPU_TARGET, GPU_TARGET = 0.85, 0.9
 

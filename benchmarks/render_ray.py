@@ -33,18 +33,16 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-from benchmarks.cpu_clock import cpu_seconds  # noqa: E402
-from doppelgen.recipe import make_recipe  # noqa: E402
-from doppelgen.render.loop import render_dataset  # noqa: E402
-from doppelgen.render.distributors import RayOptions  # noqa: E402
-from doppelgen.files import default_workers  # noqa: E402
-from doppelgen.format import json_text  # noqa: E402
+from benchmarks.cpu_clock import cpu_seconds
+from doppelgen.files import default_workers
+from doppelgen.format import json_text
+from doppelgen.recipe import make_recipe
+from doppelgen.render.distributors import RayOptions
+from doppelgen.render.loop import render_dataset
 
 TARGET = 0.9
 CPU_COUNTED = ("local", "ray", "ray_one_worker")
@@ -140,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         for round_ in range(max(1, args.rounds)):
             for name, render in measures.items():
                 out = scratch / f"{name}-{round_}"
-                wall, cpu = measured(lambda: render(out))  # noqa: B023 (called at once)
+                wall, cpu = measured(lambda: render(out))
                 if recipe.n_pairs / wall > best[name]:
                     best[name], cores_busy[name] = recipe.n_pairs / wall, cpu / wall
                 least_cpu[name] = min(least_cpu[name], cpu / recipe.n_pairs)

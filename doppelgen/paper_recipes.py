@@ -11,8 +11,8 @@ import json
 import os
 from pathlib import Path
 
-from doppelgen.recipe import Recipe, RecipeError, make_recipe
 from doppelgen.format import MAX_MANIFEST_BYTES, FormatError, dataset_kind, read_json_file
+from doppelgen.recipe import Recipe, RecipeError, make_recipe
 
 # The paper's configurations (Cherep & Singh, ICLR 2025): three synths at delta 0.25,
 # and the voice synth over the delta sweep. All share seed 0, so the voice sweep draws

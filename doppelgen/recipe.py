@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from doppelgen.console import InputError
-from doppelgen.synths import SYNTHS, synth_args_problem
 from doppelgen.format import CODECS, FORMAT_VERSION, recipe_sha256
 from doppelgen.format.limits import (  # noqa: F401  (re-exported: the recipe's bounds)
     MAX_CLIP_SAMPLES,
@@ -22,6 +21,7 @@ from doppelgen.format.limits import (  # noqa: F401  (re-exported: the recipe's 
     recipe_size_problem,
     shown,
 )
+from doppelgen.synths import SYNTHS, synth_args_problem
 
 # How a pair's keys are derived; recorded in every manifest so a reader knows.
 RNG_DERIVATION = (

@@ -37,7 +37,6 @@ from torch import nn
 from doppelgen.console import InputError, one_line
 from doppelgen.files import TEMP_MARK, atomic_writer, remove_dead_temporaries, temporary_path
 from doppelgen.format import shown
-
 from doppeltrain.config import TrainConfig
 from doppeltrain.model import build_model
 from doppeltrain.model_limits import inference_config_problem, weights_problem
@@ -201,7 +200,7 @@ def _scan_pickle(stream) -> str:
                 return name
             if isinstance(arg, str):
                 strings.append(arg)
-    except Exception:  # noqa: BLE001 - malformed opcodes: nothing importable was found before them
+    except Exception:
         return ""
     return ""
 
@@ -212,7 +211,7 @@ def _weights_only_globals() -> frozenset:
         from torch._weights_only_unpickler import _get_allowed_globals
 
         return frozenset(_get_allowed_globals())
-    except Exception:  # noqa: BLE001 - a torch without it: every import is named, as before
+    except Exception:
         return frozenset()
 
 

@@ -14,11 +14,10 @@ from typing import Any, List, Optional
 import typer
 
 from doppelgen.console import EXIT_FAILURE, fail, one_line, reports_input_errors, run_app
-
-from doppeltrain.use.cli import register as register_use_commands
 from doppeltrain.config import TrainConfig
 from doppeltrain.data import WorkerError
 from doppeltrain.train import fit, resume_config
+from doppeltrain.use.cli import register as register_use_commands
 
 app = typer.Typer(
     add_completion=False,

@@ -10,7 +10,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-
 # The reference's epoch: 117 steps of 768 pairs (docs/REFERENCE.md, 'Pair generation').
 REFERENCE_PAIRS_PER_EPOCH = 117 * 768
 

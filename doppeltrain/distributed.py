@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 from doppelgen.console import InputError
 
-
 COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 import torchaudio
 
 from doppelgen.vggish import vggish_mel_filterbank
-
 from doppeltrain.config import FeatureConfig
 
 

@@ -26,7 +26,6 @@ from typing import Any, Mapping
 import torch
 
 from doppelgen.format import is_number, is_whole_number, shown, unfit_number
-
 from doppeltrain.config import FeatureConfig, ModelConfig, TrainConfig
 from doppeltrain.model import MODEL_BLOCKS, build_model
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator
 
 from doppelgen.files import hold_lock, release_lock
-
 from doppeltrain.config_checks import TrainError
 
 LOCK_NAME = ".lock"

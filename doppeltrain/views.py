@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from doppelgen.irs import default_ir_dir
-
 from doppeltrain.augment.chain import Augmenter
 from doppeltrain.config import AugmentConfig, TrainConfig
 from doppeltrain.features import LogMelFrontend

@@ -59,6 +59,7 @@ from benchmarks.cpu_clock import cpu_seconds
 from doppelgen.files import cache_root
 from doppelgen.format import json_text
 from doppeltrain.config import TrainConfig
+from doppeltrain.train import fit
 from doppeltrain.use.inference import AudioEmbedder, embed_files, load_model
 from doppeltrain.use.probe import (
     Standardizer,
@@ -66,7 +67,6 @@ from doppeltrain.use.probe import (
     baseline_model,
     fit_logistic_regression,
 )
-from doppeltrain.train import fit
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 VOICE_RECIPE = Path(__file__).resolve().parents[1] / "manifests" / "voice.json"

@@ -9,8 +9,8 @@ import torch
 # Compiled synth kernels are kept between test runs (JAX compiles each synth for seconds).
 os.environ.setdefault("DOPPELGANGERS_CACHE", str(Path(__file__).resolve().parent.parent / ".cache"))
 
-from doppelgen.recipe import make_recipe  # noqa: E402
-from doppelgen.render.loop import render_dataset  # noqa: E402
+from doppelgen.recipe import make_recipe
+from doppelgen.render.loop import render_dataset
 
 
 @pytest.fixture(scope="session")

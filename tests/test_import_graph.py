@@ -5,7 +5,6 @@ its shared layer and small public faces, never its command line or publishing ro
 import ast
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("doppelgen", "doppeltrain")
 # What doppeltrain may not import: the generator's command line and its publishing rooms.

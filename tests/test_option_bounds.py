@@ -7,16 +7,15 @@ import math
 import shutil
 
 import pytest
+from publish_helpers import run_cli
 from typer.testing import CliRunner
+from use_fixtures import write_checkpoint
 
 from doppelgen.cli import app
 from doppelgen.hub import license_problem
 from doppelgen.render.distributors import DistributorError, RayOptions
 from doppeltrain.use import hear
 from doppeltrain.use.model_folder import ModelFolderError, export_model
-from use_fixtures import write_checkpoint
-
-from publish_helpers import run_cli
 
 
 @pytest.mark.parametrize("field", ["cpus_per_task", "gpus_per_task"])

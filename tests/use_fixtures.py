@@ -12,9 +12,9 @@ import soundfile as sf
 import torch
 
 from doppeltrain.checkpoint import save_checkpoint
-from doppeltrain.rng_state import rng_state
 from doppeltrain.config import ModelConfig, TrainConfig
 from doppeltrain.model import build_model
+from doppeltrain.rng_state import rng_state
 
 SR = 16000
 EMBEDDING_DIM = 32

@@ -21,7 +21,6 @@ from doppelgen.format.limits import MAX_CLIP_SAMPLES, shown
 from doppelgen.format.names import FormatError
 
 
-
 @dataclass(frozen=True)
 class Codec:
     """How one codec stores a clip, and what readers may expect of it."""

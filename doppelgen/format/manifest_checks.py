@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from doppelgen.console import one_line
-from doppelgen.storage import StorageError, local_folder, open_store
+from doppelgen.format.audio import CODECS
 from doppelgen.format.json_data import (
     INT64_LIMIT,
     MAX_MANIFEST_BYTES,
@@ -24,8 +24,8 @@ from doppelgen.format.json_data import (
 )
 from doppelgen.format.kinds import DatasetKind, dataset_kind
 from doppelgen.format.limits import RECIPE_BOUNDS, recipe_number_problem, recipe_size_problem, shown
-from doppelgen.format.audio import CODECS
 from doppelgen.format.names import MANIFEST_NAME, SUPPORTED_FORMATS, FormatError, n_samples, shard_index, stats_name
+from doppelgen.storage import StorageError, local_folder, open_store
 
 # Per-shard statistics a record may hold (docs/FORMAT.md ``record.shards``): numbers, kept
 # on the typed entry for `doppelgen info` and the dataset card.

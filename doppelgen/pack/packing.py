@@ -38,11 +38,11 @@ import soundfile as sf
 
 from doppelgen.console import InputError, one_line
 from doppelgen.files import workers_problem
-from doppelgen.render.output_claim import FolderTakenError, claimed_folder, clear_dataset
 from doppelgen.format import CODECS, FORMAT_VERSION, MANIFEST_NAME, MAX_GAIN, n_samples, recipe_sha256
 from doppelgen.format.limits import recipe_number_problem, recipe_size_problem
-from doppelgen.render.manifest import existing_recipe_hashes, software_versions, write_manifest
 from doppelgen.pack.recordings import AUDIO_EXTENSIONS, Resampler, UnreadableRecording, list_recordings, listing_sha256, plan_crops
+from doppelgen.render.manifest import existing_recipe_hashes, software_versions, write_manifest
+from doppelgen.render.output_claim import FolderTakenError, claimed_folder, clear_dataset
 from doppelgen.render.shard_writer import SILENCE_RMS, pair_sample, write_samples
 from doppelgen.storage import StorageError, Store, open_store
 

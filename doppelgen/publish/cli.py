@@ -15,8 +15,8 @@ import typer
 
 from doppelgen.console import EXIT_FAILURE, InputError, fail, reports_input_errors
 from doppelgen.format import DATASET_KINDS, codecs_help
-from doppelgen.publish.export import DEFAULT_EXPORT_PAIRS
 from doppelgen.pack.packing import PackConfig
+from doppelgen.publish.export import DEFAULT_EXPORT_PAIRS
 from doppelgen.publish.verify import default_verify_workers
 
 PACK_DEFAULTS = PackConfig()  # quoted by the options below; the values live in pack.py only

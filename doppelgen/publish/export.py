@@ -39,8 +39,8 @@ from doppelgen.format import (
     shown,
     split_member_name,
 )
-from doppelgen.vggish import LOG_OFFSET, MEL_FMIN, vggish_log_mel
 from doppelgen.storage import Store, open_store
+from doppelgen.vggish import LOG_OFFSET, MEL_FMIN, vggish_log_mel
 
 # Parameters with the largest |a - b| shown per picture: enough to read the names.
 TOP_PARAMS = 12

@@ -11,7 +11,16 @@ import json
 import os
 from typing import Any
 
-from doppelgen.format import DATASET_KINDS, MANIFEST_NAME, SHARD_STATS, FormatError, ShardEntry, complete_shards, read_manifest, unfit_number
+from doppelgen.format import (
+    DATASET_KINDS,
+    MANIFEST_NAME,
+    SHARD_STATS,
+    FormatError,
+    ShardEntry,
+    complete_shards,
+    read_manifest,
+    unfit_number,
+)
 from doppelgen.storage import Store, open_store
 
 # Per-shard record fields summarised across shards (docs/FORMAT.md ``record.shards``), in

@@ -19,7 +19,6 @@ from typing import Iterator
 import numpy as np
 
 from doppelgen.console import InputError
-from doppelgen.recipe import Recipe, RecipeError
 from doppelgen.files import default_workers, workers_problem
 from doppelgen.format import (
     MANIFEST_NAME,
@@ -32,9 +31,9 @@ from doppelgen.format import (
     shard_name,
 )
 from doppelgen.publish.shard_checks import ShardExpectation, check_shard
-from doppelgen.storage import Store, open_store
+from doppelgen.recipe import Recipe, RecipeError
 from doppelgen.render.worker_lifetime import exit_with_parent
-
+from doppelgen.storage import Store, open_store
 
 # Starting a process costs about a second: not worth it for a handful of shards.
 MIN_SHARDS_PER_WORKER = 4

@@ -94,8 +94,8 @@ class PairKernel:
         self._cpu = cpu_device()
         self._fused = jax.default_backend() == "cpu"
         synth = build_synth(recipe)
-        draw = lambda *args: draw_views(recipe, synth, *args)  # noqa: E731
-        render = lambda views: render_views(synth, views)  # noqa: E731
+        draw = lambda *args: draw_views(recipe, synth, *args)
+        render = lambda views: render_views(synth, views)
         if self._fused:
             self._kernel = jax.jit(lambda *args: (views := draw(*args), *render(views)))
         else:

@@ -9,9 +9,9 @@ import platform as _platform
 from importlib import metadata
 from typing import Any
 
-from doppelgen.recipe import Recipe
 from doppelgen.console import one_line
 from doppelgen.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, FormatError, parse_json, read_stats, recipe_sha256, stats_name
+from doppelgen.recipe import Recipe
 from doppelgen.storage import Store, open_store
 
 

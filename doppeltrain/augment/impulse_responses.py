@@ -27,7 +27,6 @@ import torchaudio
 
 from doppelgen.console import InputError, one_line
 from doppelgen.files import is_regular_file, open_regular_file
-
 from doppeltrain.resampling import resampling_problem
 
 IR_EXTENSIONS = (".wav", ".flac")

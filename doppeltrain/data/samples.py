@@ -12,7 +12,6 @@ from webdataset.tariterators import tar_file_expander, url_opener
 from doppelgen.console import one_line
 from doppelgen.format import FormatError, decode_pair, group_members, iter_tar_members, pair_key, shown, split_member_name
 from doppelgen.storage import is_store_location, local_folder, open_object
-
 from doppeltrain.data.batches import BatchBuilder
 from doppeltrain.data.datasets import ShardRef
 

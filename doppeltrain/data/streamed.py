@@ -329,7 +329,7 @@ def prefetched(batches: Iterator, depth: int) -> Iterator:
                 if not put((batch, None)):
                     return
             put((end, None))
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer, who raises it
+        except BaseException as error:
             put((None, error))
 
     thread = threading.Thread(target=produce, name="render-prefetch", daemon=True)

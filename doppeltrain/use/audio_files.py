@@ -27,7 +27,6 @@ import torchaudio
 from doppelgen.console import InputError, one_line
 from doppelgen.files import is_regular_file
 from doppelgen.format import shown
-
 from doppeltrain.resampling import resampling_problem
 
 # A folder contributes the files with these extensions; a file named explicitly is read

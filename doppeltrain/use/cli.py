@@ -17,7 +17,6 @@ from typing import Callable, List, Optional, TypeVar
 import typer
 
 from doppelgen.console import EXIT_USAGE, fail, one_line, reports_input_errors
-
 from doppeltrain.use import downstream, evaluation, inference, model_folder, probe, task_converters
 
 T = TypeVar("T")

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from doppelgen.format.limits import shown
-
 from doppeltrain.use import inference
 
 TIMESTAMP_HOP_MS = 50.0

@@ -34,8 +34,10 @@ from tqdm.auto import tqdm
 
 from doppelgen.console import InputError
 from doppelgen.files import atomic_writer, folder_writes, write_atomic
-
 from doppeltrain import checkpoint as checkpoint_io
+from doppeltrain.config import TrainConfig
+from doppeltrain.distributed import resolve_device
+from doppeltrain.features import LogMelFrontend, example_samples
 from doppeltrain.use import model_folder
 from doppeltrain.use.audio_files import (  # noqa: F401  (AudioReadError, load_audio, resample: the API of this module too)
     AudioReadError,
@@ -46,9 +48,6 @@ from doppeltrain.use.audio_files import (  # noqa: F401  (AudioReadError, load_a
     resample,
     stream_audio,
 )
-from doppeltrain.config import TrainConfig
-from doppeltrain.distributed import resolve_device
-from doppeltrain.features import LogMelFrontend, example_samples
 
 # 0.96 s examples per forward pass: small enough for a laptop, large enough for a GPU to
 # matter less than file reading.

@@ -40,7 +40,6 @@ from doppelgen.format import FormatError, json_text, parse_json, read_json_file
 from doppelgen.format.limits import shown
 from doppelgen.hub import license_problem
 from doppelgen.paper import PAPER_CITATION
-
 from doppeltrain.checkpoint import (
     CheckpointError,
     config_from_state,

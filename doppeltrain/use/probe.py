@@ -26,12 +26,11 @@ from torch import nn
 from doppelgen.console import InputError, one_line
 from doppelgen.files import write_atomic
 from doppelgen.format import json_text, shown
-
-from doppeltrain.use.audio_files import expand_inputs, path_text
 from doppeltrain.checkpoint import state_dict_sha256
 from doppeltrain.distributed import resolve_device
-from doppeltrain.use.inference import DEFAULT_BATCH_SIZE, AudioEmbedder, embed_files, load_model
 from doppeltrain.model import build_model
+from doppeltrain.use.audio_files import expand_inputs, path_text
+from doppeltrain.use.inference import DEFAULT_BATCH_SIZE, AudioEmbedder, embed_files, load_model
 
 BASELINES = ("logmel", "random")
 

@@ -45,7 +45,6 @@ import torch
 from doppelgen.console import EXIT_FAILURE, InputError, one_line
 from doppelgen.files import file_sha256, write_atomic
 from doppeltrain.use.inference import AudioReadError, load_audio
-
 from experiments.probe_set.debian_package import DebianPackage, PackageError, fetch_package, open_data_archive
 from experiments.probe_set.sources import sources_markdown
 

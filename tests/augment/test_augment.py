@@ -23,7 +23,6 @@ from doppeltrain.augment.chain import (
     make_generator,
     time_shift,
 )
-from doppeltrain.config import AugmentConfig
 from doppeltrain.augment.masking import axis_mask, mask_param
 from doppeltrain.augment.pitch_shift import pitch_shift
 from doppeltrain.augment.sinc_filters import (
@@ -33,6 +32,7 @@ from doppeltrain.augment.sinc_filters import (
     lowpass,
     lowpass_kernels,
 )
+from doppeltrain.config import AugmentConfig
 
 SR = 16000
 TRANSFORMS = ("highpass", "lowpass", "pitch", "time_shift", "impulse_response")
@@ -158,7 +158,7 @@ def test_filters_match_the_reference_library_on_noise(kind, cutoff):
 def test_filter_magnitude_response_matches_the_reference_library(kind, cutoff):
     impulse = torch.zeros(1, SR)
     impulse[0, SR // 2] = 1.0  # far from the edges: the output is the filter's impulse response
-    response = lambda y: np.abs(np.fft.rfft(y[0].double().numpy(), 4 * SR))  # noqa: E731
+    response = lambda y: np.abs(np.fft.rfft(y[0].double().numpy(), 4 * SR))
     ours_response, reference_response = response(ours(kind, impulse, cutoff)), response(reference_filter(kind, impulse, cutoff))
     # Linear magnitude, so the tolerance is -100 dB of the passband at every frequency.
     assert np.abs(ours_response - reference_response).max() < 1e-5
@@ -226,8 +226,8 @@ def test_filters_remove_what_they_should():
     x = low_and_high[None]
     high = ours("highpass", x, 800.0)[0, 2000:]
     low = ours("lowpass", x, 1200.0)[0, 2000:]
-    spectrum = lambda y: np.abs(np.fft.rfft(y.numpy()))  # noqa: E731
-    bin_of = lambda hz: int(hz * len(high) / SR)  # noqa: E731
+    spectrum = lambda y: np.abs(np.fft.rfft(y.numpy()))
+    bin_of = lambda hz: int(hz * len(high) / SR)
     assert spectrum(high)[bin_of(100)] < 1e-3 * spectrum(high)[bin_of(6000)]
     assert spectrum(low)[bin_of(6000)] < 1e-3 * spectrum(low)[bin_of(100)]
 
@@ -437,7 +437,7 @@ def test_unusable_options_are_one_line_errors(field, value):
 
 
 def test_make_generator_is_a_function_of_its_arguments():
-    draw = lambda *key: torch.rand(4, generator=make_generator(*key))  # noqa: E731
+    draw = lambda *key: torch.rand(4, generator=make_generator(*key))
     assert torch.equal(draw(0, 1, 2, 3), draw(0, 1, 2, 3))
     keys = [(0, 1, 2, 3), (1, 1, 2, 3), (0, 2, 2, 3), (0, 1, 3, 3), (0, 1, 2, 4)]
     assert len({tuple(draw(*key).tolist()) for key in keys}) == 5

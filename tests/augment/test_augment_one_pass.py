@@ -5,7 +5,6 @@ device has none. Op and sync counts follow benchmarks/augment_ops.py's rule."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,16 @@ import torch
 from pitch_shift_reference import pitch_shift_per_frame
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks import augment_ops
 from doppeltrain import precision
 from doppeltrain.augment.chain import WaveformAugment, make_generator
-from doppeltrain.config import AugmentConfig, TrainConfig
-from doppeltrain.features import LogMelFrontend
 from doppeltrain.augment.fft_sizes import nearest_smooth
 from doppeltrain.augment.pitch_shift import pitch_plan, pitch_shift
 from doppeltrain.augment.sinc_filters import lowpass
+from doppeltrain.config import AugmentConfig, TrainConfig
+from doppeltrain.features import LogMelFrontend
 
 REPO = Path(__file__).resolve().parents[2]
-from benchmarks import augment_ops
 
 SR = 16000
 

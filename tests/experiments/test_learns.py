@@ -5,7 +5,6 @@ and its JSON line, end to end at a tiny size.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ from doppelgen.recipe import make_recipe
 from doppelgen.render.loop import render_dataset
 from doppeltrain.config import TrainConfig
 from doppeltrain.train import fit
-
 from experiments import learn
 
 # The learning test's data: voice pairs at delta 0.05, whose two views differ little, so

@@ -9,7 +9,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 import urllib.request
 from dataclasses import replace
@@ -21,10 +20,10 @@ import soundfile as sf
 import torch
 
 from doppelgen.files import file_sha256
-
-REPO = Path(__file__).resolve().parents[2]
 from experiments.probe_set import build as probe_set
 from experiments.probe_set import debian_package
+
+REPO = Path(__file__).resolve().parents[2]
 
 SR = 44100
 PREFIX = "usr/share/hydrogen/data/drumkits"

@@ -7,23 +7,22 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+from data_fixtures import SR, config
 from typer.testing import CliRunner
 
+from doppelgen.cli import app
+from doppelgen.format import decode_clip, encode_clip, iter_shard_pairs, iter_tar_members, read_manifest, round_trip_bound, shard_name
 from doppelgen.publish import rerender as rerender_module
 from doppelgen.publish.card import write_card
-from doppelgen.cli import app
+from doppelgen.publish.cross_platform import DESCRIPTION
+from doppelgen.publish.export import export_pairs
+from doppelgen.publish.info import describe_dataset
+from doppelgen.publish.rerender import compare_pair
+from doppelgen.publish.verify import verify_dataset
 from doppelgen.recipe import make_recipe
 from doppelgen.render.loop import render_dataset
-from doppelgen.publish.export import export_pairs
-from doppelgen.format import decode_clip, encode_clip, iter_shard_pairs, iter_tar_members, read_manifest, round_trip_bound, shard_name
-from doppelgen.publish.info import describe_dataset
-from doppelgen.publish.cross_platform import DESCRIPTION
-from doppelgen.publish.rerender import compare_pair
 from doppelgen.render.shard_writer import pair_sample
-from doppelgen.publish.verify import verify_dataset
 from doppeltrain.data import SharedEpoch, discover, make_loader
-
-from data_fixtures import SR, config
 
 STEP = 2.0**-15  # one 16-bit step of a clip divided by its peak
 

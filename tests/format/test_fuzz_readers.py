@@ -25,8 +25,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from doppelgen.recipe import RecipeError, make_recipe
-from doppelgen.render.loop import render_dataset
 from doppelgen.format import (
     MANIFEST_NAME,
     FormatError,
@@ -41,6 +39,8 @@ from doppelgen.format import (
 from doppelgen.paper_recipes import load_recipe
 from doppelgen.publish.shard_checks import ShardExpectation, check_shard
 from doppelgen.publish.verify import VerifyError, verify_dataset
+from doppelgen.recipe import RecipeError, make_recipe
+from doppelgen.render.loop import render_dataset
 from doppeltrain.data.datasets import ShardRef
 from doppeltrain.data.samples import SampleReader
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from doppelgen.irs import sets as irs
 from doppelgen.cli import main
 from doppelgen.files import TEMP_MARK
-from doppelgen.irs.sets import IrError, IrSetConfig, cached_ir_dir, default_ir_dir, impulse_response, ir_name, render_ir_set
+from doppelgen.irs import sets as irs
 from doppelgen.irs.rooms import Room, draw_room, eyring_absorption, render_impulse_response
+from doppelgen.irs.sets import IrError, IrSetConfig, cached_ir_dir, default_ir_dir, impulse_response, ir_name, render_ir_set
 from doppelgen.irs.verify import verify_ir_set
 
 SMALL = IrSetConfig(count=3, seed=7)

@@ -132,7 +132,7 @@ def test_layers_sum_whole_segments_and_renormalize(recordings, tmp_path):
 
 
 def test_crop_plans_are_pure_functions_of_the_generator():
-    plan = lambda: plan_crops(50_000, SR, np.random.default_rng([7, 3]), temporal_jitter=True, n_layers=1)  # noqa: E731
+    plan = lambda: plan_crops(50_000, SR, np.random.default_rng([7, 3]), temporal_jitter=True, n_layers=1)
     np.testing.assert_array_equal(plan(), plan())
     layered = plan_crops(3 * SR + 10, SR, np.random.default_rng(0), temporal_jitter=False, n_layers=3)
     assert sorted(layered[0].tolist()) == [0, SR, 2 * SR]  # three segments, each once
@@ -150,7 +150,7 @@ def test_reading_a_crop_matches_resampling_the_whole_recording(tmp_path):
 
 def test_output_does_not_depend_on_worker_processes(recordings, packed, tmp_path):
     pack_folder(recordings, tmp_path, PackConfig(pairs_per_shard=3), workers=2)
-    shas = lambda folder: [s.sha256 for s in read_manifest(folder).shards]  # noqa: E731
+    shas = lambda folder: [s.sha256 for s in read_manifest(folder).shards]
     assert shas(tmp_path) == shas(packed)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from publish_helpers import run_cli
 
 from doppelgen.format import read_manifest
 from doppelgen.pack.packing import PackConfig, PackError, pack_folder, pack_recipe
@@ -19,8 +20,6 @@ from doppelgen.publish.verify import verify_dataset
 from doppelgen.render.manifest import recipe_sha256
 from doppelgen.render.output_claim import claim_folder
 from doppelgen.storage import open_store
-
-from publish_helpers import run_cli
 
 SR = 16000
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from doppelgen.recipe import RecipeError
-from doppelgen.synths import SYNTHS
-from doppelgen.render.loop import render_dataset
 from doppelgen.format import iter_shard_pairs, read_manifest, shard_name
 from doppelgen.paper_recipes import DELTA_SWEEP, MANIFESTS_DIR, load_recipe, paper_recipes, recipe_text, sweep_name
-from doppelgen.render.synths import param_layout
 from doppelgen.publish.shard_checks import ShardExpectation, check_shard
+from doppelgen.recipe import RecipeError
+from doppelgen.render.loop import render_dataset
+from doppelgen.render.synths import param_layout
+from doppelgen.synths import SYNTHS
 
 # Small enough to be cheap, and the fixture's batch shape so voice reuses its kernel.
 PAIRS = 8

@@ -25,10 +25,10 @@ import pytest
 from ray_worker_hooks import ARM_NAME, FIRED_NAME, HOOK_DIR_ENV, MANIFEST_LOG_NAME
 
 from doppelgen.cli import main
-from doppelgen.render.loop import DatasetError, render_dataset
-from doppelgen.render.distributors import RayOptions, task_resources, task_workers
 from doppelgen.files import TEMP_MARK, file_sha256, process_alive
 from doppelgen.format import complete_shards, read_manifest, shard_name, stats_name
+from doppelgen.render.distributors import RayOptions, task_resources, task_workers
+from doppelgen.render.loop import DatasetError, render_dataset
 
 RENDER = [sys.executable, "-m", "doppelgen", "render"]
 # conftest's voice_recipe: voice at its defaults, 4 shards of 8 pairs.

@@ -18,10 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from doppelgen import files, storage
-from doppelgen.render import shard_writer
 from doppelgen.cli import app
-from doppelgen.recipe import Recipe, RecipeError, make_recipe
-from doppelgen.render.loop import DatasetError, render_dataset
 from doppelgen.format import (
     decode_clip,
     iter_shard_pairs,
@@ -30,7 +27,10 @@ from doppelgen.format import (
     shard_name,
     stats_name,
 )
+from doppelgen.recipe import Recipe, RecipeError, make_recipe
+from doppelgen.render import shard_writer
 from doppelgen.render.kernel import RenderError, redraw_nonfinite, render_pairs
+from doppelgen.render.loop import DatasetError, render_dataset
 from doppelgen.render.output_claim import LOCK_NAME, RECIPE_MARKER
 from doppelgen.render.synths import param_layout
 

@@ -25,19 +25,18 @@ import pytest
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
+from cli_subprocess import assert_one_line, run  # noqa: E402
+from data_fixtures import SR, assert_batches_equal  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from doppelgen.cli import app as doppelgen_app  # noqa: E402
+from doppelgen.format import complete_shards, read_manifest, shard_name, stats_name  # noqa: E402
 from doppelgen.recipe import make_recipe  # noqa: E402
 from doppelgen.render.loop import DatasetError, render_dataset  # noqa: E402
-from doppelgen.format import complete_shards, read_manifest, shard_name, stats_name  # noqa: E402
 from doppelgen.render.output_claim import RECIPE_MARKER  # noqa: E402
 from doppelgen.storage import ObjectStore, open_store  # noqa: E402
 from doppeltrain.cli import main as doppeltrain_main  # noqa: E402
 from doppeltrain.data import discover  # noqa: E402
-
-from cli_subprocess import assert_one_line, run  # noqa: E402
-from data_fixtures import SR, assert_batches_equal  # noqa: E402
 
 BUCKET = "doppel"
 # A small recipe for the render subprocesses: batches of 4 pairs, compiled once per machine.

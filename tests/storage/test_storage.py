@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from cli_subprocess import assert_one_line, run
 from typer.testing import CliRunner
 
 from doppelgen.cli import app
 from doppelgen.format import read_manifest
 from doppelgen.storage import LocalStore, StorageError, local_folder, open_store
 from doppeltrain.cli import main as doppeltrain_main
-
-from cli_subprocess import assert_one_line, run
 
 runner = CliRunner()
 

@@ -16,8 +16,8 @@ import pytest
 import soundfile as sf
 import torch
 from typer.testing import CliRunner
+from use_fixtures import SR, write_checkpoint, write_labelled_folder
 
-from doppeltrain.use import hear, inference
 from doppeltrain.checkpoint import (
     CHECKPOINT_KEYS,
     CheckpointError,
@@ -25,10 +25,10 @@ from doppeltrain.checkpoint import (
     load_checkpoint_network,
     save_checkpoint,
 )
-from doppeltrain.rng_state import rng_state, set_rng_state
 from doppeltrain.cli import app, main
+from doppeltrain.rng_state import rng_state, set_rng_state
 from doppeltrain.train import resume_config
-from use_fixtures import SR, write_checkpoint, write_labelled_folder
+from doppeltrain.use import hear, inference
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,6 @@ steps: each fit takes seconds on a CPU.
 """
 
 import hashlib
-import importlib.util
 import json
 import math
 import os

@@ -6,12 +6,11 @@ import pytest
 import torch
 import torchvision
 
-from doppeltrain.config import LossConfig, ModelConfig, OptimConfig
-from doppeltrain.distributed import gather_with_grad
+from doppeltrain.config import LossConfig, ModelConfig, OptimConfig, TrainConfig
 from doppeltrain.config_checks import TrainError, validate_config
+from doppeltrain.distributed import gather_with_grad
 from doppeltrain.loss import alignment_loss, contrastive_loss, info_nce_loss, uniformity_loss
 from doppeltrain.model import build_model
-from doppeltrain.config import TrainConfig
 from doppeltrain.schedule import base_learning_rate, build_optimizer, learning_rate_at, milestone_steps
 
 

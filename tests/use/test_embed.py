@@ -14,14 +14,24 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
-
-from doppeltrain.use.audio_files import StreamResampler, path_from_text, path_text
-from doppeltrain.cli import app
-from doppeltrain.use.inference import (
-    AudioReadError, ExampleFramer, clip_examples, count_examples, embed, embed_command, embed_files,
-    expand_inputs, frame, load_audio, load_model, resample,
-)
 from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint
+
+from doppeltrain.cli import app
+from doppeltrain.use.audio_files import StreamResampler, path_from_text, path_text
+from doppeltrain.use.inference import (
+    AudioReadError,
+    ExampleFramer,
+    clip_examples,
+    count_examples,
+    embed,
+    embed_command,
+    embed_files,
+    expand_inputs,
+    frame,
+    load_audio,
+    load_model,
+    resample,
+)
 
 HOP = 15360  # 96 frames of 10 ms at 16 kHz
 WINDOW = 16000  # one training clip

@@ -27,13 +27,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from memory_cap import GIB, bounded
+from use_fixtures import SR, write_checkpoint
 
 from doppeltrain.checkpoint import CheckpointError, load_checkpoint
 from doppeltrain.config import FeatureConfig, ModelConfig
 from doppeltrain.use import inference
 from doppeltrain.use.model_folder import CONFIG_FILE, MODEL_FILE, export_model
-from memory_cap import GIB, bounded
-from use_fixtures import SR, write_checkpoint
 
 EXAMPLES = int(os.environ.get("DOPPELGANGERS_FUZZ_EXAMPLES", "10"))
 SECONDS = 30  # generous: the machine is shared; a hang is minutes

@@ -6,10 +6,10 @@ import inspect
 
 import pytest
 import torch
+from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint
 
 from doppeltrain.use import hear
 from doppeltrain.use.inference import embed
-from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint
 
 
 @pytest.fixture(scope="module")

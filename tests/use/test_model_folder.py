@@ -13,16 +13,21 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
+from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint, write_labelled_folder
 
-from doppeltrain.use import hear
 from doppeltrain.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from doppeltrain.cli import app
+from doppeltrain.use import hear
 from doppeltrain.use.inference import embed, embed_files, load_model
 from doppeltrain.use.model_folder import (
-    CARD_FILE, CONFIG_FILE, MODEL_FILE, export_model, hub_datasets, load_model_folder,
+    CARD_FILE,
+    CONFIG_FILE,
+    MODEL_FILE,
+    export_model,
+    hub_datasets,
+    load_model_folder,
 )
 from doppeltrain.use.probe import ProbeConfig, run_probe
-from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint, write_labelled_folder
 
 HUB = "https://huggingface.co/datasets/someone/doppelgangers-voice/resolve/main"
 

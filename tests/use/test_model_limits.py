@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from memory_cap import GIB, address_space_cap
 from safetensors.torch import save_file
 from typer.testing import CliRunner
+from use_fixtures import SR, write_checkpoint
 
 from doppeltrain import checkpoint as checkpoint_module
 from doppeltrain.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_network, save_checkpoint
@@ -24,8 +26,6 @@ from doppeltrain.cli import app
 from doppeltrain.model_limits import MAX_PARAMETERS, network_shapes
 from doppeltrain.use import hear, inference
 from doppeltrain.use.model_folder import CONFIG_FILE, MODEL_FILE, export_model, load_model_folder
-from memory_cap import GIB, address_space_cap
-from use_fixtures import SR, write_checkpoint
 
 HUGE_FRONTEND = {"sample_rate": 384000, "n_fft": 65536, "window_length": 65536, "n_mels": 32769, "f_max": 192000.0}
 

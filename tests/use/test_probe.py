@@ -14,18 +14,26 @@ import torch
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
+from use_fixtures import CLASSES, EMBEDDING_DIM, write_checkpoint, write_labelled_folder
 
-from doppeltrain.use import hear
 from doppeltrain.cli import app
 from doppeltrain.config import TrainConfig
-from doppeltrain.use.inference import embed_files, load_model
 from doppeltrain.model import build_model
-from doppeltrain.use.probe import (
-    LogMelStatistics, ProbeConfig, Standardizer, baseline_model, fit_logistic_regression,
-    linear_probe, read_labelled_data, read_split_file, run_probe, stratified_split,
-)
 from doppeltrain.train import fit
-from use_fixtures import CLASSES, EMBEDDING_DIM, write_checkpoint, write_labelled_folder
+from doppeltrain.use import hear
+from doppeltrain.use.inference import embed_files, load_model
+from doppeltrain.use.probe import (
+    LogMelStatistics,
+    ProbeConfig,
+    Standardizer,
+    baseline_model,
+    fit_logistic_regression,
+    linear_probe,
+    read_labelled_data,
+    read_split_file,
+    run_probe,
+    stratified_split,
+)
 
 # Inputs per fuzz test: a short run in the suite; `DOPPELGANGERS_FUZZ_EXAMPLES=20000` for a long one.
 FUZZ_EXAMPLES = int(os.environ.get("DOPPELGANGERS_FUZZ_EXAMPLES", "200"))

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from memory_cap import GIB, address_space_cap
 from typer.testing import CliRunner
+from use_fixtures import SR, write_checkpoint, write_labelled_folder
 
 from doppeltrain.cli import app
 from doppeltrain.use import hear, inference, probe
 from doppeltrain.use.audio_files import AudioReadError, path_from_text, path_text, stream_audio
-from memory_cap import GIB, address_space_cap
-from use_fixtures import SR, write_checkpoint, write_labelled_folder
 
 
 @pytest.fixture(scope="module")
