@@ -11,18 +11,16 @@ run); ``make fuzz`` runs many more and prints hypothesis's statistics.
 
 import io
 import json
-import os
 import shutil
-import signal
 import tarfile
 import tempfile
-import tracemalloc
-from contextlib import contextmanager
 from pathlib import Path
 
+import fuzzing
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from doppelgen.format import (
@@ -44,35 +42,14 @@ from doppelgen.render.loop import render_dataset
 from doppeltrain.data.datasets import ShardRef
 from doppeltrain.data.samples import SampleReader
 
-EXAMPLES = int(os.environ.get("DOPPELGANGERS_FUZZ_EXAMPLES", "100"))
 SECONDS = 20  # generous: the machine is shared; a hang is minutes
 MEGABYTES = 100
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,  # timing is checked by `bounded`, which tolerates a noisy machine
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
+FUZZ = fuzz_settings(100)
 
 
-@contextmanager
 def bounded(what: str):
-    """Fail if the block runs past SECONDS or allocates past MEGABYTES."""
-
-    def hang(signum, frame):
-        raise AssertionError(f"{what}: still running after {SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, hang)
-    signal.setitimer(signal.ITIMER_REAL, SECONDS)
-    tracemalloc.start()
-    try:
-        yield
-        peak = tracemalloc.get_traced_memory()[1]
-        assert peak < MEGABYTES * 2**20, f"{what}: allocated {peak / 2**20:.0f} MB"
-    finally:
-        tracemalloc.stop()
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    """Fail if the block runs past SECONDS or allocates past MEGABYTES (traced)."""
+    return fuzzing.bounded(what, SECONDS, MEGABYTES, extra_address_space=None)
 
 
 def one_line_error(error: Exception) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import struct
@@ -25,9 +24,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from fuzzing import GIB, bounded, fuzz_settings
+from hypothesis import HealthCheck, event, given
 from hypothesis import strategies as st
-from memory_cap import GIB, bounded
 from use_fixtures import SR, write_checkpoint
 
 from doppeltrain.checkpoint import CheckpointError, load_checkpoint
@@ -35,18 +34,11 @@ from doppeltrain.config import FeatureConfig, ModelConfig
 from doppeltrain.use import inference
 from doppeltrain.use.model_folder import CONFIG_FILE, MODEL_FILE, export_model
 
-EXAMPLES = int(os.environ.get("DOPPELGANGERS_FUZZ_EXAMPLES", "10"))
 SECONDS = 30  # generous: the machine is shared; a hang is minutes
 # The largest frontend allowed builds its filterbank in float64 with a few temporaries of
 # 32 MiB (model_limits.MAX_FILTERBANK_ENTRIES).
 TRACED_MEGABYTES = 256
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,  # timing is checked by `bounded`, which tolerates a noisy machine
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-                           HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings(10, HealthCheck.function_scoped_fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from memory_cap import GIB, address_space_cap
+from fuzzing import GIB, address_space_cap
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 from use_fixtures import SR, write_checkpoint

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from memory_cap import GIB, address_space_cap
+from fuzzing import GIB, address_space_cap
 from typer.testing import CliRunner
 from use_fixtures import SR, write_checkpoint, write_labelled_folder
 
