@@ -148,6 +148,18 @@ def _kill_group(process: subprocess.Popen) -> None:
             continue
 
 
+def chosen_phases(phases: tuple[str, ...], chosen: str | None) -> tuple[str, ...]:
+    """``phases``, or those of them named in ``chosen`` (comma-separated), in their order:
+    device time is short, so a phase that failed can run again without the others."""
+    if chosen is None:
+        return phases
+    names = [name.strip() for name in chosen.split(",") if name.strip()]
+    unknown = [name for name in names if name not in phases]
+    if unknown or not names:
+        raise GpuCheckError(f"--phases: unknown phase {unknown[0] if unknown else repr(chosen)}: choose from {','.join(phases)}")
+    return tuple(name for name in phases if name in names)
+
+
 def check_imports() -> dict:
     """Import every module the phases import; ``{"missing": {module: error}}`` names the
     ones that fail (on the lent machine: a wheel missing from device_wheels.txt)."""
@@ -172,6 +184,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for the CPU dry run in the tests")
     parser.add_argument("--ddp", action="store_true", help="multi-GPU check instead of train and streamed: torchrun over every GPU (NCCL, SyncBatchNorm)")
     parser.add_argument("--workers", type=int, default=None, help="encoding and loader workers (default: CPU count - 2)")
+    parser.add_argument("--phases", default=None,
+                        help="only these phases, comma-separated, in their usual order (e.g. env,render); compare, train and "
+                        "the streamed phases read the render phase's dataset, so keep render with them")
     parser.add_argument("--check-imports", action="store_true", help="only import what the phases import; exit 3 if anything is missing")
     args = parser.parse_args(argv)
     if args.check_imports:
@@ -184,11 +199,11 @@ def main(argv=None) -> int:
             raise GpuCheckError(f"--budget-s must be more than {MARGIN_S:g}, got {args.budget_s:g}")
         if args.workers is not None and args.workers < 0:
             raise GpuCheckError(f"--workers must be >= 0, got {args.workers}")
+        phases = chosen_phases(DDP_PHASES if args.ddp else PHASES, args.phases)
         folder = fresh_folder(args.out, args.out_root)
     except (GpuCheckError, OSError) as error:
         print(f"gpu_check: {error}", file=sys.stderr)
         return EXIT_INPUT
-    phases = DDP_PHASES if args.ddp else PHASES
     emit({"phase": "start", "out": str(folder), "budget_s": args.budget_s, "phases": list(phases), "tiny": args.tiny}, folder)
     for name in phases:
         left = deadline - time.perf_counter()

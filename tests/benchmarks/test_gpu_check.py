@@ -35,10 +35,20 @@ def by_phase(lines: list[dict]) -> dict[str, list[dict]]:
 @pytest.mark.slow
 def test_the_cpu_dry_run_runs_twice_in_a_row_in_one_folder(tmp_path):
     folders = []
-    for _ in range(2):
-        result, lines = run_script("--tiny", "--out-root", str(tmp_path), "--workers", "1")
+    # The second run: the phases a rerun in the same place can break (its folder, the
+    # render's compile cache and output), not the training phases once more.
+    for again in (False, True):
+        rerun = ["--phases", "env,render"] if again else []
+        result, lines = run_script("--tiny", "--out-root", str(tmp_path), "--workers", "1", *rerun)
         assert result.returncode == 0, result.stderr[-3000:]
         phases = by_phase(lines)
+        if again:
+            assert [line["phase"] for line in lines[1:]] == ["start", "env", "render", "end"]
+            assert phases["render"][0]["status"] == "ok" and phases["render"][0]["pairs"] == 64
+            folder = Path(phases["start"][0]["out"])
+            assert folder.parent == tmp_path and folder != folders[0]
+            folders.append(folder)
+            continue
         assert phases["imports"][0]["status"] == "ok"
         assert [line["phase"] for line in lines[1:]][:4] == ["start", "env", "render", "compare"]
         failed = [line for line in lines if line.get("status") in ("failed", "timeout")]
@@ -63,7 +73,13 @@ def test_the_cpu_dry_run_runs_twice_in_a_row_in_one_folder(tmp_path):
         assert folder.parent == tmp_path and phases["end"][0]["out"] == str(folder)
         assert [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()] == lines[1:]
         folders.append(folder)
-    assert folders[0] != folders[1]
+
+
+def test_phases_chooses_in_the_usual_order_and_refuses_an_unknown_one():
+    assert gpu_check.chosen_phases(gpu_check.PHASES, "train, render") == ("render", "train")
+    assert gpu_check.chosen_phases(gpu_check.PHASES, None) == gpu_check.PHASES
+    with pytest.raises(gpu_check.GpuCheckError, match="unknown phase ddp"):
+        gpu_check.chosen_phases(gpu_check.PHASES, "render,ddp")
 
 
 def test_a_kept_out_folder_is_refused_in_one_line(tmp_path, capsys):

@@ -80,7 +80,7 @@ def test_the_infonce_objective_trains_on_info_nce_and_still_reports_alignment_an
     assert LossConfig().objective == "align_uniform"  # the paper's loss stays fit's default
 
 
-@pytest.mark.parametrize("field, value, message", [("objective", "triplet", "unknown --loss 'triplet'"), ("temperature", 0.0, "--temperature must be positive")])
+@pytest.mark.parametrize("field, value, message", [("objective", "triplet", "unknown --loss 'triplet'"), ("temperature", 0.0, "--temperature must be a positive finite number")])
 def test_a_bad_loss_option_is_refused_before_training(field, value, message):
     cfg = TrainConfig()
     cfg.data.datasets = ["somewhere"]
