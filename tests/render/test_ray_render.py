@@ -71,6 +71,7 @@ def manifest_writes(hooks: Path) -> list[str]:
     return log.read_text().split() if log.exists() else []
 
 
+@pytest.mark.slow
 def test_ray_render_gives_the_bytes_of_a_local_render_and_one_manifest(ray_cluster, voice_shards, voice_recipe, tmp_path):
     out = tmp_path / "ray"
     writes_before = manifest_writes(ray_cluster.hooks)
@@ -87,6 +88,7 @@ def test_ray_render_gives_the_bytes_of_a_local_render_and_one_manifest(ray_clust
     assert temporaries(out) == []
 
 
+@pytest.mark.slow
 def test_a_task_killed_mid_shard_is_retried_and_resumes_cleanly(ray_cluster, voice_shards, voice_recipe, tmp_path):
     out = tmp_path / "killed"
     # The task of shards 0-1 dies half-way through writing shard 1's tar, shard 0 complete.
@@ -104,6 +106,7 @@ def test_a_task_killed_mid_shard_is_retried_and_resumes_cleanly(ray_cluster, voi
     assert temporaries(out) == []
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_another_recipe_once_before_the_tasks(ray_cluster, voice_shards, voice_recipe, tmp_path):
     out = tmp_path / "replaced"
     shutil.copytree(voice_shards, out)
@@ -116,6 +119,7 @@ def test_overwrite_replaces_another_recipe_once_before_the_tasks(ray_cluster, vo
     assert read_manifest(out).recipe == other.to_dict()
 
 
+@pytest.mark.slow
 def test_cli_on_the_cluster_resumes_a_partial_local_render(ray_cluster, voice_shards, voice_recipe, tmp_path):
     out = tmp_path / "cli"
     render_dataset(voice_recipe, out, shard_range="0:2", batch_size=8, workers=0, progress=False)

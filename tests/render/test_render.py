@@ -138,6 +138,7 @@ def test_delta_zero_gives_identical_views_and_positive_delta_distinct_ones(voice
     assert 0.1 < spread < 0.3
 
 
+@pytest.mark.slow
 def test_a_pair_depends_only_on_its_index(voice_recipe):
     a, b, params = render_pairs(voice_recipe, range(8), batch_size=8)
     a2, b2, params2 = render_pairs(voice_recipe, [5, 2, 7], batch_size=8)

@@ -46,6 +46,7 @@ def race_renders(seed: int, barrier, root: str, trials: int, results) -> None:
             results.put((trial, seed, f"{type(error).__name__}: {error}"))
 
 
+@pytest.mark.slow
 def test_two_recipes_started_at_the_same_moment_never_mix(tmp_path):
     trials = 20
     context = multiprocessing.get_context("spawn")
@@ -108,6 +109,7 @@ def segments_of(pid: int) -> list[str]:
     return sorted(name for name in os.listdir("/dev/shm") if name.startswith(f"{SEGMENT_PREFIX}{pid}-"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists() or not Path("/dev/shm").is_dir(), reason="needs Linux /proc and /dev/shm")
 def test_kill_9_of_a_render_leaves_no_process_and_no_shared_memory(tmp_path):
     out = tmp_path / "killed"
@@ -128,6 +130,7 @@ def test_kill_9_of_a_render_leaves_no_process_and_no_shared_memory(tmp_path):
     assert segments_of(process.pid) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_a_killed_encoding_worker_ends_the_render_in_one_line(tmp_path):
     out = tmp_path / "out"

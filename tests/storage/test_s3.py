@@ -324,6 +324,7 @@ def test_a_conditional_put_has_exactly_one_winner(s3_endpoint):
 # --- what goes wrong is one line ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_no_bucket_no_credentials_and_no_endpoint_are_one_line(s3_endpoint, tmp_path):
     env = dict(os.environ, AWS_MAX_ATTEMPTS="1")  # botocore's retries only make the wait longer
     assert_one_line(run(["render", "s3://nobucket/x", *KILL_ARGS], env), "s3://nobucket/x: no bucket nobucket")

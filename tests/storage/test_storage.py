@@ -95,6 +95,7 @@ def test_a_bad_url_is_one_line(args, fragment):
     assert result.stderr.count("\n") == 1 and fragment in result.stderr, result.output
 
 
+@pytest.mark.slow
 def test_a_missing_optional_package_names_the_extra_to_install(tmp_path):
     hidden = tmp_path / "hidden"
     for package in ("s3fs", "gcsfs"):  # importable names that fail as an absent package does

@@ -27,6 +27,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_read_disjoint_pairs_and_end_with_equal_weights(voice_shards, tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
@@ -146,5 +147,6 @@ def _normalized(x: torch.Tensor, reference: torch.nn.BatchNorm2d) -> torch.Tenso
             + reference.bias.detach().view(1, -1, 1, 1))
 
 
+@pytest.mark.slow
 def test_gather_and_batchnorm_across_two_processes_match_one_process():
     mp.spawn(_collectives_worker, args=(WORLD, free_port()), nprocs=WORLD, join=True)

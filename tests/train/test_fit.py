@@ -156,6 +156,7 @@ def test_load_model_gives_the_trained_network_in_eval_mode(fitted):
         assert model(torch.randn(2, 1, 96, 64)).shape == (2, 32)
 
 
+@pytest.mark.slow
 def test_cli_fit_runs_as_a_module(voice_shards, tmp_path):
     impulse_responses = tmp_path / "irs"
     impulse_responses.mkdir()

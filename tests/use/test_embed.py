@@ -290,6 +290,7 @@ print(json.dumps({"warm_up": warm - base, "long": peak() - warm}))
 """
 
 
+@pytest.mark.slow
 def test_embedding_a_long_file_takes_memory_independent_of_its_length(checkpoint, tmp_path):
     """10 min of 44.1 kHz stereo (212 MB as float32, what reading it whole would hold):
     its peak memory beyond a 1.5 min warm-up (whole batches through the network) stays

@@ -145,6 +145,7 @@ def test_random_baseline_is_the_same_architecture_untrained(checkpoint):
     assert not torch.equal(random_a.encoder.conv1.weight, trained.encoder.conv1.weight)
 
 
+@pytest.mark.slow
 def test_probe_separates_easy_classes_far_above_chance(checkpoint, labelled, tmp_path):
     cfg = ProbeConfig(checkpoint=str(checkpoint), data=str(labelled), test_fraction=0.3,
                       baselines=("logmel", "random"), device="cpu", out=str(tmp_path / "report.json"))
