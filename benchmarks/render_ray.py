@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from benchmarks.cpu_clock import cpu_seconds
+from benchmarks.process_table import descendants, process_table
 from doppelgen.files import default_workers
 from doppelgen.format import json_text
 from doppelgen.recipe import make_recipe
@@ -59,28 +60,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
 def live_descendants_cpu() -> dict[int, float]:
     """CPU-seconds so far of every live process under this one, by pid (Linux /proc)."""
-    table = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS)
-    found, todo = {}, [os.getpid()]
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, seconds) in table.items():
-            if ppid == parent:
-                found[pid] = seconds
-                todo.append(pid)
-    return found
+    table = process_table()
+    return {pid: table[pid].cpu_s for pid in descendants(os.getpid(), table)}
 
 
 def cpu_seconds_and_live() -> tuple[float, dict[int, float]]:

@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from benchmarks.process_table import alive, command_line, process_table
 from doppelgen.format import round_trip_bound
 from doppelgen.paper_recipes import recipe_text
 from doppelgen.recipe import make_recipe
@@ -332,26 +333,8 @@ def test_ranks_and_workers_render_disjoint_indices_across_epochs(recipe_file, tm
 
 def render_workers(pid: int) -> list[int]:
     """The spawned loader workers of process ``pid``."""
-    workers = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == pid and b"spawn_main" in command:
-            workers.append(int(entry.name))
-    return workers
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    table = process_table()
+    return [child for child, row in table.items() if row.parent == pid and b"spawn_main" in command_line(child)]
 
 
 def start_long_streamed_fit(recipe_file: Path, tmp_path: Path) -> subprocess.Popen:
@@ -402,9 +385,9 @@ def test_ctrl_c_and_a_killed_rendering_worker_end_the_run_cleanly(recipe_file, t
         assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], stderr
         assert lines[-1].startswith("error: a loader worker died"), stderr
     deadline = time.monotonic() + 30
-    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while alive(set(workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers), "a rendering worker outlived the run"
+    assert not alive(set(workers)), "a rendering worker outlived the run"
 
 
 def test_auto_renders_on_the_cpu_when_training_on_the_cpu():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from benchmarks.process_table import alive, command_line, descendants
 from doppelgen.cli import app
 from doppelgen.format import stats_name
 from doppelgen.recipe import make_recipe
@@ -75,36 +76,6 @@ def test_two_recipes_started_at_the_same_moment_never_mix(tmp_path):
 # --- row 5: nothing outlives a killed render -------------------------------------------
 
 
-def process_table() -> dict[int, tuple[int, str]]:
-    """``{pid: (parent pid, state)}`` of every process, from /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            table[int(entry)] = (int(fields[1]), fields[0])
-    return table
-
-
-def descendants(pid: int) -> set[int]:
-    table, found, todo = process_table(), set(), [pid]
-    while todo:
-        parent = todo.pop()
-        children = [child for child, (ppid, _) in table.items() if ppid == parent]
-        found.update(children)
-        todo += children
-    return found
-
-
-def alive(pids: set[int]) -> set[int]:
-    """Those of ``pids`` still running (zombies count as gone: they hold nothing)."""
-    table = process_table()
-    return {pid for pid in pids if pid in table and table[pid][1] != "Z"}
-
-
 def segments_of(pid: int) -> list[str]:
     return sorted(name for name in os.listdir("/dev/shm") if name.startswith(f"{SEGMENT_PREFIX}{pid}-"))
 
@@ -142,7 +113,7 @@ def test_a_killed_encoding_worker_ends_the_render_in_one_line(tmp_path):
     while not (out / stats_name(0)).exists():
         assert process.poll() is None and time.time() < deadline, process.stderr.read().decode()[-2000:]
         time.sleep(0.005)
-    workers = sorted(pid for pid in descendants(process.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    workers = sorted(pid for pid in descendants(process.pid) if b"spawn_main" in command_line(pid))
     assert len(workers) == 2  # the encoding workers (the resource tracker is a child too)
     os.kill(workers[0], signal.SIGKILL)  # the out-of-memory killer, say
     _, stderr = process.communicate(timeout=300)
