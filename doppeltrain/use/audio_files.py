@@ -41,6 +41,8 @@ BLOCK_FRAMES = 1 << 18
 SOUNDFILE_ERRORS = (sf.SoundFileError, RuntimeError, OSError, ValueError)
 # A NaN or infinite sample makes every embedding it touches NaN: a probe then falls to
 # chance and reports that as a result, so such a file is refused, naming it.
+# An @list file of paths: a million paths of 64 bytes fit; a stranger's endless file does not.
+MAX_LIST_BYTES = 64 << 20
 NON_FINITE = "it holds non-finite samples (NaN or infinity)"
 
 
@@ -138,7 +140,8 @@ def expand_inputs(inputs: Iterable[Union[str, Path]]) -> list[Path]:
 
     Lines of a list are literal paths (UTF-8; other bytes are kept as the file system's),
     relative to the list's folder unless absolute; blank lines and lines starting with
-    ``#`` are skipped. Raises AudioReadError naming a missing path.
+    ``#`` are skipped; a list is at most ``MAX_LIST_BYTES``. Raises AudioReadError naming
+    a missing path.
     """
     paths: list[Path] = []
     for item in inputs:
@@ -147,8 +150,7 @@ def expand_inputs(inputs: Iterable[Union[str, Path]]) -> list[Path]:
             list_file = Path(text[1:])
             if not list_file.is_file():
                 raise AudioReadError(f"no such list file: {path_text(list_file)}")
-            lines = list_file.read_bytes().decode("utf-8", "surrogateescape").splitlines()
-            for line in lines:
+            for line in _read_list(list_file):
                 line = line.strip()
                 if line and not line.startswith("#"):
                     paths.extend(_expand_path(_relative_to(Path(line), list_file.parent)))
@@ -157,6 +159,17 @@ def expand_inputs(inputs: Iterable[Union[str, Path]]) -> list[Path]:
     if not paths:
         raise AudioReadError("no audio files among the inputs")
     return paths
+
+
+def _read_list(list_file: Path) -> list[str]:
+    try:
+        with open(list_file, "rb") as handle:
+            data = handle.read(MAX_LIST_BYTES + 1)  # bounded even where stat's size lies
+    except OSError as error:
+        raise AudioReadError(f"cannot read list file {path_text(list_file)}: {one_line(error, list_file)}") from None
+    if len(data) > MAX_LIST_BYTES:
+        raise AudioReadError(f"list file {path_text(list_file)} is larger than {MAX_LIST_BYTES >> 20} MiB")
+    return data.decode("utf-8", "surrogateescape").splitlines()
 
 
 def _relative_to(path: Path, folder: Path) -> Path:

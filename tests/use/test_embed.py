@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from use_fixtures import EMBEDDING_DIM, SR, write_checkpoint
 
 from doppeltrain.cli import app
+from doppeltrain.use import audio_files
 from doppeltrain.use.audio_files import StreamResampler, path_from_text, path_text
 from doppeltrain.use.inference import (
     AudioReadError,
@@ -144,6 +145,16 @@ def test_expand_inputs_recurses_folders_and_reads_lists(tmp_path):
         expand_inputs([str(tmp_path / "missing.wav")])
     with pytest.raises(ValueError, match="no audio files under"):
         expand_inputs([str(_empty(tmp_path))])
+
+
+def test_a_list_file_is_read_only_up_to_its_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio_files, "MAX_LIST_BYTES", 64)
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "short.txt").write_text("a.wav\n" * 10)  # 60 bytes: within the bound
+    assert expand_inputs([f"@{tmp_path / 'short.txt'}"]) == [tmp_path / "a.wav"] * 10
+    (tmp_path / "long.txt").write_text("a.wav\n" * 11)
+    with pytest.raises(AudioReadError, match=r"^list file .*long.txt is larger than "):
+        expand_inputs([f"@{tmp_path / 'long.txt'}"])
 
 
 def _empty(tmp_path):
