@@ -136,12 +136,13 @@ def finish_run(job: RenderJob, rendered: bool, seconds: float, gpus: float = 0.0
 
 
 @contextmanager
-def ray_connection(ray, address: str) -> Iterator[None]:
-    """Be connected to a cluster for the ``with`` block. A connection the caller already
-    holds (a notebook's, a test's) is used and kept; one made here is closed after, and a
-    local cluster started here stops with it."""
+def ray_connection(ray, address: str) -> Iterator[bool]:
+    """Be connected to a cluster for the ``with`` block, which gets whether this process
+    started that cluster. A connection the caller already holds (a notebook's, a test's)
+    is used and kept; one made here is closed after, and a local cluster started here
+    stops with it."""
     if ray.is_initialized():
-        yield
+        yield False
         return
     _check_reachable((os.environ.get("RAY_ADDRESS") or address) if address == "auto" else address)
     try:
@@ -151,7 +152,7 @@ def ray_connection(ray, address: str) -> Iterator[None]:
     except Exception as error:  # ConnectionError, or anything Ray raises for a bad address
         raise ClusterError(f"cannot reach a Ray cluster at {address}: {one_line(error)}") from None
     try:
-        yield
+        yield cluster_started_here(ray)
     finally:
         ray.shutdown()
 
@@ -192,7 +193,7 @@ def ray_distributor(job: RenderJob, shards: range, options: RayOptions, progress
     ray = import_ray()
     job.claim()  # here, once: no task ever clears anything
     started = time.perf_counter()
-    with ray_connection(ray, options.address):
+    with ray_connection(ray, options.address) as started_here:
         cluster = ray.cluster_resources()
         resources = task_resources(options, cluster)
         for name, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
@@ -216,7 +217,10 @@ def ray_distributor(job: RenderJob, shards: range, options: RayOptions, progress
                         summary.pairs += done.pairs
                         bar.update(len(done.rendered) + len(done.skipped))
             except BaseException:
-                _cancel(ray, list(pending))
+                # A cluster this process started goes with ray.shutdown(), its workers
+                # killed; only tasks on a cluster that outlives us need cancelling.
+                if not started_here:
+                    _cancel(ray, list(pending))
                 raise
         summary.rendered.sort()
         summary.skipped.sort()
@@ -255,10 +259,25 @@ def _result(ray, ref) -> RenderSummary:
         raise ClusterError(f"a render task failed for good ({type(error).__name__}): {text}; completed shards are kept, re-run to resume") from None
 
 
+def cluster_started_here(ray) -> bool:
+    """Whether ``ray.init`` started the cluster (its head node) in this process rather
+    than joining one. Ray says so only on its private node object; where that is gone,
+    answer no, which costs only the forced cancel below."""
+    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    return bool(getattr(node, "head", False))
+
+
 def _cancel(ray, refs: list) -> None:
-    """Stop ``refs`` by killing their processes. Not Ray's polite cancel: its
-    KeyboardInterrupt, landing in soundfile's I/O callback, was printed and swallowed and
-    the task went on encoding, with libsndfile handed a failed callback. A killed writer
-    leaves only a temporary, which the next run on that host removes."""
-    for ref in refs:
+    """Stop the ``refs`` not yet done by killing their processes. Not Ray's polite cancel:
+    its KeyboardInterrupt, landing in soundfile's I/O callback, was printed and swallowed
+    and the task went on encoding, with libsndfile handed a failed callback. A killed
+    writer leaves only a temporary, which the next run on that host removes.
+
+    A forced cancel whose task's reply is already on its way makes Ray's core worker
+    abort ("Tried to complete task that was not pending"), so finished tasks are left
+    alone; the window that remains is a task finishing during this loop."""
+    if not refs:
+        return
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in running:
         ray.cancel(ref, force=True)
