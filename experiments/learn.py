@@ -320,9 +320,11 @@ def data_used(cfg: TrainConfig, stream: bool, steps: int) -> dict[str, Any]:
 
 
 def run_delta(delta: float, settings: LearnSettings, data_root: Path, runs_dir: Path, clips: ProbeClips | None,
-              ramp: bool = True) -> dict[str, Any]:
+              ramp: bool = True, baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train on voice pairs of ``delta`` (streamed or frozen, as ``settings`` say) and
-    compare with the untrained network on held-out pairs of ``delta``."""
+    compare with the untrained network on held-out pairs of ``delta``. ``baselines``
+    keeps the probe scores of the untrained network and log-mel statistics across runs:
+    every run shares its architecture and seed, so they are probed once."""
     stream = delta in settings.streamed
     source = stream_recipe(data_root, delta, settings) if stream else ensure_dataset(data_root, delta, settings)
     name = f"learn-d{delta:g}" + ("" if ramp or not stream else "-alone")
@@ -349,12 +351,15 @@ def run_delta(delta: float, settings: LearnSettings, data_root: Path, runs_dir: 
     if clips is not None:
         started = time.perf_counter()
         network = load_model(summary["checkpoint"], "cpu")
+        baselines = {} if baselines is None else baselines
         models = {
-            "untrained": baseline_model("random", network, settings.seed),  # fit's initial weights
-            "trained": network,
-            "logmel": baseline_model("logmel", network),
+            "untrained": lambda: baseline_model("random", network, settings.seed),  # fit's initial weights
+            "trained": lambda: network,
+            "logmel": lambda: baseline_model("logmel", network),
         }
-        scores = probe_scores(models, clips)
+        new = probe_scores({name: make() for name, make in models.items() if name == "trained" or name not in baselines}, clips)
+        baselines.update({name: score for name, score in new.items() if name != "trained"})
+        scores = {name: new.get(name) or baselines[name] for name in models}
         result["probe"] = {name: round(score["accuracy"], 4) for name, score in scores.items()}
         result["probe_folds"] = {name: score["folds"] for name, score in scores.items()}
         result["probe_s"] = round(time.perf_counter() - started, 1)
@@ -369,11 +374,11 @@ def run_benchmark(settings: LearnSettings, deltas: Sequence[float], data_root: P
         runs = Path(runs_dir) if runs_dir else Path(scratch)
         settings_json = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
         record: dict[str, Any] = {"benchmark": "learn", "budget_s": None, "settings": settings_json}
-        results = {}
+        results, baselines = {}, {}
         for delta in deltas:
-            results[f"delta_{delta:g}"] = run_delta(delta, settings, data_root, runs, clips)
+            results[f"delta_{delta:g}"] = run_delta(delta, settings, data_root, runs, clips, baselines=baselines)
             if delta in settings.streamed and settings.stream_alone and settings.stream_delta_from is not None:
-                results[f"delta_{delta:g}_alone"] = run_delta(delta, settings, data_root, runs, clips, ramp=False)
+                results[f"delta_{delta:g}_alone"] = run_delta(delta, settings, data_root, runs, clips, ramp=False, baselines=baselines)
     record["budget_s"] = round(sum(r["train_wall_s"] for r in results.values()), 1)
     record["budget_cpu_s"] = round(sum(r["train_cpu_s"] for r in results.values()), 1)
     record["budget_steps"] = sum(r["steps"] for r in results.values())

@@ -106,8 +106,11 @@ def write_probe_set(folder: Path) -> Path:
 # Renders two tiny datasets and streams a third recipe's pairs (JAX in this process):
 # over 10 s on two cores.
 @pytest.mark.slow
-def test_the_benchmark_prints_its_json_line(tmp_path, capsys):
+def test_the_benchmark_prints_its_json_line(tmp_path, capsys, monkeypatch):
     probe_set = write_probe_set(tmp_path / "probe-set")
+    probed = []
+    probe_scores = learn.probe_scores
+    monkeypatch.setattr(learn, "probe_scores", lambda models, clips: probed.extend(models) or probe_scores(models, clips))
     common = [
         "--steps", "4", "--stream-steps", "4", "--eval-every", "2", "--batch-size", "8", "--stream-batch-size", "8",
         "--width", "4", "--embedding-dim", "16", "--shards", "3", "--pairs-per-shard", "16", "--workers", "0",
@@ -147,6 +150,11 @@ def test_the_benchmark_prints_its_json_line(tmp_path, capsys):
         assert set(run["probe"]) == {"untrained", "trained", "logmel"}
     # The two runs start from the same network on the same held-out pairs.
     assert streamed["recall_at_1"]["untrained"] == alone["recall_at_1"]["untrained"]
+    # Every run shares the untrained network and the log-mel statistics: each is probed
+    # once, and every run reports the same scores for them.
+    assert sorted(probed) == ["logmel", "trained", "trained", "trained", "untrained"]
+    for name in ("untrained", "logmel"):
+        assert result["probe"][name] == streamed["probe"][name] == alone["probe"][name]
     # The rendered data is cached: a second run renders nothing and trains the same.
     again = learn.main(["--deltas", "0.05", "--no-probe", *common[:-2]])
     assert again["delta_0.05"]["recall_at_1"] == result["recall_at_1"]
