@@ -55,6 +55,11 @@ class CheckpointError(InputError):
     """A checkpoint is missing, unreadable, unsafe or not ours; the message is one line."""
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (a full disk): the run failed, its input was fine. One
+    line; the checkpoint there before is kept."""
+
+
 def epoch_checkpoint_name(epoch: int) -> str:
     return f"epoch-{epoch:04d}.pt"
 
@@ -67,7 +72,7 @@ def save_checkpoint(state: dict[str, Any], path: Union[str, Path]) -> Path:
     first. The written file is read back with ``weights_only=True`` before it replaces
     ``path``: a state holding anything but tensors and plain data is refused here
     (CheckpointError), not at the resume that would need it. A write that fails (a full
-    disk) is CheckpointError in one line saying why.
+    disk) is CheckpointWriteError in one line saying why.
     """
     path = Path(path)
     try:
@@ -89,8 +94,8 @@ def save_checkpoint(state: dict[str, Any], path: Union[str, Path]) -> Path:
             except CheckpointError as error:
                 raise CheckpointError(f"refusing to write {path}: {error}") from None
     except OSError as error:
-        raise CheckpointError(f"writing {path} failed: {error.strerror or one_line(error)}; "
-                              "the checkpoint there before is kept") from None
+        raise CheckpointWriteError(f"writing {path} failed: {error.strerror or one_line(error)}; "
+                                   "the checkpoint there before is kept") from None
     return path
 
 

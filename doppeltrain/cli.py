@@ -148,13 +148,14 @@ def fit_command(
     }
     # Bad input (TrainError, DataError, CheckpointError, IrError, ...: console.InputError)
     # is one line and exit 2; anything else is a bug and keeps its traceback, except a
-    # loader worker that died or failed while the run was going: one line and exit 1.
+    # failure while the run was going (a loader worker that died, a write to the run
+    # folder that failed, e.g. on a full disk): one line and exit 1, as render's.
     try:
         summary = fit(build_config(overrides, resume))
     except WorkerError as error:
         fail(str(error), EXIT_FAILURE)
-    except OSError as error:  # writing the run folder failed (e.g. a full disk)
-        fail(one_line(error))
+    except OSError as error:  # CheckpointWriteError or another failed write
+        fail(one_line(error), EXIT_FAILURE)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(fit_summary_line(summary))
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from doppeltrain import checkpoint as checkpoint_module
-from doppeltrain.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from doppeltrain.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from doppeltrain.cli import main
 from doppeltrain.run_lock import LOCK_NAME
 
@@ -110,7 +110,8 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_chec
 
     monkeypatch.setattr(checkpoint_module, "atomic_writer", filling)
     capsys.readouterr()
-    assert main(["fit", "--resume", "--runs-dir", str(tmp_path), "--run", "full", "--no-progress"]) == 2
+    # A failed run, not bad input: exit 1, as a render whose write fails.
+    assert main(["fit", "--resume", "--runs-dir", str(tmp_path), "--run", "full", "--no-progress"]) == 1
     line = one_error_line(capsys.readouterr().err, after_epoch_lines=True)
     assert "No space left on device" in line and "latest.pt" in line and "kept" in line
     assert latest.read_bytes() == before  # nothing corrupted
@@ -128,7 +129,7 @@ def test_a_real_full_disk_while_saving_is_one_line(tmp_path):
     try:
         state = {key: 0 for key in checkpoint_module.CHECKPOINT_KEYS}
         state["model"] = {"w": torch.zeros(100_000)}  # 400 kB
-        with pytest.raises(CheckpointError, match="No space left on device") as caught:
+        with pytest.raises(CheckpointWriteError, match="No space left on device") as caught:
             save_checkpoint(state, small / "latest.pt")
         assert "\n" not in str(caught.value)
         assert list(small.iterdir()) == []
