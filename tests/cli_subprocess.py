@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+
+
+def default_ctrl_c() -> None:
+    """A ``preexec_fn`` for a program a test will Ctrl-C: SIGINT's default handler, which
+    a terminal's Ctrl-C meets. A shell starts background jobs with SIGINT ignored (``make
+    test &``, ``nohup``), the program would inherit that, and Python installs its
+    KeyboardInterrupt only where SIGINT is not ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(args: list[str], env: dict | None = None, program: str = "doppelgen") -> subprocess.CompletedProcess:

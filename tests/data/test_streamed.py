@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_subprocess import default_ctrl_c
 from torch.utils.data import DataLoader, IterableDataset
 
 from benchmarks.process_table import alive, command_line, process_table
@@ -344,7 +345,7 @@ def start_long_streamed_fit(recipe_file: Path, tmp_path: Path) -> subprocess.Pop
             "--epochs", "1", "--steps-per-epoch", "10000", "--val-every", "0", "--log-every", "1"]
     return subprocess.Popen([sys.executable, "-m", "doppeltrain", *args], cwd=REPO, env=ONE_THREAD_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=default_ctrl_c)
 
 
 def wait_for_training(process: subprocess.Popen, tmp_path: Path) -> list[int]:

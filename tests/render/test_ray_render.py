@@ -23,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from cli_subprocess import default_ctrl_c
 from ray_worker_hooks import ARM_NAME, FIRED_NAME, HOOK_DIR_ENV, MANIFEST_LOG_NAME
 
 from benchmarks.process_table import processes_mentioning
@@ -148,7 +149,8 @@ def test_ctrl_c_on_a_cluster_the_driver_started_keeps_complete_shards(ray_cluste
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"} | {"RAY_TMPDIR": ray_tmp}
     args = ["--synth", "voice", "--shards", str(n_shards), "--pairs-per-shard", "32", "--batch-size", "8", "--distributor", "ray", "--shards-per-task", "1", "-q"]
     try:
-        process = subprocess.Popen([*RENDER, str(out), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen([*RENDER, str(out), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=default_ctrl_c)
         deadline = time.time() + 300
         while not complete_shards(out):  # Ray runs the tasks in no set order
             assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_subprocess import default_ctrl_c
 from typer.testing import CliRunner
 
 from benchmarks.process_table import alive, command_line, descendants
@@ -179,7 +180,8 @@ def test_ctrl_c_then_the_same_command_gives_the_bytes_of_a_clean_run(tmp_path):
     out = tmp_path / "interrupted"
     args = ["--shards", "12", "--pairs-per-shard", "8", "--batch-size", "8", "--workers", "2", "-q"]
     # A terminal's Ctrl-C goes to the whole process group: the render, its workers, the tracker.
-    process = subprocess.Popen([*RENDER, str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen([*RENDER, str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               preexec_fn=default_ctrl_c)
     deadline = time.time() + 300
     while not (out / stats_name(0)).exists():
         assert process.poll() is None and time.time() < deadline, process.stderr.read().decode()[-2000:]

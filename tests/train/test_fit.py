@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from cli_subprocess import default_ctrl_c
 
 from doppeltrain.checkpoint import (
     CHECKPOINT_KEYS,
@@ -212,11 +213,9 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_uninterrupted_weights(voice_shar
     # Epochs of 30 steps: long enough to be killed in the middle of the second one.
     args = ["fit", str(voice_shards), "--runs-dir", str(tmp_path), "--epochs", "2", "--steps-per-epoch", "30",
             "--val-every", "0", "--log-every", "1", *TINY_CLI]
-    # A shell starts background jobs with SIGINT ignored (pytest may be one): give the run
-    # the default handler a terminal's Ctrl-C meets.
     killed = subprocess.Popen([sys.executable, "-m", "doppeltrain", *args, "--run", "killed"], cwd=REPO, env=ONE_THREAD_ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                              preexec_fn=default_ctrl_c)
     latest = tmp_path / "killed" / "checkpoints" / "latest.pt"
 
     def in_second_epoch() -> bool:
