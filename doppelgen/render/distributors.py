@@ -263,7 +263,7 @@ def cluster_started_here(ray) -> bool:
     """Whether ``ray.init`` started the cluster (its head node) in this process rather
     than joining one. Ray says so only on its private node object; where that is gone,
     answer no, which costs only the forced cancel below."""
-    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
     return bool(getattr(node, "head", False))
 
 

@@ -39,10 +39,10 @@ AUDIO_EXTENSIONS = frozenset(
 # file is a few such blocks, whatever the file's length.
 BLOCK_FRAMES = 1 << 18
 SOUNDFILE_ERRORS = (sf.SoundFileError, RuntimeError, OSError, ValueError)
-# A NaN or infinite sample makes every embedding it touches NaN: a probe then falls to
-# chance and reports that as a result, so such a file is refused, naming it.
 # An @list file of paths: a million paths of 64 bytes fit; a stranger's endless file does not.
 MAX_LIST_BYTES = 64 << 20
+# A NaN or infinite sample makes every embedding it touches NaN: a probe then falls to
+# chance and reports that as a result, so such a file is refused, naming it.
 NON_FINITE = "it holds non-finite samples (NaN or infinity)"
 
 
