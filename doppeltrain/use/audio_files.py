@@ -25,7 +25,7 @@ import torch
 import torchaudio
 
 from doppelgen.console import InputError, one_line
-from doppelgen.files import is_regular_file
+from doppelgen.files import is_regular_file, open_regular_file
 from doppelgen.format import shown
 from doppeltrain.resampling import resampling_problem
 
@@ -163,7 +163,7 @@ def expand_inputs(inputs: Iterable[Union[str, Path]]) -> list[Path]:
 
 def _read_list(list_file: Path) -> list[str]:
     try:
-        with open(list_file, "rb") as handle:
+        with open_regular_file(list_file) as handle:
             data = handle.read(MAX_LIST_BYTES + 1)  # bounded even where stat's size lies
     except OSError as error:
         raise AudioReadError(f"cannot read list file {path_text(list_file)}: {one_line(error, list_file)}") from None
