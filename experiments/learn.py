@@ -352,14 +352,13 @@ def run_delta(delta: float, settings: LearnSettings, data_root: Path, runs_dir: 
         started = time.perf_counter()
         network = load_model(summary["checkpoint"], "cpu")
         baselines = {} if baselines is None else baselines
-        models = {
+        shared = {
             "untrained": lambda: baseline_model("random", network, settings.seed),  # fit's initial weights
-            "trained": lambda: network,
             "logmel": lambda: baseline_model("logmel", network),
         }
-        new = probe_scores({name: make() for name, make in models.items() if name == "trained" or name not in baselines}, clips)
+        new = probe_scores({"trained": network, **{name: make() for name, make in shared.items() if name not in baselines}}, clips)
         baselines.update({name: score for name, score in new.items() if name != "trained"})
-        scores = {name: new.get(name) or baselines[name] for name in models}
+        scores = {"untrained": baselines["untrained"], "trained": new["trained"], "logmel": baselines["logmel"]}
         result["probe"] = {name: round(score["accuracy"], 4) for name, score in scores.items()}
         result["probe_folds"] = {name: score["folds"] for name, score in scores.items()}
         result["probe_s"] = round(time.perf_counter() - started, 1)
